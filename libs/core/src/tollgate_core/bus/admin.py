@@ -1,0 +1,64 @@
+"""Create Tollgate's topics (idempotently); ``tollgate-topics`` on the command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from collections.abc import Iterable
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
+
+from tollgate_core.errors import DependencyUnavailable
+from tollgate_core.settings import KafkaSettings
+from tollgate_core.topics import DEFAULT_TOPICS, TopicSpec
+
+logger = logging.getLogger(__name__)
+_TOPIC_ALREADY_EXISTS = 36
+
+
+async def ensure_topics(
+    settings: KafkaSettings, specs: Iterable[TopicSpec] = DEFAULT_TOPICS, *, replication: int = 1
+) -> list[str]:
+    """Create the topics that do not exist yet; returns the names created."""
+    admin = AIOKafkaAdminClient(client_id="tollgate-admin", **settings.client_kwargs())
+    try:
+        await admin.start()
+    except KafkaError as exc:
+        await admin.close()
+        raise DependencyUnavailable(f"Kafka unreachable: {exc}") from exc
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [s for s in specs if s.name not in existing]
+        if not wanted:
+            return []
+        response = await admin.create_topics(
+            [
+                NewTopic(
+                    s.name,
+                    s.partitions,
+                    replication,
+                    topic_configs={"retention.ms": str(s.retention_ms)},
+                )
+                for s in wanted
+            ]
+        )
+        created = []
+        for topic, code, message in response.topic_errors:
+            if code == 0:
+                created.append(topic)
+            elif code != _TOPIC_ALREADY_EXISTS:
+                raise DependencyUnavailable(f"cannot create topic {topic}: {code} {message}")
+        return created
+    finally:
+        await admin.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Create Tollgate's Kafka topics if missing.")
+    parser.add_argument("--replication", type=int, default=1)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    created = asyncio.run(ensure_topics(KafkaSettings(), replication=args.replication))
+    logger.info("created topics: %s", ", ".join(created) if created else "none (all exist)")

@@ -1,0 +1,39 @@
+"""Kafka header names and trace-context propagation through them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+from opentelemetry import propagate
+from opentelemetry.context import Context
+
+REQUEST_ID = "tollgate-request-id"
+SCHEMA = "tollgate-schema"
+PRINCIPAL = "tollgate-principal"
+TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
+
+DLQ_REASON = "tollgate-dlq-reason"
+DLQ_TOPIC = "tollgate-dlq-topic"
+DLQ_PARTITION = "tollgate-dlq-partition"
+DLQ_OFFSET = "tollgate-dlq-offset"
+DLQ_GROUP = "tollgate-dlq-group"
+
+Headers = list[tuple[str, bytes]]
+
+
+def to_dict(headers: Iterable[tuple[str, bytes]] | None) -> dict[str, str]:
+    """Header list as a dict of text values (later duplicates win; undecodable bytes replaced)."""
+    return {k: v.decode("utf-8", "replace") for k, v in (headers or ()) if v is not None}
+
+
+def inject_trace(headers: Headers) -> None:
+    """Append W3C ``traceparent``/``tracestate`` of the current context."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    headers.extend((k, v.encode()) for k, v in carrier.items())
+
+
+def extract_trace(headers: Mapping[str, str] | Sequence[tuple[str, bytes]]) -> Context:
+    carrier = headers if isinstance(headers, Mapping) else to_dict(headers)
+    return propagate.extract(carrier)

@@ -1,0 +1,220 @@
+"""Versioned event contracts carried on Tollgate's Kafka topics.
+
+Each event class names its schema in ``SCHEMA`` (``tollgate.<kind>.v<N>``); producers put it in
+the ``tollgate-schema`` header and consumers refuse schemas they do not know, so a contract
+change is always a new class with a new version, never a silent edit of an old one. Within a
+version unknown fields are ignored, so a newer producer may add optional fields.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated, ClassVar, Literal
+from uuid import uuid4
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_request_id() -> str:
+    return str(uuid4())
+
+
+class Contract(BaseModel):
+    """Base of every event: frozen, unknown fields ignored, schema name as a class constant."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    SCHEMA: ClassVar[str]
+
+
+# --- pieces ---------------------------------------------------------------------------------
+
+
+class TextBlock(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    role: Literal["user", "assistant"]
+    content: list[TextBlock]
+
+
+class ReplyTo(BaseModel):
+    """Where the router sends the reply events of one request."""
+
+    model_config = ConfigDict(frozen=True)
+    topic: str
+    partition: NonNegativeInt
+
+
+class Usage(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    input_tokens: NonNegativeInt = 0
+    output_tokens: NonNegativeInt = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+class ErrorInfo(BaseModel):
+    """A typed error as clients see it (``{"error":{"type","message","requestId","details"}}``)."""
+
+    model_config = ConfigDict(frozen=True)
+    type: str
+    message: str
+    retriable: bool = False
+    details: dict[str, object] = Field(default_factory=dict)
+
+
+# --- tollgate.requests -----------------------------------------------------------------------
+
+
+class ChatRequestV1(Contract):
+    """A client's request, as the edge publishes it to ``tollgate.requests``."""
+
+    SCHEMA: ClassVar[str] = "tollgate.request.v1"
+    kind: Literal["request"] = "request"
+    request_id: str = Field(default_factory=new_request_id)
+    principal: str
+    groups: tuple[str, ...] = ()
+    model: str | None = None
+    messages: tuple[ChatMessage, ...]
+    system: tuple[str, ...] = ()
+    max_tokens: NonNegativeInt | None = None
+    temperature: float | None = None
+    conversation_id: str | None = None
+    channel: str | None = Field(
+        default=None, description="AppSync channel the replies are published on, if any"
+    )
+    protocol: Literal["appsync", "openai"] = "appsync"
+    reply_to: ReplyTo
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+# --- tollgate.admitted -----------------------------------------------------------------------
+
+
+class AdmissionV1(Contract):
+    """The meter's decision to let a request through, with what it reserved."""
+
+    SCHEMA: ClassVar[str] = "tollgate.admission.v1"
+    kind: Literal["admission"] = "admission"
+    request: ChatRequestV1
+    reserved_input_tokens: NonNegativeInt
+    reserved_output_tokens: NonNegativeInt
+    admitted_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+
+# --- tollgate.replies ------------------------------------------------------------------------
+
+
+class _ReplyBase(Contract):
+    request_id: str
+    principal: str
+    seq: NonNegativeInt = Field(description="position in the request's reply stream, from 0")
+    channel: str | None = None
+    conversation_id: str | None = None
+    model: str | None = None
+
+
+class ReplyChunkV1(_ReplyBase):
+    SCHEMA: ClassVar[str] = "tollgate.reply.v1"
+    kind: Literal["chunk"] = "chunk"
+    text: str
+
+
+class ReplyDoneV1(_ReplyBase):
+    SCHEMA: ClassVar[str] = "tollgate.reply.v1"
+    kind: Literal["done"] = "done"
+    stop_reason: str = "end_turn"
+    usage: Usage
+    latency_ms: NonNegativeInt = 0
+
+
+class ReplyErrorV1(_ReplyBase):
+    SCHEMA: ClassVar[str] = "tollgate.reply.v1"
+    kind: Literal["error"] = "error"
+    error: ErrorInfo
+
+
+ReplyV1 = Annotated[ReplyChunkV1 | ReplyDoneV1 | ReplyErrorV1, Field(discriminator="kind")]
+REPLY_SCHEMA = "tollgate.reply.v1"
+
+
+# --- tollgate.usage --------------------------------------------------------------------------
+
+
+class UsageRecordV1(Contract):
+    """What one request really consumed; the meter settles its reservation with it."""
+
+    SCHEMA: ClassVar[str] = "tollgate.usage.v1"
+    kind: Literal["usage"] = "usage"
+    request_id: str
+    principal: str
+    model: str
+    provider: str
+    usage: Usage
+    cost_usd: Decimal = Decimal(0)
+    status: Literal["ok", "error", "cancelled"] = "ok"
+    occurred_at: datetime = Field(default_factory=utcnow)
+
+
+# --- tollgate.logs ---------------------------------------------------------------------------
+
+
+class RequestLogV1(Contract):
+    """One completion record per request: the row analytics and dashboards are built from."""
+
+    SCHEMA: ClassVar[str] = "tollgate.log.v1"
+    kind: Literal["log"] = "log"
+    request_id: str
+    principal: str
+    groups: tuple[str, ...] = ()
+    model: str
+    provider: str
+    status: Literal["ok", "error", "rejected", "cancelled"]
+    error_type: str | None = None
+    input_tokens: NonNegativeInt = 0
+    output_tokens: NonNegativeInt = 0
+    cost_usd: Decimal = Decimal(0)
+    cache_hit: bool = False
+    retries: NonNegativeInt = 0
+    fallback_used: bool = False
+    time_to_first_token_ms: NonNegativeInt | None = None
+    latency_ms: NonNegativeInt = 0
+    conversation_id: str | None = None
+    protocol: Literal["appsync", "openai"] = "appsync"
+    started_at: datetime
+    finished_at: datetime = Field(default_factory=utcnow)
+
+
+__all__ = [
+    "REPLY_SCHEMA",
+    "AdmissionV1",
+    "ChatMessage",
+    "ChatRequestV1",
+    "Contract",
+    "ErrorInfo",
+    "ReplyChunkV1",
+    "ReplyDoneV1",
+    "ReplyErrorV1",
+    "ReplyTo",
+    "ReplyV1",
+    "RequestLogV1",
+    "TextBlock",
+    "Usage",
+    "UsageRecordV1",
+    "new_request_id",
+    "utcnow",
+]

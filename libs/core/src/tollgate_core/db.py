@@ -1,0 +1,88 @@
+"""Postgres plumbing shared by the services that own a schema: engines and Alembic.
+
+Each service keeps its tables in its own schema and its migrations in its own package
+(``<package>/migrations``); :func:`migrate` upgrades one of them to head, and the
+``env.py`` of each migrations folder is one call to :func:`run_alembic_env`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from alembic import command, context
+from alembic.config import Config
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from tollgate_core.errors import DependencyUnavailable
+from tollgate_core.settings import DatabaseSettings
+
+logger = logging.getLogger(__name__)
+
+
+def create_engine(settings: DatabaseSettings, *, application_name: str) -> AsyncEngine:
+    return create_async_engine(
+        settings.async_url,
+        pool_size=settings.database_pool_size,
+        pool_pre_ping=True,
+        connect_args={
+            "server_settings": {"application_name": f"tollgate-{application_name}"},
+            "timeout": 5,
+        },
+    )
+
+
+async def ping(engine: AsyncEngine) -> None:
+    """Raise :class:`DependencyUnavailable` unless Postgres answers."""
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    except (OSError, OperationalError, DBAPIError, TimeoutError) as exc:
+        raise DependencyUnavailable(f"Postgres unreachable: {exc}") from exc
+
+
+def _alembic_config(migrations: Path, url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(migrations))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+async def migrate(settings: DatabaseSettings, migrations: Path) -> None:
+    """Upgrade the schema whose migrations live in ``migrations`` to head."""
+    config = _alembic_config(migrations, settings.async_url)
+    try:
+        await asyncio.to_thread(command.upgrade, config, "head")
+    except (OSError, OperationalError, DBAPIError) as exc:
+        raise DependencyUnavailable(f"cannot migrate {migrations.parent.name}: {exc}") from exc
+
+
+def run_alembic_env(schema: str) -> None:
+    """The body of every service's ``migrations/env.py`` (online mode, asyncpg)."""
+    url = context.config.get_main_option("sqlalchemy.url")
+    if url is None:
+        raise RuntimeError("sqlalchemy.url is not set")
+
+    def _run(connection: Connection) -> None:
+        connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+        context.configure(
+            connection=connection,
+            version_table_schema=schema,
+            include_schemas=True,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+
+    async def _main() -> None:
+        engine = create_async_engine(url)
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(_run)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(_main())

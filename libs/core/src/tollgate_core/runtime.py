@@ -1,0 +1,72 @@
+"""Process lifecycle: run a service's main coroutine until SIGTERM/SIGINT, then stop it
+gracefully; retry a dependency's start with backoff while reporting not-ready."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+from collections.abc import Awaitable, Callable
+
+from tollgate_core.health import Health
+
+logger = logging.getLogger(__name__)
+
+
+def run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run ``main(stop)`` in a fresh event loop; SIGTERM or SIGINT sets ``stop``."""
+
+    async def _runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, _on_signal, stop, sig)
+        await main(stop)
+
+    asyncio.run(_runner())
+
+
+def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
+    if stop.is_set():
+        logger.warning("second %s: already stopping", sig.name)
+        return
+    logger.info("received %s, stopping", sig.name)
+    stop.set()
+
+
+async def start_with_retry(
+    name: str,
+    start: Callable[[], Awaitable[None]],
+    health: Health,
+    stop: asyncio.Event,
+    *,
+    initial_delay: float = 0.5,
+    max_delay: float = 15.0,
+) -> bool:
+    """Call ``start`` until it succeeds or ``stop`` is set, with jittered exponential backoff.
+
+    While it fails, readiness check ``name`` is not ready and says why. Returns whether the
+    dependency started.
+    """
+    delay = initial_delay
+    attempt = 0
+    while not stop.is_set():
+        attempt += 1
+        try:
+            await start()
+        except Exception as exc:  # noqa: BLE001 - any start failure is retried and reported
+            reason = f"{type(exc).__name__}: {exc}"
+            health.fail(name, reason)
+            logger.warning(
+                "cannot start %s (attempt %d): %s; retrying in %.1fs", name, attempt, reason, delay
+            )
+            jittered = delay * (0.5 + random.random())  # noqa: S311 - jitter, not crypto
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), jittered)
+            delay = min(delay * 2, max_delay)
+        else:
+            health.ok(name)
+            return True
+    return False

@@ -1,0 +1,83 @@
+"""Settings shared by every service.
+
+Each service has one frozen settings class with its own environment prefix
+(``TOLLGATE_<SERVICE>_``); the pieces below are embedded in it and read their own, widely
+known variables (``KAFKA_BOOTSTRAP_SERVERS``, ``DATABASE_URL``, ``OTEL_*``). Nothing else in
+Tollgate reads the environment.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class KafkaSettings(BaseSettings):
+    """How to reach Kafka. ``fetch_max_wait_ms`` is small because replies are on the latency
+    path; with a real Kafka a fetch returns as soon as data is there anyway, so the value only
+    bounds how often an idle consumer polls."""
+
+    model_config = SettingsConfigDict(env_prefix="KAFKA_", frozen=True, extra="ignore")
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    client_id_prefix: str = "tollgate"
+    fetch_max_wait_ms: int = Field(default=5, ge=0, le=10_000)
+    linger_ms: int = Field(default=0, ge=0, le=1_000)
+    request_timeout_ms: int = Field(default=30_000, ge=1_000)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Connection arguments common to aiokafka producers, consumers and admin clients."""
+        kwargs: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers.split(","),
+            "request_timeout_ms": self.request_timeout_ms,
+            "security_protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism is not None:
+            kwargs["sasl_mechanism"] = self.sasl_mechanism
+            kwargs["sasl_plain_username"] = self.sasl_username
+            kwargs["sasl_plain_password"] = (
+                self.sasl_password.get_secret_value() if self.sasl_password else None
+            )
+        return kwargs
+
+
+class DatabaseSettings(BaseSettings):
+    """Postgres connection; each service keeps its tables in its own schema."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+
+    database_url: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/tollgate")
+    database_pool_size: int = Field(default=10, ge=1)
+
+    @property
+    def async_url(self) -> str:
+        """The URL with the asyncpg driver, whatever scheme the user wrote."""
+        url = self.database_url.get_secret_value()
+        for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql+asyncpg://" + url[len(prefix) :]
+        return url
+
+
+class TelemetrySettings(BaseSettings):
+    """Logs, traces and metrics. Traces go over OTLP/HTTP when an endpoint is set."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+
+    otel_exporter_otlp_endpoint: str | None = None
+    otel_service_namespace: str = "tollgate"
+    log_level: str = Field(default="INFO", validation_alias="TOLLGATE_LOG_LEVEL")
+    log_format: Literal["json", "text"] = Field(
+        default="json", validation_alias="TOLLGATE_LOG_FORMAT"
+    )
+
+
+def masked(settings: BaseSettings) -> dict[str, Any]:
+    """Settings as a dict with every secret masked, safe to log at start-up."""
+    return settings.model_dump(mode="json")

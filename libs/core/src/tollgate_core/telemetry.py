@@ -1,0 +1,84 @@
+"""Logging, tracing and metrics, set up once per process at its entrypoint."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from pythonjsonlogger.json import JsonFormatter
+
+from tollgate_core.settings import TelemetrySettings
+
+
+class _TraceContextFilter(logging.Filter):
+    """Adds the current trace and span ids to every log record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ctx = trace.get_current_span().get_span_context()
+        if ctx.is_valid:
+            record.trace_id = format(ctx.trace_id, "032x")
+            record.span_id = format(ctx.span_id, "016x")
+        return True
+
+
+def configure_logging(settings: TelemetrySettings, service: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.log_format == "json":
+        handler.setFormatter(
+            JsonFormatter(
+                "%(asctime)s %(levelname)s %(name)s %(message)s",
+                rename_fields={"levelname": "level", "asctime": "time", "name": "logger"},
+                static_fields={"service": service},
+            )
+        )
+    else:
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s %(levelname)-5s {service} %(name)s: %(message)s")
+        )
+    handler.addFilter(_TraceContextFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level.upper())
+    for noisy in ("aiokafka", "kafka", "uvicorn.access", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+@dataclass
+class Telemetry:
+    provider: TracerProvider
+
+    def shutdown(self) -> None:
+        self.provider.shutdown()
+
+
+def configure_tracing(
+    settings: TelemetrySettings, service: str, exporter: SpanExporter | None = None
+) -> Telemetry:
+    """Install the global tracer provider; spans are exported over OTLP/HTTP when
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set (or to ``exporter`` when given)."""
+    resource = Resource.create(
+        {
+            "service.name": f"tollgate-{service}",
+            "service.namespace": settings.otel_service_namespace,
+        }
+    )
+    provider = TracerProvider(resource=resource)
+    if exporter is None and settings.otel_exporter_otlp_endpoint:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        endpoint = settings.otel_exporter_otlp_endpoint.rstrip("/") + "/v1/traces"
+        exporter = OTLPSpanExporter(endpoint=endpoint)
+    if exporter is not None:
+        provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=500))
+    trace.set_tracer_provider(provider)
+    return Telemetry(provider)
+
+
+def setup(settings: TelemetrySettings, service: str) -> Telemetry:
+    configure_logging(settings, service)
+    return configure_tracing(settings, service)

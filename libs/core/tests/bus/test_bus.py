@@ -1,0 +1,242 @@
+"""The bus against a real Kafka protocol peer (Tansu)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from tollgate_core.bus import Decoder, Delivered, EventConsumer, EventProducer
+from tollgate_core.bus import headers as h
+from tollgate_core.bus.admin import ensure_topics
+from tollgate_core.contracts import Usage, UsageRecordV1
+from tollgate_core.errors import DependencyUnavailable, TollgateError
+from tollgate_core.settings import KafkaSettings
+from tollgate_core.topics import DEAD_LETTER, TopicSpec
+from tollgate_dev.pytest_plugin import TopicFactory
+
+
+def usage(request_id: str) -> UsageRecordV1:
+    return UsageRecordV1(
+        request_id=request_id, principal="alice", model="m", provider="local", usage=Usage()
+    )
+
+
+@pytest.fixture
+async def producer(kafka_settings: KafkaSettings) -> AsyncIterator[EventProducer]:
+    async with EventProducer(kafka_settings, client_id="test") as producer:
+        yield producer
+
+
+class Collector:
+    def __init__(self) -> None:
+        self.items: list[Delivered[UsageRecordV1]] = []
+        self.trace_ids: list[int] = []
+        self.arrived = asyncio.Event()
+        self.failures: dict[str, list[Exception]] = {}
+
+    async def __call__(self, delivered: Delivered[UsageRecordV1]) -> None:
+        planned = self.failures.get(delivered.event.request_id)
+        if planned:
+            raise planned.pop(0)
+        self.items.append(delivered)
+        self.trace_ids.append(trace.get_current_span().get_span_context().trace_id)
+        self.arrived.set()
+
+    async def wait_for(self, n: int, timeout: float = 30) -> None:
+        async with asyncio.timeout(timeout):
+            while len(self.items) < n:
+                self.arrived.clear()
+                await self.arrived.wait()
+
+
+def consumer_for(
+    kafka_settings: KafkaSettings, producer: EventProducer, topic: str, handler: Collector,
+    **options: Any,
+) -> EventConsumer[UsageRecordV1]:
+    options.setdefault("partitions", [0])
+    return EventConsumer(
+        kafka_settings, name="test", topics=[topic], decoder=Decoder.of(UsageRecordV1),
+        handler=handler, dead_letter=producer, **options,
+    )
+
+
+async def dead_letters_for(kafka_settings: KafkaSettings, topic: str, n: int) -> list[Any]:
+    reader = AIOKafkaConsumer(auto_offset_reset="earliest", fetch_max_wait_ms=5,
+                              **kafka_settings.client_kwargs())
+    await reader.start()
+    try:
+        reader.assign([TopicPartition(DEAD_LETTER, p) for p in range(3)])
+        found: list[Any] = []
+        async with asyncio.timeout(30):
+            while len(found) < n:
+                batch = await reader.getmany(timeout_ms=200)
+                for records in batch.values():
+                    found += [r for r in records
+                              if h.to_dict(r.headers).get(h.DLQ_TOPIC) == topic]
+        return found
+    finally:
+        await reader.stop()
+
+
+async def test_produce_and_consume_with_headers(
+    kafka_settings: KafkaSettings, producer: EventProducer, topic_factory: TopicFactory
+) -> None:
+    topic = await topic_factory()
+    collector = Collector()
+    consumer = consumer_for(kafka_settings, producer, topic, collector)
+    await consumer.start()
+    try:
+        await producer.publish(topic, usage("r-1"), key="alice")
+        await collector.wait_for(1)
+    finally:
+        await consumer.stop()
+    got = collector.items[0]
+    assert got.event == usage("r-1").model_copy(update={"occurred_at": got.event.occurred_at})
+    assert got.key == "alice"
+    assert got.headers[h.SCHEMA] == "tollgate.usage.v1"
+    assert got.headers[h.REQUEST_ID] == "r-1"
+    assert got.headers[h.PRINCIPAL] == "alice"
+    assert got.headers[h.TRACEPARENT].startswith("00-")
+
+
+async def test_trace_context_is_carried_across_produce_and_consume(
+    kafka_settings: KafkaSettings, producer: EventProducer, topic_factory: TopicFactory,
+    spans: InMemorySpanExporter,
+) -> None:
+    topic = await topic_factory()
+    collector = Collector()
+    consumer = consumer_for(kafka_settings, producer, topic, collector)
+    await consumer.start()
+    tracer = trace.get_tracer("test")
+    try:
+        with tracer.start_as_current_span("client request") as root:
+            await producer.publish(topic, usage("r-trace"))
+        await collector.wait_for(1)
+    finally:
+        await consumer.stop()
+    trace_id = root.get_span_context().trace_id
+    assert collector.trace_ids == [trace_id]
+    finished = {s.name: s for s in spans.get_finished_spans()}
+    publish, process = finished[f"{topic} publish"], finished[f"{topic} process"]
+    assert publish.kind == SpanKind.PRODUCER and process.kind == SpanKind.CONSUMER
+    assert process.context.trace_id == trace_id
+    assert process.parent is not None and process.parent.span_id == publish.context.span_id
+
+
+async def test_poison_records_go_to_the_dead_letter_topic_and_the_partition_moves_on(
+    kafka_settings: KafkaSettings, producer: EventProducer, topic_factory: TopicFactory
+) -> None:
+    await ensure_topics(kafka_settings, [TopicSpec(DEAD_LETTER, 3, 3_600_000)])
+    topic = await topic_factory()
+    collector = Collector()
+    await producer.send_raw(topic, b'{"request_id": "x"}')  # no schema header
+    await producer.send_raw(topic, b"\x00\xff not json", headers=[(h.SCHEMA, b"tollgate.usage.v1")])
+    await producer.send_raw(topic, usage("future").model_dump_json().encode(),
+                            headers=[(h.SCHEMA, b"tollgate.usage.v9")])
+    await producer.publish(topic, usage("good"))
+    consumer = consumer_for(kafka_settings, producer, topic, collector)
+    await consumer.start()
+    try:
+        await collector.wait_for(1)
+    finally:
+        await consumer.stop()
+    assert [d.event.request_id for d in collector.items] == ["good"]
+    dead = await dead_letters_for(kafka_settings, topic, 3)
+    reasons = sorted(h.to_dict(r.headers)[h.DLQ_REASON].split(":")[0] for r in dead)
+    assert reasons == ["ContractError", "UnsupportedSchemaError", "UnsupportedSchemaError"]
+    offsets = sorted(int(h.to_dict(r.headers)[h.DLQ_OFFSET]) for r in dead)
+    assert offsets == [0, 1, 2]
+    assert dead[0].value is not None  # the original bytes are kept for replay
+
+
+async def test_handler_errors_retriable_are_retried_others_dead_lettered(
+    kafka_settings: KafkaSettings, producer: EventProducer, topic_factory: TopicFactory
+) -> None:
+    await ensure_topics(kafka_settings, [TopicSpec(DEAD_LETTER, 3, 3_600_000)])
+    topic = await topic_factory()
+    collector = Collector()
+    collector.failures = {
+        "flaky": [DependencyUnavailable("db down"), DependencyUnavailable("db down")],
+        "bad": [TollgateError("cannot ever work")],
+    }
+    for request_id in ("flaky", "bad", "after"):
+        await producer.publish(topic, usage(request_id))
+    consumer = consumer_for(kafka_settings, producer, topic, collector)
+    await consumer.start()
+    try:
+        await collector.wait_for(2)
+    finally:
+        await consumer.stop()
+    assert [d.event.request_id for d in collector.items] == ["flaky", "after"]
+    dead = await dead_letters_for(kafka_settings, topic, 1)
+    assert h.to_dict(dead[0].headers)[h.REQUEST_ID] == "bad"
+
+
+async def test_group_commits_only_finished_work_and_redelivers_the_rest(
+    kafka_settings: KafkaSettings, producer: EventProducer, topic_factory: TopicFactory,
+    unique: Callable[[str], str],
+) -> None:
+    topic = await topic_factory()
+    group = unique("group")
+    release = asyncio.Event()
+    seen: list[str] = []
+
+    async def stuck_on_second(delivered: Delivered[UsageRecordV1]) -> None:
+        seen.append(delivered.event.request_id)
+        if delivered.event.request_id == "second":
+            await release.wait()  # never set: the process "dies" while handling it
+
+    first_run = EventConsumer(
+        kafka_settings, name="run-1", topics=[topic], group_id=group,
+        decoder=Decoder.of(UsageRecordV1), handler=stuck_on_second, dead_letter=producer,
+        concurrency=4,
+    )
+    for request_id in ("first", "second", "third"):
+        await producer.publish(topic, usage(request_id))
+    await first_run.start()
+    async with asyncio.timeout(30):
+        while len(seen) < 3:
+            await asyncio.sleep(0.05)
+    await first_run.stop(drain_timeout_s=0.2)
+
+    collector = Collector()
+    second_run = EventConsumer(
+        kafka_settings, name="run-2", topics=[topic], group_id=group,
+        decoder=Decoder.of(UsageRecordV1), handler=collector, dead_letter=producer,
+    )
+    await second_run.start()
+    try:
+        await collector.wait_for(2)
+    finally:
+        await second_run.stop()
+    # "first" was committed; "second" was not finished, so it and everything after it return.
+    assert [d.event.request_id for d in collector.items] == ["second", "third"]
+
+
+async def test_start_and_stop_are_idempotent(
+    kafka_settings: KafkaSettings, producer: EventProducer, topic_factory: TopicFactory
+) -> None:
+    topic = await topic_factory()
+    consumer = consumer_for(kafka_settings, producer, topic, Collector())
+    await consumer.start()
+    await consumer.start()
+    await consumer.stop()
+    await consumer.stop()
+    await producer.stop()
+    await producer.stop()
+    assert not producer.started
+
+
+async def test_unreachable_kafka_is_a_typed_retriable_error() -> None:
+    settings = KafkaSettings(bootstrap_servers="127.0.0.1:1", request_timeout_ms=1000)
+    producer = EventProducer(settings, client_id="nowhere")
+    with pytest.raises(DependencyUnavailable) as info:
+        await producer.start()
+    assert info.value.retriable

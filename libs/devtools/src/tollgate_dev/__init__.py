@@ -1,0 +1,1 @@
+"""Development and test platform for Tollgate (never deployed)."""

@@ -1,0 +1,124 @@
+"""``make run``: the whole gateway on this machine, on embedded defaults.
+
+Starts Tansu on 127.0.0.1:9092 unless ``KAFKA_BOOTSTRAP_SERVERS`` is set, uses
+``DATABASE_URL`` if set or else an embedded Postgres under ``var/postgres``, creates topics,
+applies migrations, runs the services from the ``Procfile`` under honcho, prints their URLs
+and, on Ctrl-C, stops everything it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tollgate_dev.platform import EmbeddedPostgres, TansuBroker, stop_process
+from tollgate_dev.stack import (
+    DEFAULT_PORTS,
+    SERVICES,
+    bin_path,
+    run_prepare,
+    service_env,
+    wait_ready,
+)
+
+logger = logging.getLogger("tollgate-dev")
+
+
+class DevSettings(BaseSettings):
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+
+    kafka_bootstrap_servers: str | None = None
+    database_url: str | None = None
+    tollgate_stream_port: int = DEFAULT_PORTS["stream"]
+    tollgate_auth_port: int = DEFAULT_PORTS["auth"]
+    tollgate_router_port: int = DEFAULT_PORTS["router"]
+    tollgate_meter_port: int = DEFAULT_PORTS["meter"]
+    tollgate_analytics_port: int = DEFAULT_PORTS["analytics"]
+
+    def ports(self) -> dict[str, int]:
+        return {s: int(getattr(self, f"tollgate_{s}_port")) for s in SERVICES}
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--root", type=Path, default=Path.cwd(), help="repository root")
+    parser.add_argument("--kafka-port", type=int, default=9092)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="tollgate-dev | %(message)s")
+    for noisy in ("httpx", "pgserver", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    settings = DevSettings()
+    started = time.monotonic()
+    var = args.root / "var"
+    var.mkdir(exist_ok=True)
+
+    broker: TansuBroker | None = None
+    postgres: EmbeddedPostgres | None = None
+    honcho: subprocess.Popen[bytes] | None = None
+    # Ctrl-C reaches every process of the terminal's group at once, SIGTERM only this one:
+    # either way honcho is told to stop the services, then Kafka and Postgres are stopped.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+    try:
+        bootstrap = settings.kafka_bootstrap_servers
+        if bootstrap is None:
+            broker = TansuBroker(args.kafka_port, log_path=var / "tansu.log").start()
+            bootstrap = broker.bootstrap_servers
+        logger.info("Kafka: %s%s", bootstrap, " (embedded Tansu)" if broker else "")
+        database_url = settings.database_url
+        if database_url is None:
+            postgres = EmbeddedPostgres(var / "postgres").start()
+            database_url = postgres.url
+        logger.info(
+            "Postgres: %s%s", database_url.split("@")[-1], " (embedded)" if postgres else ""
+        )
+        created = run_prepare(bootstrap, database_url)
+        logger.info("topics created: %s", ", ".join(created) or "none (all existed)")
+
+        ports = settings.ports()
+        env = service_env(
+            {**os.environ, "TOLLGATE_LOG_FORMAT": "text"},
+            bootstrap_servers=bootstrap,
+            database_url=database_url,
+            ports=ports,
+        )
+        env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+        honcho = subprocess.Popen(
+            [bin_path("honcho"), "start", "-f", str(args.root / "Procfile"), "-d", str(args.root)],
+            env=env,
+        )
+        urls = {s: f"http://127.0.0.1:{p}" for s, p in ports.items()}
+        wait_ready(urls, timeout=120, processes={"honcho": honcho})
+        stream = urls["stream"]
+        ws = stream.replace("http://", "ws://")
+        logger.info("ready in %.1fs", time.monotonic() - started)
+        logger.info("  AppSync Events HTTP publish  POST %s/event", stream)
+        logger.info("  AppSync Events WebSocket     %s/event/realtime", ws)
+        for service, url in urls.items():
+            logger.info("  %-9s  %s/healthz  %s/readyz  %s/metrics", service, url, url, url)
+        logger.info("Ctrl-C stops everything")
+        honcho.wait()
+    except KeyboardInterrupt:
+        logger.info("stopping")
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if honcho is not None:
+            stop_process(honcho, timeout=30)
+        if broker is not None:
+            broker.stop()
+        if postgres is not None:
+            postgres.stop()
+        logger.info("stopped")

@@ -1,0 +1,41 @@
+"""The provider interface: a request in, a stream of text deltas and one final usage out."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from tollgate_core.contracts import ChatMessage, Usage
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderRequest:
+    model: str
+    messages: tuple[ChatMessage, ...]
+    system: tuple[str, ...] = ()
+    max_tokens: int | None = None
+    temperature: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    usage: Usage
+    stop_reason: str = "end_turn"
+    metrics: dict[str, int] = field(default_factory=dict)
+
+
+ProviderEvent = TextDelta | Finished
+
+
+class Provider(Protocol):
+    name: str
+
+    def stream(self, request: ProviderRequest) -> AsyncIterator[ProviderEvent]:
+        """Yield text deltas, then exactly one :class:`Finished`."""
+        ...

@@ -1,0 +1,30 @@
+"""The edge's HTTP and WebSocket routes."""
+
+from __future__ import annotations
+
+from starlette.applications import Starlette
+from starlette.routing import Route, WebSocketRoute
+
+from tollgate_core.health import Health
+from tollgate_core.http import ops_app
+from tollgate_stream.appsync.http_publish import publish_endpoint
+from tollgate_stream.appsync.websocket import realtime_endpoint
+from tollgate_stream.gateway import Gateway
+from tollgate_stream.settings import StreamSettings
+from tollgate_stream.subscriptions import Subscriptions
+
+
+def create_app(
+    settings: StreamSettings, health: Health, gateway: Gateway, subscriptions: Subscriptions
+) -> Starlette:
+    app = ops_app(
+        health,
+        [
+            Route("/event", publish_endpoint, methods=["POST"]),
+            WebSocketRoute("/event/realtime", realtime_endpoint),
+        ],
+    )
+    app.state.settings = settings
+    app.state.gateway = gateway
+    app.state.subscriptions = subscriptions
+    return app

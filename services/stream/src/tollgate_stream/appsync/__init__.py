@@ -1,0 +1,1 @@
+"""The AWS AppSync Events protocol: WebSocket (``/event/realtime``) and HTTP publish."""

@@ -1,0 +1,36 @@
+"""Where AppSync clients put their credentials."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterable, Mapping
+
+PROTOCOL = "aws-appsync-event-ws"
+_HEADER_PREFIX = "header-"
+_AUTH_KEYS = ("authorization", "x-api-key", "x-amz-date", "x-amz-security-token", "host")
+
+
+def from_subprotocols(subprotocols: Iterable[str]) -> dict[str, str]:
+    """Decode the ``header-<base64url(JSON)>`` subprotocol, if offered."""
+    for proto in subprotocols:
+        if proto.startswith(_HEADER_PREFIX):
+            encoded = proto[len(_HEADER_PREFIX) :]
+            try:
+                raw = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+                data = json.loads(raw)
+            except ValueError:
+                return {}
+            if isinstance(data, dict):
+                return normalize(data)
+    return {}
+
+
+def normalize(headers: Mapping[str, object]) -> dict[str, str]:
+    """Lower-cased auth headers with string values only."""
+    return {k.lower(): v for k, v in headers.items() if isinstance(v, str)}
+
+
+def pick(headers: Mapping[str, str]) -> dict[str, str]:
+    """The auth-related subset of HTTP request headers."""
+    return {k: headers[k] for k in _AUTH_KEYS if k in headers}

@@ -1,0 +1,257 @@
+"""``/event/realtime``: the AppSync Events WebSocket protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+from prometheus_client import Counter, Gauge
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from tollgate_stream.appsync import auth_headers
+from tollgate_stream.errors import AppSyncError
+from tollgate_stream.gateway import Gateway
+from tollgate_stream.settings import StreamSettings
+from tollgate_stream.subscriptions import Subscriptions
+
+logger = logging.getLogger(__name__)
+
+CONNECTIONS = Gauge("tollgate_stream_connections", "Open AppSync WebSocket connections")
+MESSAGES = Counter("tollgate_stream_ws_messages_total", "Client messages", ["type"])
+SLOW_CLIENTS = Counter("tollgate_stream_slow_clients_total", "Connections closed as too slow")
+
+
+class Connection:
+    """One client connection: a bounded send queue drained by its own writer task, so a slow
+    client never holds up delivery to the others."""
+
+    def __init__(
+        self,
+        ws: WebSocket,
+        gateway: Gateway,
+        subscriptions: Subscriptions,
+        settings: StreamSettings,
+        headers: dict[str, str],
+    ) -> None:
+        self._ws = ws
+        self._gateway = gateway
+        self._subscriptions = subscriptions
+        self._settings = settings
+        self._headers = headers
+        self._queue: asyncio.Queue[str | None] = asyncio.Queue(settings.send_queue_size)
+        self._closing = False
+
+    # --- outgoing ------------------------------------------------------------------------
+
+    def send(self, message: dict[str, Any]) -> None:
+        self._enqueue(json.dumps(message, separators=(",", ":")))
+
+    def send_data(self, subscription_id: str, event: str) -> None:
+        self._enqueue(
+            json.dumps(
+                {"type": "data", "id": subscription_id, "event": event}, separators=(",", ":")
+            )
+        )
+
+    def _enqueue(self, text: str) -> None:
+        if self._closing:
+            return
+        try:
+            self._queue.put_nowait(text)
+        except asyncio.QueueFull:
+            SLOW_CLIENTS.inc()
+            logger.warning("closing a connection that does not keep up with its events")
+            self._close()
+
+    def _close(self) -> None:
+        self._closing = True
+        self._subscriptions.drop(self)
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(None)
+
+    async def _writer(self) -> None:
+        while (text := await self._queue.get()) is not None:
+            await self._ws.send_text(text)
+        if self._ws.application_state != WebSocketState.DISCONNECTED:
+            await self._ws.close(1000)
+
+    async def _keepalive(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(self._settings.keepalive_interval_s)
+            self.send({"type": "ka"})
+
+    # --- incoming ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        writer = asyncio.create_task(self._writer())
+        keepalive: asyncio.Task[None] | None = None
+        try:
+            while not self._closing:
+                text = await self._ws.receive_text()
+                message = self._parse(text)
+                if message is None:
+                    continue
+                kind = message.get("type")
+                MESSAGES.labels(kind if isinstance(kind, str) and len(kind) < 32 else "?").inc()
+                if kind == "connection_init":
+                    self._ack()
+                    if keepalive is None:
+                        keepalive = asyncio.create_task(self._keepalive())
+                elif kind == "subscribe":
+                    await self._subscribe(message)
+                elif kind == "unsubscribe":
+                    self._unsubscribe(message)
+                elif kind == "publish":
+                    await self._publish(message)
+                else:
+                    self.send(
+                        {
+                            "type": "error",
+                            "id": message.get("id"),
+                            "errors": [
+                                {
+                                    "errorType": "UnsupportedOperation",
+                                    "message": f"unknown message type {str(kind)[:64]!r}",
+                                }
+                            ],
+                        }
+                    )
+        except WebSocketDisconnect:
+            pass
+        finally:
+            self._close()
+            if keepalive is not None:
+                keepalive.cancel()
+            with contextlib.suppress(Exception):
+                await writer
+
+    def _parse(self, text: str) -> dict[str, Any] | None:
+        try:
+            message = json.loads(text)
+        except ValueError:
+            message = None
+        if not isinstance(message, dict):
+            self.send(
+                {
+                    "type": "error",
+                    "errors": [
+                        {
+                            "errorType": "BadRequestException",
+                            "message": "message is not a JSON object",
+                        }
+                    ],
+                }
+            )
+            return None
+        return message
+
+    def _ack(self) -> None:
+        timeout = self._settings.connection_timeout_ms
+        self.send(
+            {
+                "type": "connection_ack",
+                "connectionTimeoutMs": timeout,
+                "payload": {"connectionTimeoutMs": timeout},
+            }
+        )
+
+    def _auth(self, message: dict[str, Any]) -> dict[str, str]:
+        authorization = message.get("authorization")
+        if not isinstance(authorization, dict):
+            payload = message.get("payload")
+            extensions = payload.get("extensions") if isinstance(payload, dict) else None
+            authorization = (
+                extensions.get("authorization") if isinstance(extensions, dict) else None
+            )
+        if isinstance(authorization, dict):
+            return {**self._headers, **auth_headers.normalize(authorization)}
+        return self._headers
+
+    async def _subscribe(self, message: dict[str, Any]) -> None:
+        sub_id = message.get("id")
+        if not isinstance(sub_id, str) or not sub_id:
+            self.send(
+                {
+                    "type": "subscribe_error",
+                    "errors": [AppSyncError.bad_request("subscribe needs an id").as_error()],
+                }
+            )
+            return
+        channel_path = message.get("channel")
+        if channel_path is None and isinstance(message.get("payload"), dict):
+            channel_path = message["payload"].get("channel")
+        try:
+            if self._subscriptions.count(self) >= self._settings.max_subscriptions:
+                raise AppSyncError.limit(
+                    f"at most {self._settings.max_subscriptions} subscriptions per connection"
+                )
+            channel = self._gateway.channel(channel_path, subscribe=True)
+            await self._gateway.authorizer.for_channel(channel, self._auth(message))
+        except AppSyncError as exc:
+            self.send({"type": "subscribe_error", "id": sub_id, "errors": [exc.as_error()]})
+            return
+        self._subscriptions.add(self, sub_id, channel)
+        self.send({"type": "subscribe_success", "id": sub_id})
+
+    def _unsubscribe(self, message: dict[str, Any]) -> None:
+        sub_id = message.get("id")
+        if isinstance(sub_id, str) and self._subscriptions.remove(self, sub_id):
+            self.send({"type": "unsubscribe_success", "id": sub_id})
+        else:
+            self.send(
+                {
+                    "type": "unsubscribe_error",
+                    "id": sub_id,
+                    "errors": [
+                        {"errorType": "UnknownOperationError", "message": "no such subscription"}
+                    ],
+                }
+            )
+
+    async def _publish(self, message: dict[str, Any]) -> None:
+        pub_id = message.get("id")
+        if not isinstance(pub_id, str) or not pub_id:
+            self.send(
+                {
+                    "type": "publish_error",
+                    "errors": [AppSyncError.bad_request("publish needs an id").as_error()],
+                }
+            )
+            return
+        try:
+            result = await self._gateway.publish(
+                message.get("channel"), message.get("events"), self._auth(message)
+            )
+        except AppSyncError as exc:
+            self.send({"type": "publish_error", "id": pub_id, "errors": [exc.as_error()]})
+            return
+        self.send(
+            {
+                "type": "publish_success",
+                "id": pub_id,
+                "successful": result.successful,
+                "failed": result.failed,
+            }
+        )
+
+
+async def realtime_endpoint(websocket: WebSocket) -> None:
+    app_state = websocket.app.state
+    offered = websocket.scope.get("subprotocols", [])
+    headers = {
+        **auth_headers.pick({k.lower(): v for k, v in websocket.headers.items()}),
+        **auth_headers.from_subprotocols(offered),
+    }
+    subprotocol = auth_headers.PROTOCOL if auth_headers.PROTOCOL in offered else None
+    await websocket.accept(subprotocol=subprotocol)
+    connection = Connection(
+        websocket, app_state.gateway, app_state.subscriptions, app_state.settings, headers
+    )
+    CONNECTIONS.inc()
+    try:
+        await connection.run()
+    finally:
+        CONNECTIONS.dec()

@@ -1,0 +1,143 @@
+"""The edge's core: turn published chat events into requests on Kafka."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+from prometheus_client import Counter
+
+from tollgate_core import topics
+from tollgate_core.bus import Publisher
+from tollgate_core.contracts import ChatRequestV1, ReplyTo, new_request_id
+from tollgate_core.errors import RequestError, TollgateError
+from tollgate_stream.appsync.channels import Channel, parse_channel
+from tollgate_stream.chat import parse_inbound
+from tollgate_stream.errors import AppSyncError
+from tollgate_stream.identity import Authorizer
+from tollgate_stream.settings import StreamSettings
+
+logger = logging.getLogger(__name__)
+tracer = trace.get_tracer("tollgate.stream")
+
+PUBLISHED = Counter("tollgate_stream_publish_events_total", "Published events", ["result"])
+
+
+@dataclass
+class PublishResult:
+    successful: list[dict[str, Any]] = field(default_factory=list)
+    failed: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Gateway:
+    def __init__(
+        self,
+        settings: StreamSettings,
+        publisher: Publisher,
+        authorizer: Authorizer,
+        *,
+        reply_partitions: list[int],
+    ) -> None:
+        self._settings = settings
+        self._publisher = publisher
+        self.authorizer = authorizer
+        self._reply_partitions = reply_partitions
+        self.namespaces = {settings.inbound_namespace, settings.outbound_namespace}
+
+    def channel(self, path: object, *, subscribe: bool) -> Channel:
+        """Parse and check a channel for a publish or a subscribe."""
+        channel = parse_channel(path, allow_wildcard=subscribe)
+        if channel.namespace not in self.namespaces:
+            raise AppSyncError.bad_request(f"namespace {channel.namespace!r} is not declared")
+        wanted = (
+            self._settings.outbound_namespace if subscribe else self._settings.inbound_namespace
+        )
+        if channel.namespace != wanted:
+            verb = "subscribe to" if subscribe else "publish to"
+            raise AppSyncError.forbidden(f"clients may not {verb} {channel.namespace}")
+        return channel
+
+    def outbound_for(self, inbound: Channel) -> Channel:
+        return Channel((self._settings.outbound_namespace, *inbound.segments[1:]))
+
+    async def publish(
+        self, channel_path: object, events: object, headers: dict[str, str]
+    ) -> PublishResult:
+        """AppSync publish semantics: the whole call fails on a bad channel, auth or event
+        count; each event then succeeds or fails on its own."""
+        channel = self.channel(channel_path, subscribe=False)
+        if not isinstance(events, list) or not events:
+            raise AppSyncError.bad_request("events must be a non-empty list of JSON strings")
+        if len(events) > self._settings.max_events_per_publish:
+            raise AppSyncError.bad_request(
+                f"at most {self._settings.max_events_per_publish} events per publish"
+            )
+        identity = await self.authorizer.for_channel(channel, headers)
+        result = PublishResult()
+        with tracer.start_as_current_span(
+            f"publish {channel.namespace}",
+            kind=SpanKind.SERVER,
+            attributes={"tollgate.principal": identity.principal, "tollgate.events": len(events)},
+        ):
+            for index, event in enumerate(events):
+                request_id = new_request_id()
+                try:
+                    request = self._request(
+                        request_id, event, channel, identity.principal, identity.groups
+                    )
+                    await self._publisher.publish(topics.REQUESTS, request, key=identity.principal)
+                except TollgateError as exc:
+                    PUBLISHED.labels("failed").inc()
+                    code = exc.http_status
+                    result.failed.append(
+                        {
+                            "identifier": request_id,
+                            "index": index,
+                            "errorCode": code,
+                            "errorMessage": exc.message,
+                        }
+                    )
+                    continue
+                PUBLISHED.labels("ok").inc()
+                result.successful.append({"identifier": request_id, "index": index})
+        return result
+
+    def _request(
+        self,
+        request_id: str,
+        event: object,
+        channel: Channel,
+        principal: str,
+        groups: tuple[str, ...],
+    ) -> ChatRequestV1:
+        if not isinstance(event, str):
+            raise RequestError("each event must be a string holding JSON")
+        if len(event.encode()) > self._settings.max_event_bytes:
+            raise RequestError(f"event exceeds {self._settings.max_event_bytes} bytes")
+        try:
+            json.loads(event)
+        except ValueError as exc:
+            raise RequestError(f"event is not valid JSON: {exc}") from exc
+        chat = parse_inbound(event)
+        return ChatRequestV1(
+            request_id=request_id,
+            principal=principal,
+            groups=groups,
+            model=chat.model_id,
+            messages=chat.messages,
+            system=chat.system,
+            max_tokens=chat.max_tokens,
+            temperature=chat.temperature,
+            conversation_id=chat.conversation_id,
+            channel=self.outbound_for(channel).path,
+            protocol="appsync",
+            reply_to=ReplyTo(
+                topic=topics.REPLIES,
+                partition=random.choice(self._reply_partitions),  # noqa: S311
+            ),
+        )

@@ -1,0 +1,45 @@
+"""Reply events from Kafka to the clients waiting for them."""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+
+from tollgate_core.bus import Delivered
+from tollgate_core.contracts import ReplyChunkV1, ReplyDoneV1, ReplyErrorV1
+from tollgate_stream.appsync.channels import parse_channel
+from tollgate_stream.chat import dumps, outbound_events
+from tollgate_stream.errors import AppSyncError
+from tollgate_stream.subscriptions import Subscriptions
+
+logger = logging.getLogger(__name__)
+
+Reply = ReplyChunkV1 | ReplyDoneV1 | ReplyErrorV1
+
+
+class ReplyDispatcher:
+    """Delivers each reply once, in order: a redelivered (request, seq) is dropped."""
+
+    def __init__(self, subscriptions: Subscriptions, *, remember: int = 100_000) -> None:
+        self._subscriptions = subscriptions
+        self._next_seq: OrderedDict[str, int] = OrderedDict()
+        self._remember = remember
+
+    async def __call__(self, delivered: Delivered[Reply]) -> None:
+        reply = delivered.event
+        expected = self._next_seq.get(reply.request_id, 0)
+        if reply.seq < expected:
+            return
+        self._next_seq[reply.request_id] = reply.seq + 1
+        self._next_seq.move_to_end(reply.request_id)
+        while len(self._next_seq) > self._remember:
+            self._next_seq.popitem(last=False)
+        if reply.channel is None:
+            return
+        try:
+            channel = parse_channel(reply.channel, allow_wildcard=False)
+        except AppSyncError:
+            logger.warning("reply %s names an invalid channel", reply.request_id)
+            return
+        for event in outbound_events(reply):
+            self._subscriptions.deliver(channel, dumps(event))

@@ -1,0 +1,44 @@
+"""Edge settings (``TOLLGATE_STREAM_*``)."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tollgate_core.settings import KafkaSettings, TelemetrySettings
+
+
+class StreamSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TOLLGATE_STREAM_", frozen=True, extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    #: reply partitions this process owns: "all", or a comma-separated list such as "0,1,2"
+    reply_partitions: str = "all"
+    inbound_namespace: str = "Inbound-Messages"
+    outbound_namespace: str = "Outbound-Messages"
+    connection_timeout_ms: int = Field(default=300_000, ge=10_000)
+    keepalive_interval_s: float = Field(default=60.0, gt=0)
+    max_subscriptions: int = Field(default=200, ge=1)
+    max_events_per_publish: int = Field(default=5, ge=1)
+    max_event_bytes: int = Field(default=240 * 1024, ge=1)
+    send_queue_size: int = Field(default=1024, ge=1)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+
+    @field_validator("reply_partitions")
+    @classmethod
+    def _partitions(cls, value: str) -> str:
+        value = value.strip()
+        if value != "all" and not all(p.strip().isdigit() for p in value.split(",")):
+            raise ValueError('reply_partitions is "all" or a list like "0,1,2"')
+        return value
+
+    def owned_partitions(self, available: set[int]) -> list[int]:
+        if self.reply_partitions == "all":
+            return sorted(available)
+        wanted = {int(p) for p in self.reply_partitions.split(",")}
+        missing = wanted - available
+        if missing:
+            raise ValueError(f"reply partitions {sorted(missing)} do not exist")
+        return sorted(wanted)
