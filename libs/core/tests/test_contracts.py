@@ -43,12 +43,23 @@ def make_request(**overrides: object) -> ChatRequestV1:
         make_request(),
         AdmissionV1(request=make_request(), reserved_input_tokens=5, reserved_output_tokens=100),
         UsageRecordV1(
-            request_id="r", principal="alice", model="m", provider="local",
-            usage=Usage(input_tokens=3, output_tokens=4), cost_usd=Decimal("0.000123"),
+            request_id="r",
+            principal="alice",
+            model="m",
+            provider="local",
+            usage=Usage(input_tokens=3, output_tokens=4),
+            cost_usd=Decimal("0.000123"),
         ),
         RequestLogV1(
-            request_id="r", principal="alice", model="m", provider="local", status="ok",
-            input_tokens=3, output_tokens=4, latency_ms=12, time_to_first_token_ms=5,
+            request_id="r",
+            principal="alice",
+            model="m",
+            provider="local",
+            status="ok",
+            input_tokens=3,
+            output_tokens=4,
+            latency_ms=12,
+            time_to_first_token_ms=5,
             started_at=utcnow(),
         ),
     ],
@@ -63,8 +74,12 @@ def test_replies_round_trip_through_the_discriminated_union() -> None:
     replies = [
         ReplyChunkV1(request_id="r", principal="a", seq=0, text="Hel"),
         ReplyDoneV1(request_id="r", principal="a", seq=1, usage=Usage(input_tokens=1)),
-        ReplyErrorV1(request_id="r", principal="a", seq=2,
-                     error=ErrorInfo(type="provider_throttled", message="slow down", retriable=True)),
+        ReplyErrorV1(
+            request_id="r",
+            principal="a",
+            seq=2,
+            error=ErrorInfo(type="provider_throttled", message="slow down", retriable=True),
+        ),
     ]
     for reply in replies:
         assert reply.SCHEMA == REPLY_SCHEMA
@@ -72,16 +87,18 @@ def test_replies_round_trip_through_the_discriminated_union() -> None:
 
 
 def test_each_contract_names_a_versioned_schema() -> None:
-    schemas = {c.SCHEMA for c in (ChatRequestV1, AdmissionV1, UsageRecordV1, RequestLogV1,
-                                  ReplyChunkV1)}
+    schemas = {
+        c.SCHEMA for c in (ChatRequestV1, AdmissionV1, UsageRecordV1, RequestLogV1, ReplyChunkV1)
+    }
     assert all(s.startswith("tollgate.") and s.endswith(".v1") for s in schemas)
     assert len(schemas) == 5
 
 
 def test_unknown_fields_are_ignored_within_a_version() -> None:
     raw = make_request().model_dump(mode="json") | {"added_in_a_later_minor": 1}
-    assert ChatRequestV1.model_validate(raw) == make_request(request_id=raw["request_id"],
-                                                             created_at=raw["created_at"])
+    assert ChatRequestV1.model_validate(raw) == make_request(
+        request_id=raw["request_id"], created_at=raw["created_at"]
+    )
 
 
 def test_contracts_are_frozen_and_validated() -> None:

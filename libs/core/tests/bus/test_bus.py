@@ -57,19 +57,28 @@ class Collector:
 
 
 def consumer_for(
-    kafka_settings: KafkaSettings, producer: EventProducer, topic: str, handler: Collector,
+    kafka_settings: KafkaSettings,
+    producer: EventProducer,
+    topic: str,
+    handler: Collector,
     **options: Any,
 ) -> EventConsumer[UsageRecordV1]:
     options.setdefault("partitions", [0])
     return EventConsumer(
-        kafka_settings, name="test", topics=[topic], decoder=Decoder.of(UsageRecordV1),
-        handler=handler, dead_letter=producer, **options,
+        kafka_settings,
+        name="test",
+        topics=[topic],
+        decoder=Decoder.of(UsageRecordV1),
+        handler=handler,
+        dead_letter=producer,
+        **options,
     )
 
 
 async def dead_letters_for(kafka_settings: KafkaSettings, topic: str, n: int) -> list[Any]:
-    reader = AIOKafkaConsumer(auto_offset_reset="earliest", fetch_max_wait_ms=5,
-                              **kafka_settings.client_kwargs())
+    reader = AIOKafkaConsumer(
+        auto_offset_reset="earliest", fetch_max_wait_ms=5, **kafka_settings.client_kwargs()
+    )
     await reader.start()
     try:
         reader.assign([TopicPartition(DEAD_LETTER, p) for p in range(3)])
@@ -78,8 +87,7 @@ async def dead_letters_for(kafka_settings: KafkaSettings, topic: str, n: int) ->
             while len(found) < n:
                 batch = await reader.getmany(timeout_ms=200)
                 for records in batch.values():
-                    found += [r for r in records
-                              if h.to_dict(r.headers).get(h.DLQ_TOPIC) == topic]
+                    found += [r for r in records if h.to_dict(r.headers).get(h.DLQ_TOPIC) == topic]
         return found
     finally:
         await reader.stop()
@@ -107,7 +115,9 @@ async def test_produce_and_consume_with_headers(
 
 
 async def test_trace_context_is_carried_across_produce_and_consume(
-    kafka_settings: KafkaSettings, producer: EventProducer, topic_factory: TopicFactory,
+    kafka_settings: KafkaSettings,
+    producer: EventProducer,
+    topic_factory: TopicFactory,
     spans: InMemorySpanExporter,
 ) -> None:
     topic = await topic_factory()
@@ -138,8 +148,11 @@ async def test_poison_records_go_to_the_dead_letter_topic_and_the_partition_move
     collector = Collector()
     await producer.send_raw(topic, b'{"request_id": "x"}')  # no schema header
     await producer.send_raw(topic, b"\x00\xff not json", headers=[(h.SCHEMA, b"tollgate.usage.v1")])
-    await producer.send_raw(topic, usage("future").model_dump_json().encode(),
-                            headers=[(h.SCHEMA, b"tollgate.usage.v9")])
+    await producer.send_raw(
+        topic,
+        usage("future").model_dump_json().encode(),
+        headers=[(h.SCHEMA, b"tollgate.usage.v9")],
+    )
     await producer.publish(topic, usage("good"))
     consumer = consumer_for(kafka_settings, producer, topic, collector)
     await consumer.start()
@@ -180,7 +193,9 @@ async def test_handler_errors_retriable_are_retried_others_dead_lettered(
 
 
 async def test_group_commits_only_finished_work_and_redelivers_the_rest(
-    kafka_settings: KafkaSettings, producer: EventProducer, topic_factory: TopicFactory,
+    kafka_settings: KafkaSettings,
+    producer: EventProducer,
+    topic_factory: TopicFactory,
     unique: Callable[[str], str],
 ) -> None:
     topic = await topic_factory()
@@ -194,8 +209,13 @@ async def test_group_commits_only_finished_work_and_redelivers_the_rest(
             await release.wait()  # never set: the process "dies" while handling it
 
     first_run = EventConsumer(
-        kafka_settings, name="run-1", topics=[topic], group_id=group,
-        decoder=Decoder.of(UsageRecordV1), handler=stuck_on_second, dead_letter=producer,
+        kafka_settings,
+        name="run-1",
+        topics=[topic],
+        group_id=group,
+        decoder=Decoder.of(UsageRecordV1),
+        handler=stuck_on_second,
+        dead_letter=producer,
         concurrency=4,
     )
     for request_id in ("first", "second", "third"):
@@ -208,8 +228,13 @@ async def test_group_commits_only_finished_work_and_redelivers_the_rest(
 
     collector = Collector()
     second_run = EventConsumer(
-        kafka_settings, name="run-2", topics=[topic], group_id=group,
-        decoder=Decoder.of(UsageRecordV1), handler=collector, dead_letter=producer,
+        kafka_settings,
+        name="run-2",
+        topics=[topic],
+        group_id=group,
+        decoder=Decoder.of(UsageRecordV1),
+        handler=collector,
+        dead_letter=producer,
     )
     await second_run.start()
     try:

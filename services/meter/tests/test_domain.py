@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from tollgate_core.contracts import ChatMessage, ChatRequestV1, ReplyTo, TextBlock
+from tollgate_meter.domain import estimate
+
+
+def request(
+    text: str, max_tokens: int | None = None, system: tuple[str, ...] = ()
+) -> ChatRequestV1:
+    return ChatRequestV1(
+        principal="p",
+        messages=(ChatMessage(role="user", content=(TextBlock(text=text),)),),
+        system=system,
+        max_tokens=max_tokens,
+        reply_to=ReplyTo(topic="t", partition=0),
+    )
+
+
+def test_estimate_reserves_max_tokens_or_the_default() -> None:
+    assert estimate(request("hi", max_tokens=50), default_max_tokens=1024).output_tokens == 50
+    assert estimate(request("hi"), default_max_tokens=1024).output_tokens == 1024
+
+
+def test_estimate_grows_with_prompt_and_system_text() -> None:
+    short = estimate(request("x" * 30), default_max_tokens=1).input_tokens
+    long = estimate(request("x" * 3000), default_max_tokens=1).input_tokens
+    with_system = estimate(request("x" * 30, system=("be brief",)), default_max_tokens=1)
+    assert long > short > 0
+    assert with_system.input_tokens > short
+    assert long >= 1000  # errs high: at most three characters a token

@@ -1,0 +1,85 @@
+"""Fixtures for the cross-service tests: the whole gateway as separate processes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from oteltap import OtelTapHttpProtobufReceiver, OtelTapHttpProtobufReceiverSettings
+
+from tollgate_dev.platform import EmbeddedPostgres, TansuBroker, free_port
+from tollgate_dev.stack import SERVICES, Stack, run_prepare
+
+
+@pytest.fixture(scope="session")
+def otlp_port() -> int:
+    return free_port()
+
+
+class SpanLog:
+    """Every span the services export over OTLP, kept from the moment the receiver starts."""
+
+    def __init__(self) -> None:
+        self.spans: list[Span] = []
+
+    async def collect(self, receiver: OtelTapHttpProtobufReceiver) -> None:
+        async for span in receiver.stream_traces():
+            self.spans.append(span)
+
+    async def wait_for(self, predicate: Callable[[Span], bool], timeout: float = 20) -> Span:
+        async with asyncio.timeout(timeout):
+            while True:
+                for span in self.spans:
+                    if predicate(span):
+                        return span
+                await asyncio.sleep(0.1)
+
+
+@pytest.fixture(scope="session")
+async def otlp(otlp_port: int) -> AsyncIterator[SpanLog]:
+    receiver = OtelTapHttpProtobufReceiver(OtelTapHttpProtobufReceiverSettings(http_port=otlp_port))
+    await receiver.start()
+    log = SpanLog()
+    task = asyncio.create_task(log.collect(receiver))
+    try:
+        yield log
+    finally:
+        await receiver.stop()
+        await task
+
+
+@pytest.fixture(scope="session")
+def stack(
+    kafka_broker: TansuBroker,
+    embedded_postgres: EmbeddedPostgres,
+    otlp: SpanLog,
+    otlp_port: int,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Stack]:
+    run_prepare(kafka_broker.bootstrap_servers, embedded_postgres.url)
+    log_dir = Path(tmp_path_factory.mktemp("stack-logs"))
+    stack = Stack(
+        bootstrap_servers=kafka_broker.bootstrap_servers,
+        database_url=embedded_postgres.url,
+        log_dir=log_dir,
+        ports={service: free_port() for service in SERVICES},
+        extra_env={
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp_port}",
+            "TOLLGATE_LOCAL_MODEL_TIME_TO_FIRST_TOKEN_MS": "50",
+            "TOLLGATE_LOCAL_MODEL_TOKENS_PER_SECOND": "200",
+            "TOLLGATE_LOCAL_MODEL_OUTPUT_TOKENS": "12",
+            "TOLLGATE_LOG_FORMAT": "json",
+        },
+    )
+    try:
+        stack.start(timeout=120)
+        yield stack
+    except BaseException:
+        for service in SERVICES:
+            print(f"--- {service} ---\n{stack.logs(service)[-4000:]}")  # noqa: T201
+        raise
+    finally:
+        stack.stop()

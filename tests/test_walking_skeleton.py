@@ -1,0 +1,168 @@
+"""One request through the whole gateway: edge → meter → router → edge, as separate
+processes over a real Kafka protocol peer and a real Postgres."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from tests.appsync_client import AppSyncSocket, chat_event, connect
+from tests.conftest import SpanLog
+from tollgate_core.settings import DatabaseSettings
+from tollgate_dev.platform import EmbeddedPostgres
+from tollgate_dev.stack import Stack
+
+pytestmark = pytest.mark.e2e
+
+
+async def collect_answer(socket: AppSyncSocket, sub_id: str) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    async with asyncio.timeout(30):
+        async for event in socket.events(sub_id):
+            events.append(event)
+            if "metadata" in event or "error" in event:
+                return events
+    raise AssertionError("unreachable")
+
+
+def assert_streamed_answer(events: list[dict[str, Any]], request_id: str) -> None:
+    assert all(e["requestId"] == request_id for e in events)
+    assert all(e["conversationId"] == "conv-1" for e in events)
+    assert events[0] == {
+        "messageStart": {"role": "assistant"},
+        "requestId": request_id,
+        "conversationId": "conv-1",
+    }
+    deltas = [e["contentBlockDelta"]["delta"]["text"] for e in events if "contentBlockDelta" in e]
+    assert len(deltas) == 12
+    assert "".join(deltas).strip()
+    assert events[-2]["messageStop"] == {"stopReason": "end_turn"}
+    usage = events[-1]["metadata"]["usage"]
+    assert usage["outputTokens"] == 12
+    assert usage["inputTokens"] > 0
+    assert usage["totalTokens"] == usage["inputTokens"] + usage["outputTokens"]
+
+
+async def test_http_publish_streams_the_answer_to_the_websocket_subscriber(stack: Stack) -> None:
+    edge = stack.url("stream")
+    async with connect(edge) as socket:
+        assert await socket.subscribe("sub-1", "/Outbound-Messages/alice") == {
+            "type": "subscribe_success",
+            "id": "sub-1",
+        }
+        async with httpx.AsyncClient() as client:
+            response = await client.post(
+                f"{edge}/event",
+                json={"channel": "/Inbound-Messages/alice", "events": [chat_event("Hello there")]},
+            )
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["failed"] == []
+        [accepted] = body["successful"]
+        assert accepted["index"] == 0
+        events = await collect_answer(socket, "sub-1")
+    assert_streamed_answer(events, accepted["identifier"])
+
+
+async def test_websocket_publish_and_a_subscriber_of_another_user_sees_nothing(
+    stack: Stack,
+) -> None:
+    edge = stack.url("stream")
+    async with connect(edge) as alice, connect(edge) as bob:
+        assert (await alice.subscribe("a", "/Outbound-Messages/alice"))[
+            "type"
+        ] == "subscribe_success"
+        assert (await bob.subscribe("b", "/Outbound-Messages/bob"))["type"] == "subscribe_success"
+        await alice.send(
+            {
+                "type": "publish",
+                "id": "pub-1",
+                "channel": "/Inbound-Messages/alice",
+                "events": [chat_event("Hi from the socket")],
+                "authorization": {},
+            }
+        )
+        ack = await alice.receive()
+        assert ack["type"] == "publish_success" and ack["id"] == "pub-1", ack
+        request_id = ack["successful"][0]["identifier"]
+        assert_streamed_answer(await collect_answer(alice, "a"), request_id)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.5):
+                await bob.receive()
+
+
+async def test_the_meter_ledger_settles_the_request(
+    stack: Stack, embedded_postgres: EmbeddedPostgres
+) -> None:
+    edge = stack.url("stream")
+    async with connect(edge) as socket:
+        await socket.subscribe("s", "/Outbound-Messages/carol")
+        async with httpx.AsyncClient() as client:
+            response = await client.post(
+                f"{edge}/event",
+                json={"channel": "/Inbound-Messages/carol", "events": [chat_event("count me")]},
+            )
+        request_id = response.json()["successful"][0]["identifier"]
+        events = await collect_answer(socket, "s")
+    usage = events[-1]["metadata"]["usage"]
+    engine = create_async_engine(DatabaseSettings(database_url=embedded_postgres.url).async_url)  # type: ignore[arg-type]
+    try:
+        async with asyncio.timeout(15):
+            while True:
+                async with engine.connect() as conn:
+                    row = (
+                        await conn.execute(
+                            text(
+                                "SELECT status, input_tokens, output_tokens, principal "
+                                "FROM meter.reservations WHERE request_id = :r"
+                            ),
+                            {"r": request_id},
+                        )
+                    ).first()
+                if row is not None and row.status == "settled":
+                    break
+                await asyncio.sleep(0.1)
+    finally:
+        await engine.dispose()
+    assert (row.input_tokens, row.output_tokens) == (usage["inputTokens"], usage["outputTokens"])
+    assert row.principal == "carol"
+
+
+async def test_stream_meter_and_router_spans_share_one_trace(stack: Stack, otlp: SpanLog) -> None:
+    edge = stack.url("stream")
+    async with connect(edge) as socket:
+        await socket.subscribe("s", "/Outbound-Messages/dave")
+        async with httpx.AsyncClient() as client:
+            response = await client.post(
+                f"{edge}/event",
+                json={"channel": "/Inbound-Messages/dave", "events": [chat_event("trace me")]},
+            )
+        request_id = response.json()["successful"][0]["identifier"]
+        await collect_answer(socket, "s")
+
+    def attribute(span: Any, key: str) -> str | None:
+        for kv in span.attributes:
+            if kv.key == key:
+                return str(kv.value.string_value)
+        return None
+
+    async def span_named(name: str) -> Any:
+        return await otlp.wait_for(
+            lambda s: s.name == name and attribute(s, "tollgate.request_id") == request_id
+        )
+
+    meter = await span_named("meter.admit")
+    router = await span_named("chat tollgate-local")
+    trace_id = meter.trace_id
+    assert router.trace_id == trace_id
+    # the root of the trace is the edge's publish span, which names no request id (one
+    # publish may carry several events); it is the ancestor of both.
+    edge_span = await otlp.wait_for(
+        lambda s: s.name == "publish Inbound-Messages" and s.trace_id == trace_id
+    )
+    assert not edge_span.parent_span_id
