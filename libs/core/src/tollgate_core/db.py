@@ -68,6 +68,8 @@ def run_alembic_env(schema: str) -> None:
         raise RuntimeError("sqlalchemy.url is not set")
 
     def _run(connection: Connection) -> None:
+        # Replicas starting together migrate one at a time: the lock is held until commit.
+        connection.execute(text("SELECT pg_advisory_xact_lock(hashtext(:s))"), {"s": schema})
         connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
         context.configure(
             connection=connection,
