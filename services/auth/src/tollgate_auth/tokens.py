@@ -6,6 +6,7 @@ refused before any key is looked at, so a public key can never be used as an HMA
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping
@@ -50,14 +51,20 @@ class JwksCache:
         self._min_refresh_s = min_refresh_s
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched_at: float | None = None
+        self._lock = asyncio.Lock()
 
     async def key(self, kid: str) -> jwt.PyJWK | None:
-        now = time.monotonic()
-        stale = self._fetched_at is None or now - self._fetched_at > self._ttl_s
-        may_refresh = self._fetched_at is None or now - self._fetched_at >= self._min_refresh_s
-        if stale or (kid not in self._keys and may_refresh):
-            await self._refresh()
+        if self._needs_refresh(kid):
+            async with self._lock:  # one fetch for a burst of tokens with a new kid
+                if self._needs_refresh(kid):
+                    await self._refresh()
         return self._keys.get(kid)
+
+    def _needs_refresh(self, kid: str) -> bool:
+        if self._fetched_at is None:
+            return True
+        age = time.monotonic() - self._fetched_at
+        return age > self._ttl_s or (kid not in self._keys and age >= self._min_refresh_s)
 
     async def _refresh(self) -> None:
         document = await self._source.fetch()
