@@ -159,3 +159,21 @@ def test_key_rotation_is_picked_up_by_refetching_on_an_unknown_kid(auth: Any, fo
     second = forger.token(iss=ISS, aud="client-1")
     assert auth.authorize({"authorization": second}, "invoke").status_code == 200
     assert len(auth.jwks_calls) == 2
+
+
+def test_es256_tokens_from_an_oidc_issuer_verify(auth: Any, forger: Any) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from jwt.algorithms import ECAlgorithm
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    jwk = json.loads(ECAlgorithm.to_jwk(key.public_key())) | {"kid": "ec-1", "alg": "ES256"}
+    forger.jwks = lambda: {"keys": [jwk]}
+    now = int(time.time())
+    claims = {"sub": "erin", "iss": ISS, "aud": "client-1", "exp": now + 60, "groups": ["g"]}
+    token = jwt.encode(claims, key, algorithm="ES256", headers={"kid": "ec-1"})
+    response = auth.authorize({"authorization": token}, "invoke")
+    assert response.status_code == 200, response.text
+    assert (response.json()["principal"], response.json()["groups"]) == ("erin", ["g"])
+    # the same key presented as RS256 is refused: the key's algorithm is pinned too
+    forged = f"{_b64({'alg': 'RS256', 'kid': 'ec-1'})}.{token.split('.', 1)[1]}"
+    assert auth.authorize({"authorization": forged}, "invoke").status_code == 401
