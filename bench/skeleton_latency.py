@@ -24,15 +24,17 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.appsync_client import chat_event, connect
+from tests.appsync_client import chat_event, connect, dev_token
 from tollgate_dev.platform import EmbeddedPostgres, TansuBroker, free_port
-from tollgate_dev.stack import SERVICES, Stack, run_prepare
+from tollgate_dev.stack import SERVICES, Stack, dev_auth_env, run_prepare
 
 
-async def measure(edge: str, requests: int) -> tuple[list[float], list[float]]:
+async def measure(edge: str, auth: str, requests: int) -> tuple[list[float], list[float]]:
     first_token: list[float] = []
     complete: list[float] = []
-    async with connect(edge) as socket, httpx.AsyncClient() as client:
+    token = await dev_token(auth, "bench")
+    headers = {"Authorization": token}
+    async with connect(edge, headers) as socket, httpx.AsyncClient(headers=headers) as client:
         await socket.subscribe("s", "/Outbound-Messages/bench")
         for i in range(requests):
             start = time.perf_counter()
@@ -71,6 +73,7 @@ def main() -> None:
                 log_dir=Path(tmp) / "logs",
                 ports={s: free_port() for s in SERVICES},
                 extra_env={
+                    **dev_auth_env(Path(__file__).resolve().parent.parent),
                     "TOLLGATE_LOCAL_MODEL_TIME_TO_FIRST_TOKEN_MS": "0",
                     "TOLLGATE_LOCAL_MODEL_TOKENS_PER_SECOND": "1000",
                     "TOLLGATE_LOCAL_MODEL_OUTPUT_TOKENS": str(args.tokens),
@@ -78,8 +81,10 @@ def main() -> None:
             )
             try:
                 services_s = stack.start(timeout=180)
-                asyncio.run(measure(stack.url("stream"), 3))  # warm-up
-                first, complete = asyncio.run(measure(stack.url("stream"), args.requests))
+                asyncio.run(measure(stack.url("stream"), stack.url("auth"), 3))  # warm-up
+                first, complete = asyncio.run(
+                    measure(stack.url("stream"), stack.url("auth"), args.requests)
+                )
             finally:
                 stack.stop()
     ms = lambda xs, q: 1000 * statistics.quantiles(xs, n=100)[q - 1]  # noqa: E731

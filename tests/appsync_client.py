@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 import websockets
 from websockets.asyncio.client import ClientConnection
 
@@ -58,6 +59,16 @@ async def connect(
         ack = await socket.receive()
         assert ack["type"] == "connection_ack", ack
         yield socket
+
+
+async def dev_token(auth_url: str, sub: str, groups: tuple[str, ...] = ()) -> str:
+    """An access token for ``sub`` from the auth service's development IdP."""
+    async with httpx.AsyncClient() as client:
+        response = await client.post(
+            f"{auth_url}/v1/dev/token", json={"sub": sub, "groups": groups}
+        )
+    response.raise_for_status()
+    return str(response.json()["access_token"])
 
 
 def chat_event(text: str, conversation_id: str = "conv-1", **extra: Any) -> str:

@@ -11,7 +11,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from oteltap import OtelTapHttpProtobufReceiver, OtelTapHttpProtobufReceiverSettings
 
 from tollgate_dev.platform import EmbeddedPostgres, TansuBroker, free_port
-from tollgate_dev.stack import SERVICES, Stack, run_prepare
+from tollgate_dev.stack import SERVICES, Stack, dev_auth_env, run_prepare
 
 
 @pytest.fixture(scope="session")
@@ -72,6 +72,7 @@ def stack(
             "TOLLGATE_LOCAL_MODEL_TOKENS_PER_SECOND": "200",
             "TOLLGATE_LOCAL_MODEL_OUTPUT_TOKENS": "12",
             "TOLLGATE_LOG_FORMAT": "json",
+            **dev_auth_env(Path(__file__).parents[1]),
         },
     )
     try:

@@ -8,7 +8,7 @@ import re
 import httpx
 import pytest
 
-from tests.appsync_client import chat_event, connect
+from tests.appsync_client import chat_event, connect, dev_token
 from tollgate_dev.stack import Stack
 
 pytestmark = pytest.mark.e2e
@@ -27,15 +27,18 @@ async def test_analytics_counts_the_tokens_of_answered_requests(stack: Stack) ->
     analytics = stack.url("analytics")
     async with httpx.AsyncClient() as client:
         before = output_tokens((await client.get(f"{analytics}/metrics")).text)
-        async with connect(stack.url("stream")) as socket:
+        token = await dev_token(stack.url("auth"), "erin")
+        async with connect(stack.url("stream"), {"Authorization": token}) as socket:
             await socket.subscribe("s", "/Outbound-Messages/erin")
-            await client.post(
+            response = await client.post(
                 f"{stack.url('stream')}/event",
                 json={
                     "channel": "/Inbound-Messages/erin",
                     "events": [chat_event("count my tokens")],
                 },
+                headers={"Authorization": token},
             )
+            assert response.json()["failed"] == [], response.text
             async with asyncio.timeout(30):
                 async for event in socket.events("s"):
                     if "metadata" in event:

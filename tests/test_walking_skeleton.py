@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.appsync_client import AppSyncSocket, chat_event, connect
+from tests.appsync_client import AppSyncSocket, chat_event, connect, dev_token
 from tests.conftest import SpanLog
 from tollgate_core.settings import DatabaseSettings
 from tollgate_dev.platform import EmbeddedPostgres
@@ -50,7 +50,8 @@ def assert_streamed_answer(events: list[dict[str, Any]], request_id: str) -> Non
 
 async def test_http_publish_streams_the_answer_to_the_websocket_subscriber(stack: Stack) -> None:
     edge = stack.url("stream")
-    async with connect(edge) as socket:
+    token = await dev_token(stack.url("auth"), "alice")
+    async with connect(edge, {"Authorization": token}) as socket:
         assert await socket.subscribe("sub-1", "/Outbound-Messages/alice") == {
             "type": "subscribe_success",
             "id": "sub-1",
@@ -58,6 +59,7 @@ async def test_http_publish_streams_the_answer_to_the_websocket_subscriber(stack
         async with httpx.AsyncClient() as client:
             response = await client.post(
                 f"{edge}/event",
+                headers={"Authorization": token},
                 json={"channel": "/Inbound-Messages/alice", "events": [chat_event("Hello there")]},
             )
         assert response.status_code == 200, response.text
@@ -73,7 +75,12 @@ async def test_websocket_publish_and_a_subscriber_of_another_user_sees_nothing(
     stack: Stack,
 ) -> None:
     edge = stack.url("stream")
-    async with connect(edge) as alice, connect(edge) as bob:
+    alice_token = await dev_token(stack.url("auth"), "alice")
+    bob_token = await dev_token(stack.url("auth"), "bob")
+    async with (
+        connect(edge, {"Authorization": alice_token}) as alice,
+        connect(edge, {"Authorization": bob_token}) as bob,
+    ):
         assert (await alice.subscribe("a", "/Outbound-Messages/alice"))[
             "type"
         ] == "subscribe_success"
@@ -100,11 +107,13 @@ async def test_the_meter_ledger_settles_the_request(
     stack: Stack, embedded_postgres: EmbeddedPostgres
 ) -> None:
     edge = stack.url("stream")
-    async with connect(edge) as socket:
+    token = await dev_token(stack.url("auth"), "carol")
+    async with connect(edge, {"Authorization": token}) as socket:
         await socket.subscribe("s", "/Outbound-Messages/carol")
         async with httpx.AsyncClient() as client:
             response = await client.post(
                 f"{edge}/event",
+                headers={"Authorization": token},
                 json={"channel": "/Inbound-Messages/carol", "events": [chat_event("count me")]},
             )
         request_id = response.json()["successful"][0]["identifier"]
@@ -135,11 +144,13 @@ async def test_the_meter_ledger_settles_the_request(
 
 async def test_stream_meter_and_router_spans_share_one_trace(stack: Stack, otlp: SpanLog) -> None:
     edge = stack.url("stream")
-    async with connect(edge) as socket:
+    token = await dev_token(stack.url("auth"), "dave")
+    async with connect(edge, {"Authorization": token}) as socket:
         await socket.subscribe("s", "/Outbound-Messages/dave")
         async with httpx.AsyncClient() as client:
             response = await client.post(
                 f"{edge}/event",
+                headers={"Authorization": token},
                 json={"channel": "/Inbound-Messages/dave", "events": [chat_event("trace me")]},
             )
         request_id = response.json()["successful"][0]["identifier"]

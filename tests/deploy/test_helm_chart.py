@@ -112,6 +112,28 @@ def test_the_edge_splits_reply_partitions_by_pod_index() -> None:
         "fieldRef": {"fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}
     }
     assert stream["spec"]["replicas"] == 3
+    assert env["TOLLGATE_STREAM_AUTH_URL"] == "http://gw-tollgate-auth:8081"
+
+
+def test_the_identity_provider_settings_reach_the_auth_service() -> None:
+    issuer = "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_abc"
+    docs = render(
+        {
+            **DEV_DB,
+            "identity": {
+                "issuer": issuer,
+                "audiences": "client-1",
+                "adminTokenSecret": "auth-admin",
+            },
+        }
+    )
+    env = env_of(by_kind(docs, "Deployment")["gw-tollgate-auth"])
+    assert env["TOLLGATE_AUTH_ISSUER"] == issuer
+    assert env["TOLLGATE_AUTH_AUDIENCES"] == "client-1"
+    assert env["TOLLGATE_AUTH_ADMIN_TOKEN"] == {
+        "secretKeyRef": {"name": "auth-admin", "key": "ADMIN_TOKEN"}
+    }
+    assert "TOLLGATE_AUTH_DEV_IDP" not in env  # never on in a cluster by default
 
 
 def test_topics_are_created_by_a_hook_job_or_as_strimzi_resources() -> None:

@@ -96,7 +96,32 @@ env:
         name: {{ include "tollgate.databaseSecret" $root }}
         key: {{ $root.Values.database.secretKey }}
 {{- end }}
+{{- if eq $name "auth" }}
+{{- with $root.Values.identity }}
+{{- if .issuer }}
+  - name: TOLLGATE_AUTH_ISSUER
+    value: {{ .issuer | quote }}
+{{- end }}
+{{- if .jwksUrl }}
+  - name: TOLLGATE_AUTH_JWKS_URL
+    value: {{ .jwksUrl | quote }}
+{{- end }}
+{{- if .audiences }}
+  - name: TOLLGATE_AUTH_AUDIENCES
+    value: {{ .audiences | quote }}
+{{- end }}
+{{- if .adminTokenSecret }}
+  - name: TOLLGATE_AUTH_ADMIN_TOKEN
+    valueFrom:
+      secretKeyRef:
+        name: {{ .adminTokenSecret }}
+        key: ADMIN_TOKEN
+{{- end }}
+{{- end }}
+{{- end }}
 {{- if eq $name "stream" }}
+  - name: TOLLGATE_STREAM_AUTH_URL
+    value: {{ printf "http://%s-auth:%v" (include "tollgate.fullname" $root) $root.Values.services.auth.port | quote }}
   - name: TOLLGATE_STREAM_REPLY_PARTITIONS
     value: replica
   - name: TOLLGATE_STREAM_REPLICA_INDEX

@@ -199,9 +199,32 @@ class RequestLogV1(Contract):
     finished_at: datetime = Field(default_factory=utcnow)
 
 
+# --- tollgate.audit --------------------------------------------------------------------------
+
+
+class AuditEventV1(Contract):
+    """One security-relevant decision or change made by the auth service."""
+
+    SCHEMA: ClassVar[str] = "tollgate.audit.v1"
+    kind: Literal["audit"] = "audit"
+    event_id: str = Field(default_factory=new_request_id)
+    action: str = Field(description="authorize, api_key.create, api_key.revoke, policy.update")
+    outcome: Literal["allow", "deny"]
+    principal: str | None = None
+    groups: tuple[str, ...] = ()
+    credential: Literal["jwt", "api_key", "admin_token", "none"] = "none"
+    operation: str | None = None
+    channel: str | None = None
+    model: str | None = None
+    subject: str | None = Field(default=None, description="what was changed, e.g. a key id")
+    reason: str | None = Field(default=None, description="the denial's error type")
+    at: datetime = Field(default_factory=utcnow)
+
+
 __all__ = [
     "REPLY_SCHEMA",
     "AdmissionV1",
+    "AuditEventV1",
     "ChatMessage",
     "ChatRequestV1",
     "Contract",

@@ -24,6 +24,7 @@ from tollgate_dev.stack import (
     DEFAULT_PORTS,
     SERVICES,
     bin_path,
+    dev_auth_env,
     run_prepare,
     service_env,
     wait_ready,
@@ -89,7 +90,7 @@ def main() -> None:
 
         ports = settings.ports()
         env = service_env(
-            {**os.environ, "TOLLGATE_LOG_FORMAT": "text"},
+            {**dev_auth_env(args.root.resolve()), **os.environ, "TOLLGATE_LOG_FORMAT": "text"},
             bootstrap_servers=bootstrap,
             database_url=database_url,
             ports=ports,
@@ -106,6 +107,8 @@ def main() -> None:
         logger.info("ready in %.1fs", time.monotonic() - started)
         logger.info("  AppSync Events HTTP publish  POST %s/event", stream)
         logger.info("  AppSync Events WebSocket     %s/event/realtime", ws)
+        if env.get("TOLLGATE_AUTH_DEV_IDP", "").lower() in ("1", "true", "yes"):
+            logger.info("  dev IdP token                POST %s/v1/dev/token", urls["auth"])
         for service, url in urls.items():
             logger.info("  %-9s  %s/healthz  %s/readyz  %s/metrics", service, url, url, url)
         logger.info("Ctrl-C stops everything")

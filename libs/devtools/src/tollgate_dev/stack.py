@@ -25,7 +25,7 @@ from tollgate_dev.platform import stop_process
 SERVICES = ("auth", "meter", "router", "stream", "analytics")
 DEFAULT_PORTS = {"stream": 8080, "auth": 8081, "router": 8082, "meter": 8083, "analytics": 8084}
 #: packages that own a Postgres schema, migrated before the services start
-SCHEMA_OWNERS = ("tollgate_meter",)
+SCHEMA_OWNERS = ("tollgate_meter", "tollgate_auth")
 
 
 def migrations_dir(package: str) -> Path:
@@ -56,7 +56,19 @@ def service_env(
     env["DATABASE_URL"] = database_url
     for service, port in ports.items():
         env[f"TOLLGATE_{service.upper()}_PORT"] = str(port)
+    if "auth" in ports:
+        env.setdefault("TOLLGATE_STREAM_AUTH_URL", f"http://127.0.0.1:{ports['auth']}")
     return env
+
+
+def dev_auth_env(root: Path) -> dict[str, str]:
+    """The development IdP on and the local group policy: how ``make run`` and the
+    end-to-end tests run the auth service (never a production default)."""
+    return {
+        "TOLLGATE_AUTH_DEV_IDP": "true",
+        "TOLLGATE_AUTH_POLICY_FILE": str(root / "services" / "auth" / "policy.dev.toml"),
+        "TOLLGATE_STREAM_AUTH_MODE": "service",
+    }
 
 
 def bin_path(command: str) -> str:

@@ -1,6 +1,7 @@
-"""``tollgate-watch <sub>``: subscribe to ``/Outbound-Messages/<sub>/*`` and print what
+"""``tollgate-watch <sub>``: subscribe to ``/Outbound-Messages/<sub>`` and print what
 arrives: a small AppSync Events client for trying the gateway from a terminal (the README
-shows the curl command that publishes to it)."""
+shows the curl command that publishes to it). Without ``--token`` it asks the local auth
+service's development IdP for one."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import contextlib
 import json
 import sys
 
+import httpx
 import websockets
 
 
@@ -58,13 +60,27 @@ async def watch(url: str, channel: str, token: str | None, text_only: bool) -> N
             sys.stdout.flush()
 
 
+def dev_token(auth_url: str, sub: str) -> str:
+    response = httpx.post(f"{auth_url}/v1/dev/token", json={"sub": sub}, timeout=5)
+    if response.status_code == 404:
+        sys.exit("the auth service has no development IdP: pass --token")
+    response.raise_for_status()
+    return str(response.json()["access_token"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("sub", help="whose outbound channel to watch")
     parser.add_argument("--url", default="ws://127.0.0.1:8080")
-    parser.add_argument("--token", default=None, help="a JWT or API key, when auth is on")
+    parser.add_argument("--token", default=None, help="a JWT or API key")
+    parser.add_argument(
+        "--auth-url",
+        default="http://127.0.0.1:8081",
+        help="where to get a development token when --token is not given",
+    )
     parser.add_argument("--raw", action="store_true", help="print every event as JSON")
     args = parser.parse_args()
-    channel = f"/Outbound-Messages/{args.sub}/*"
+    token = args.token or dev_token(args.auth_url, args.sub)
+    channel = f"/Outbound-Messages/{args.sub}"
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(watch(args.url, channel, args.token, text_only=not args.raw))
+        asyncio.run(watch(args.url, channel, token, text_only=not args.raw))

@@ -1,38 +1,62 @@
-"""Composition root of the auth service.
-
-The service serves its operational endpoints and checks that Kafka (where it writes audit
-events) is reachable; token verification, API keys and policy live in their own modules as
-they are added.
-"""
+"""Composition root of the auth service: Postgres (keys, policy), Kafka (audit), HTTP."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 
+import httpx
+
+from tollgate_auth.adapters.postgres import PostgresApiKeyStore, PostgresPolicyStore
+from tollgate_auth.app import build, create_app
 from tollgate_auth.settings import AuthSettings
-from tollgate_core import telemetry
+from tollgate_core import db, telemetry
 from tollgate_core.bus import EventProducer
 from tollgate_core.health import Health
-from tollgate_core.http import HttpServer, ops_app
+from tollgate_core.http import HttpServer
 from tollgate_core.runtime import run, start_with_retry
 
 logger = logging.getLogger(__name__)
+MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 async def serve(settings: AuthSettings, stop: asyncio.Event) -> None:
     health = Health()
-    health.register("kafka")
-    http = HttpServer(ops_app(health), host=settings.host, port=settings.port)
+    for check in ("postgres", "kafka"):
+        health.register(check)
+    engine = db.create_engine(settings.database, application_name="auth")
     producer = EventProducer(settings.kafka, client_id="auth")
-    await http.start()
-    try:
-        if await start_with_retry("kafka", producer.start, health, stop):
-            logger.info("auth ready")
-            await stop.wait()
-    finally:
-        await producer.stop()
-        await http.stop()
+    async with httpx.AsyncClient(timeout=5.0) as client:
+        components = build(
+            settings,
+            key_store=PostgresApiKeyStore(engine),
+            policy_store=PostgresPolicyStore(engine),
+            publisher=producer,
+            http=client,
+        )
+        if components.dev_idp is not None:
+            logger.warning(
+                "the development identity provider is ON (issuer %s)", settings.dev_issuer
+            )
+        http = HttpServer(create_app(components, health), host=settings.host, port=settings.port)
+        await http.start()
+
+        async def start_postgres() -> None:
+            await db.ping(engine)
+            if settings.migrate_on_start:
+                await db.migrate(settings.database, MIGRATIONS)
+
+        try:
+            if await start_with_retry("postgres", start_postgres, health, stop) and (
+                await start_with_retry("kafka", producer.start, health, stop)
+            ):
+                logger.info("auth ready")
+                await stop.wait()
+        finally:
+            await http.stop()
+            await producer.stop()
+            await engine.dispose()
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ from tollgate_core.errors import RequestError, TollgateError
 from tollgate_stream.appsync.channels import Channel, parse_channel
 from tollgate_stream.chat import parse_inbound
 from tollgate_stream.errors import AppSyncError
-from tollgate_stream.identity import Authorizer
+from tollgate_stream.identity import Authorizer, Identity, ModelNotAllowed
 from tollgate_stream.settings import StreamSettings
 
 logger = logging.getLogger(__name__)
@@ -87,9 +87,7 @@ class Gateway:
             for index, event in enumerate(events):
                 request_id = new_request_id()
                 try:
-                    request = self._request(
-                        request_id, event, channel, identity.principal, identity.groups
-                    )
+                    request = self._request(request_id, event, channel, identity)
                     await self._publisher.publish(topics.REQUESTS, request, key=identity.principal)
                 except TollgateError as exc:
                     PUBLISHED.labels("failed").inc()
@@ -112,8 +110,7 @@ class Gateway:
         request_id: str,
         event: object,
         channel: Channel,
-        principal: str,
-        groups: tuple[str, ...],
+        identity: Identity,
     ) -> ChatRequestV1:
         if not isinstance(event, str):
             raise RequestError("each event must be a string holding JSON")
@@ -124,10 +121,12 @@ class Gateway:
         except ValueError as exc:
             raise RequestError(f"event is not valid JSON: {exc}") from exc
         chat = parse_inbound(event)
+        if not identity.allows(chat.model_id):
+            raise ModelNotAllowed(f"your groups do not allow the model {chat.model_id!r}")
         return ChatRequestV1(
             request_id=request_id,
-            principal=principal,
-            groups=groups,
+            principal=identity.principal,
+            groups=identity.groups,
             model=chat.model_id,
             messages=chat.messages,
             system=chat.system,

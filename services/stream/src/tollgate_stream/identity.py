@@ -1,18 +1,50 @@
-"""Who is calling. The edge resolves an :class:`Identity` for every connection and message."""
+"""Who is calling. The edge resolves an :class:`Identity` for every connection and message.
+
+Two authorizers: :class:`AuthServiceAuthorizer` asks the auth service (the default,
+``TOLLGATE_STREAM_AUTH_MODE=service``) and caches its decisions briefly;
+:class:`ChannelOwnerAuthorizer` verifies nothing and is only for explicit development use
+(``TOLLGATE_STREAM_AUTH_MODE=none``).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
+import httpx
+
+from tollgate_core.errors import RequestError
 from tollgate_stream.appsync.channels import Channel
 from tollgate_stream.errors import AppSyncError
+
+logger = logging.getLogger(__name__)
+
+#: the headers that carry a credential; the rest (host, x-amz-date) do not change a decision
+_CREDENTIAL_HEADERS = ("authorization", "x-api-key")
 
 
 @dataclass(frozen=True, slots=True)
 class Identity:
     principal: str
     groups: tuple[str, ...] = ()
+    #: models the caller's groups allow ("*" = any); ``None``: not restricted by the edge
+    models: frozenset[str] | None = None
+
+    def allows(self, model: str | None) -> bool:
+        """``None`` is the router's default model, which every caller may use."""
+        return model is None or self.models is None or "*" in self.models or model in self.models
+
+
+class ModelNotAllowed(RequestError):
+    """A published event names a model the caller's groups do not allow."""
+
+    error_type: ClassVar[str] = "model_not_allowed"
+    http_status: ClassVar[int] = 403
 
 
 class Authorizer(Protocol):
@@ -33,3 +65,113 @@ class ChannelOwnerAuthorizer:
         if len(channel.segments) < 2:
             raise AppSyncError.forbidden(f"{channel.path}: the second segment must be your sub")
         return Identity(principal=channel.segments[1])
+
+
+Operation = Literal["publish", "subscribe", "invoke"]
+
+
+class AuthServiceAuthorizer:
+    """Asks the auth service (``POST /v1/authorize``) and keeps each answer — allow or deny —
+    for ``ttl_s`` (never past the credential's own expiry). Denials map to AppSync's errors:
+    bad credentials → ``UnauthorizedException`` (401), a channel or model the caller may not
+    use → ``Unauthorized`` (403); an unreachable auth service → ``ServiceUnavailableException``
+    (not cached)."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        *,
+        inbound_namespace: str,
+        outbound_namespace: str,
+        ttl_s: float = 5.0,
+        max_entries: int = 10_000,
+    ) -> None:
+        self._client = client
+        self._operations: dict[str, Operation] = {
+            inbound_namespace: "publish",
+            outbound_namespace: "subscribe",
+        }
+        self._ttl_s = ttl_s
+        self._max_entries = max_entries
+        self._cache: OrderedDict[str, tuple[float, Identity | AppSyncError]] = OrderedDict()
+
+    async def for_channel(self, channel: Channel, headers: dict[str, str]) -> Identity:
+        operation = self._operations.get(channel.namespace)
+        if operation is None:
+            raise AppSyncError.forbidden(f"no operation is allowed on {channel.namespace}")
+        return await self._decide(headers, operation, channel.path, None)
+
+    async def authenticate(self, headers: dict[str, str], *, model: str | None = None) -> Identity:
+        """The caller of a channel-less request (e.g. the HTTP chat API)."""
+        return await self._decide(headers, "invoke", None, model)
+
+    async def _decide(
+        self,
+        headers: dict[str, str],
+        operation: Operation,
+        channel: str | None,
+        model: str | None,
+    ) -> Identity:
+        credentials = {k: headers[k] for k in _CREDENTIAL_HEADERS if k in headers}
+        key = hashlib.sha256(
+            json.dumps([credentials, operation, channel, model], sort_keys=True).encode()
+        ).hexdigest()
+        now = time.monotonic()
+        cached = self._cache.get(key)
+        if cached is not None and cached[0] > now:
+            outcome = cached[1]
+        else:
+            outcome, valid_for = await self._ask(credentials, operation, channel, model)
+            if valid_for > 0:
+                self._remember(key, now + min(valid_for, self._ttl_s), outcome)
+        if isinstance(outcome, AppSyncError):
+            raise AppSyncError(outcome.appsync_type, outcome.message, outcome.code)
+        return outcome
+
+    def _remember(self, key: str, until: float, outcome: Identity | AppSyncError) -> None:
+        self._cache[key] = (until, outcome)
+        self._cache.move_to_end(key)
+        while len(self._cache) > self._max_entries:
+            self._cache.popitem(last=False)
+
+    async def _ask(
+        self,
+        credentials: dict[str, str],
+        operation: Operation,
+        channel: str | None,
+        model: str | None,
+    ) -> tuple[Identity | AppSyncError, float]:
+        body = {"headers": credentials, "operation": operation, "channel": channel, "model": model}
+        try:
+            response = await self._client.post("/v1/authorize", json=body)
+            data: Any = response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            logger.warning("auth service unreachable: %s", exc)
+            return AppSyncError.unavailable("the auth service is unavailable"), 0
+        if response.status_code == 200 and isinstance(data, dict):
+            try:
+                identity = Identity(
+                    principal=str(data["principal"]),
+                    groups=tuple(str(g) for g in data.get("groups", [])),
+                    models=frozenset(str(m) for m in data.get("models", [])),
+                )
+            except (KeyError, TypeError) as exc:
+                logger.error("auth service answered an unreadable decision: %s", exc)
+                return AppSyncError.unavailable("the auth service answered badly"), 0
+            expires_at = data.get("expires_at")
+            valid_for = (
+                float(expires_at) - time.time()
+                if isinstance(expires_at, int | float)
+                else self._ttl_s
+            )
+            return identity, valid_for
+        error = data.get("error") if isinstance(data, dict) else None
+        message = str(error.get("message")) if isinstance(error, dict) else response.text[:200]
+        if response.status_code == 401:
+            return AppSyncError.unauthorized(message), self._ttl_s
+        if response.status_code == 403:
+            return AppSyncError.forbidden(message), self._ttl_s
+        if response.status_code == 400:
+            return AppSyncError.bad_request(message), self._ttl_s
+        logger.warning("auth service answered %s: %s", response.status_code, message)
+        return AppSyncError.unavailable("the auth service is unavailable"), 0

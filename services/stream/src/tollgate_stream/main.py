@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+
+import httpx
 
 from tollgate_core import telemetry, topics
 from tollgate_core.bus import Decoder, EventConsumer, EventProducer
@@ -14,7 +17,11 @@ from tollgate_core.http import HttpServer
 from tollgate_core.runtime import run, start_with_retry
 from tollgate_stream.app import create_app
 from tollgate_stream.gateway import Gateway
-from tollgate_stream.identity import ChannelOwnerAuthorizer
+from tollgate_stream.identity import (
+    Authorizer,
+    AuthServiceAuthorizer,
+    ChannelOwnerAuthorizer,
+)
 from tollgate_stream.replies import Reply, ReplyDispatcher
 from tollgate_stream.settings import StreamSettings
 from tollgate_stream.subscriptions import Subscriptions
@@ -22,13 +29,37 @@ from tollgate_stream.subscriptions import Subscriptions
 logger = logging.getLogger(__name__)
 
 
+def build_authorizer(settings: StreamSettings, client: httpx.AsyncClient | None) -> Authorizer:
+    if settings.auth_mode == "none" or client is None:
+        logger.warning(
+            "TOLLGATE_STREAM_AUTH_MODE=none: channels are trusted, no credential is checked"
+        )
+        return ChannelOwnerAuthorizer()
+    return AuthServiceAuthorizer(
+        client,
+        inbound_namespace=settings.inbound_namespace,
+        outbound_namespace=settings.outbound_namespace,
+        ttl_s=settings.auth_cache_ttl_s,
+    )
+
+
 async def serve(settings: StreamSettings, stop: asyncio.Event) -> None:
+    async with contextlib.AsyncExitStack() as resources:
+        client = None
+        if settings.auth_mode == "service":
+            client = await resources.enter_async_context(
+                httpx.AsyncClient(base_url=settings.auth_url, timeout=settings.auth_timeout_s)
+            )
+        await _serve(settings, stop, build_authorizer(settings, client))
+
+
+async def _serve(settings: StreamSettings, stop: asyncio.Event, authorizer: Authorizer) -> None:
     health = Health()
     health.register("kafka")
     producer = EventProducer(settings.kafka, client_id="stream")
     subscriptions = Subscriptions()
     owned: list[int] = []
-    gateway = Gateway(settings, producer, ChannelOwnerAuthorizer(), reply_partitions=owned)
+    gateway = Gateway(settings, producer, authorizer, reply_partitions=owned)
     http = HttpServer(
         create_app(settings, health, gateway, subscriptions),
         host=settings.host,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -26,6 +28,12 @@ class StreamSettings(BaseSettings):
     max_events_per_publish: int = Field(default=5, ge=1)
     max_event_bytes: int = Field(default=240 * 1024, ge=1)
     send_queue_size: int = Field(default=1024, ge=1)
+    #: "service" asks the auth service; "none" trusts the channel's <sub> (development only)
+    auth_mode: Literal["service", "none"] = "service"
+    auth_url: str = "http://127.0.0.1:8081"
+    auth_timeout_s: float = Field(default=5.0, gt=0)
+    #: how long an authorization decision is reused for the same credential and channel
+    auth_cache_ttl_s: float = Field(default=5.0, ge=0)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
 

@@ -1,0 +1,175 @@
+"""JWT verification against the keys of trusted issuers (Cognito user pools, any OIDC IdP).
+
+Only asymmetric algorithms are accepted (RS256, ES256): ``none`` and the HMAC family are
+refused before any key is looked at, so a public key can never be used as an HMAC secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import jwt
+
+from tollgate_auth.domain import Principal
+from tollgate_auth.errors import InvalidToken, TokenExpired
+
+logger = logging.getLogger(__name__)
+
+ALGORITHMS = frozenset({"RS256", "ES256"})
+
+
+class KeySource(Protocol):
+    """Where an issuer's JSON Web Key Set comes from."""
+
+    async def fetch(self) -> Mapping[str, Any]:
+        """The JWKS document; raise :class:`DependencyUnavailable` when unreachable."""
+        ...
+
+
+class StaticKeys:
+    """A key set known in-process (the development IdP's own keys)."""
+
+    def __init__(self, jwks: Mapping[str, Any]) -> None:
+        self._jwks = jwks
+
+    async def fetch(self) -> Mapping[str, Any]:
+        return self._jwks
+
+
+class JwksCache:
+    """An issuer's keys by ``kid``: cached for ``ttl_s``, refetched early when a token names a
+    ``kid`` not in the cache (key rotation), but at most every ``min_refresh_s``."""
+
+    def __init__(self, source: KeySource, *, ttl_s: float, min_refresh_s: float) -> None:
+        self._source = source
+        self._ttl_s = ttl_s
+        self._min_refresh_s = min_refresh_s
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._fetched_at: float | None = None
+        self._lock = asyncio.Lock()
+
+    async def key(self, kid: str) -> jwt.PyJWK | None:
+        if self._needs_refresh(kid):
+            async with self._lock:  # one fetch for a burst of tokens with a new kid
+                if self._needs_refresh(kid):
+                    await self._refresh()
+        return self._keys.get(kid)
+
+    def _needs_refresh(self, kid: str) -> bool:
+        if self._fetched_at is None:
+            return True
+        age = time.monotonic() - self._fetched_at
+        return age > self._ttl_s or (kid not in self._keys and age >= self._min_refresh_s)
+
+    async def _refresh(self) -> None:
+        document = await self._source.fetch()
+        keys: dict[str, jwt.PyJWK] = {}
+        for entry in document.get("keys", []):
+            if not isinstance(entry, dict) or not isinstance(entry.get("kid"), str):
+                continue
+            try:
+                keys[entry["kid"]] = jwt.PyJWK(entry)
+            except jwt.PyJWTError as exc:
+                logger.warning("skipping an unusable JWKS key %s: %s", entry.get("kid"), exc)
+        self._keys = keys
+        self._fetched_at = time.monotonic()
+
+
+@dataclass(frozen=True, slots=True)
+class Issuer:
+    """One trusted issuer: its ``iss``, its keys and the audiences it may issue for."""
+
+    iss: str
+    keys: JwksCache
+    audiences: tuple[str, ...] = ()
+    token_uses: tuple[str, ...] = ("id", "access")
+
+
+class TokenVerifier:
+    def __init__(self, issuers: list[Issuer], *, leeway_s: int) -> None:
+        self._issuers = {issuer.iss: issuer for issuer in issuers}
+        self._leeway_s = leeway_s
+
+    async def verify(self, token: str) -> Principal:
+        try:
+            header = jwt.get_unverified_header(token)
+            unverified = jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError as exc:
+            raise InvalidToken(f"malformed token: {exc}") from exc
+        alg = header.get("alg")
+        if alg not in ALGORITHMS:
+            raise InvalidToken(f"algorithm {alg!r} is not accepted")
+        issuer = self._issuers.get(str(unverified.get("iss")))
+        if issuer is None:
+            raise InvalidToken(f"issuer {unverified.get('iss')!r} is not trusted")
+        kid = header.get("kid")
+        if not isinstance(kid, str):
+            raise InvalidToken("token has no kid")
+        key = await issuer.keys.key(kid)
+        if key is None:
+            raise InvalidToken(f"unknown signing key {kid!r}")
+        if key.algorithm_name != alg:
+            raise InvalidToken(f"key {kid!r} is not a {alg} key")
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key.key,
+                algorithms=[alg],
+                issuer=issuer.iss,
+                leeway=self._leeway_s,
+                options={"require": ["exp", "iss", "sub"], "verify_aud": False},
+            )
+        except (jwt.ExpiredSignatureError, jwt.ImmatureSignatureError) as exc:
+            raise TokenExpired(f"token is not valid now: {exc}") from exc
+        except jwt.PyJWTError as exc:
+            raise InvalidToken(f"token does not verify: {exc}") from exc
+        _check_audience(claims, issuer.audiences)
+        token_use = claims.get("token_use")
+        if token_use is not None and token_use not in issuer.token_uses:
+            raise InvalidToken(f"token_use {token_use!r} is not accepted")
+        return principal_from_claims(claims)
+
+
+def _check_audience(claims: Mapping[str, Any], audiences: tuple[str, ...]) -> None:
+    if not audiences:
+        return
+    aud = claims.get("aud")
+    offered = set(aud if isinstance(aud, list) else [aud] if isinstance(aud, str) else [])
+    client_id = claims.get("client_id")  # Cognito access tokens carry client_id, not aud
+    if isinstance(client_id, str):
+        offered.add(client_id)
+    if not offered.intersection(audiences):
+        raise InvalidToken("token was not issued for this audience")
+
+
+def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
+    """Cognito's claims (``sub``, ``cognito:groups``, ``cognito:username``/``username``), with
+    the usual OIDC names as fallbacks."""
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not sub:
+        raise InvalidToken("token has no sub")
+    raw_groups = claims.get("cognito:groups", claims.get("groups", []))
+    groups = (
+        tuple(g for g in raw_groups if isinstance(g, str)) if isinstance(raw_groups, list) else ()
+    )
+    username = next(
+        (
+            v
+            for k in ("cognito:username", "username", "preferred_username")
+            if isinstance(v := claims.get(k), str)
+        ),
+        None,
+    )
+    exp = claims.get("exp")
+    return Principal(
+        sub=sub,
+        groups=groups,
+        credential="jwt",
+        username=username,
+        expires_at=float(exp) if isinstance(exp, int | float) else None,
+    )
