@@ -28,7 +28,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from tollgate_core.contracts import Usage
 from tollgate_core.http import HttpServer
+from tollgate_router.providers.base import Finished, ProviderEvent, ProviderRequest, TextDelta
 
 
 def _headers(headers: dict[str, str]) -> bytes:
@@ -264,3 +266,41 @@ class FakeProviderServer:
             yield sse("message_stop", {})
 
         return StreamingResponse(events(), media_type="text/event-stream")
+
+
+@dataclass
+class Step:
+    """One call of a :class:`ScriptedProvider`: fail before any token with ``error``, or
+    stream ``chunks`` (waiting ``first_delay_s`` then ``gap_s``) and fail after ``fail_after``
+    of them with ``error``, or finish with ``usage``."""
+
+    chunks: tuple[str, ...] = ("a", " b", " c")
+    error: Exception | None = None
+    fail_after: int | None = None
+    first_delay_s: float = 0.0
+    gap_s: float = 0.0
+    input_tokens: int = 5
+
+
+class ScriptedProvider:
+    """An in-process provider following a script, one :class:`Step` per call (the last repeats)."""
+
+    def __init__(self, name: str, steps: list[Step] | None = None) -> None:
+        self.name = name
+        self.steps = steps or [Step()]
+        self.calls: list[ProviderRequest] = []
+
+    async def stream(self, request: ProviderRequest) -> AsyncIterator[ProviderEvent]:
+        self.calls.append(request)
+        step = self.steps.pop(0) if len(self.steps) > 1 else self.steps[0]
+        if step.error is not None and step.fail_after is None:
+            raise step.error
+        if step.first_delay_s:
+            await asyncio.sleep(step.first_delay_s)
+        for i, chunk in enumerate(step.chunks):
+            if step.fail_after is not None and i == step.fail_after and step.error is not None:
+                raise step.error
+            if i and step.gap_s:
+                await asyncio.sleep(step.gap_s)
+            yield TextDelta(chunk)
+        yield Finished(Usage(input_tokens=step.input_tokens, output_tokens=len(step.chunks)))
