@@ -7,8 +7,6 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
-
 from tollgate_core.contracts import Usage
 from tollgate_router.errors import (
     InvalidProviderRequest,
@@ -18,7 +16,7 @@ from tollgate_router.errors import (
     ProviderUnavailable,
     from_http_status,
 )
-from tollgate_router.providers._http import error_message, iter_sse, translate_httpx
+from tollgate_router.providers._http import Clients, error_message, iter_sse, pick, translate_httpx
 from tollgate_router.providers.base import Finished, ProviderEvent, ProviderRequest, TextDelta
 
 _ERRORS: dict[str, type[ProviderError]] = {
@@ -35,7 +33,7 @@ class AnthropicProvider:
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        client: Clients,
         *,
         base_url: str,
         api_key: str | None = None,
@@ -71,7 +69,7 @@ class AnthropicProvider:
         stop_reason = "end_turn"
         stopped = False
         with translate_httpx(self.name):
-            async with self._client.stream(
+            async with pick(self._client).stream(
                 "POST", self._url, json=self.body(request), headers=self._headers
             ) as response:
                 if response.status_code >= 400:
@@ -98,8 +96,7 @@ class AnthropicProvider:
                         output_tokens = int(u.get("output_tokens") or output_tokens)
                         stop_reason = (data.get("delta") or {}).get("stop_reason") or stop_reason
                     elif kind == "message_stop":
-                        stopped = True
-                        break
+                        stopped = True  # read on to the end: the connection is then reused
                     elif kind == "error":
                         err = data.get("error") or {}
                         cls = _ERRORS.get(str(err.get("type")), ProviderUnavailable)

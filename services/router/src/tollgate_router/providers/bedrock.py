@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
-import httpx
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials, ReadOnlyCredentials, RefreshableCredentials
@@ -36,7 +35,7 @@ from tollgate_router.errors import (
     ProviderUnavailable,
     from_http_status,
 )
-from tollgate_router.providers._http import error_message, translate_httpx
+from tollgate_router.providers._http import Clients, error_message, pick, translate_httpx
 from tollgate_router.providers.base import Finished, ProviderEvent, ProviderRequest, TextDelta
 
 #: ``x-amzn-ErrorType`` before the stream and ``:exception-type`` inside it, case-folded
@@ -93,7 +92,7 @@ class BedrockProvider:
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        client: Clients,
         *,
         region: str | None = None,
         endpoint_url: str | None = None,
@@ -151,7 +150,7 @@ class BedrockProvider:
         stop_reason = "end_turn"
         buffer = EventStreamBuffer()
         with translate_httpx(self.name):
-            async with self._client.stream(
+            async with pick(self._client).stream(
                 "POST", url, content=payload, headers=headers
             ) as response:
                 if response.status_code >= 400:

@@ -7,11 +7,9 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
-
 from tollgate_core.contracts import Usage
 from tollgate_router.errors import ProviderError, ProviderUnavailable, from_http_status
-from tollgate_router.providers._http import error_message, iter_sse, translate_httpx
+from tollgate_router.providers._http import Clients, error_message, iter_sse, pick, translate_httpx
 from tollgate_router.providers.base import Finished, ProviderEvent, ProviderRequest, TextDelta
 
 _STOP = {"stop": "end_turn", "length": "max_tokens", "content_filter": "content_filtered"}
@@ -29,7 +27,7 @@ class OpenAIProvider:
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        client: Clients,
         *,
         base_url: str,
         api_key: str | None = None,
@@ -61,7 +59,7 @@ class OpenAIProvider:
         usage: Usage | None = None
         stop_reason = "end_turn"
         with translate_httpx(self.name):
-            async with self._client.stream(
+            async with pick(self._client).stream(
                 "POST", self._url, json=self.body(request), headers=self._headers
             ) as response:
                 if response.status_code >= 400:
@@ -69,7 +67,7 @@ class OpenAIProvider:
                     raise from_http_status(response.status_code, f"openai: {error_message(body)}")
                 async for sse in iter_sse(response):
                     if sse.data == "[DONE]":
-                        break
+                        continue  # read to the end so the connection goes back to the pool
                     try:
                         chunk = json.loads(sse.data)
                     except ValueError as exc:

@@ -7,7 +7,6 @@ import asyncio
 import logging
 from collections.abc import Mapping
 
-import httpx
 from pydantic import SecretStr
 
 from tollgate_core.errors import ConfigurationError
@@ -20,7 +19,7 @@ from tollgate_router.catalog import (
     ProviderConfig,
 )
 from tollgate_router.errors import ModelNotFound
-from tollgate_router.providers._http import make_client
+from tollgate_router.providers._http import ClientShards
 from tollgate_router.providers.anthropic import AnthropicProvider
 from tollgate_router.providers.base import Provider
 from tollgate_router.providers.bedrock import BedrockProvider
@@ -43,7 +42,7 @@ class ProviderRegistry:
         self._connect_timeout_s = connect_timeout_s
         self._max_connections = max_connections
         self._overrides = dict(overrides or {})
-        self._built: dict[str, tuple[ProviderConfig, Provider, httpx.AsyncClient | None]] = {}
+        self._built: dict[str, tuple[ProviderConfig, Provider, ClientShards | None]] = {}
 
     def __call__(self, name: str) -> Provider:
         if name in self._overrides:
@@ -61,7 +60,7 @@ class ProviderRegistry:
             raise ConfigurationError(f"provider secret {name!r} is not set")
         return secret.get_secret_value()
 
-    def _build(self, config: ProviderConfig) -> tuple[Provider, httpx.AsyncClient | None]:
+    def _build(self, config: ProviderConfig) -> tuple[Provider, ClientShards | None]:
         if isinstance(config, LocalProviderConfig):
             return (
                 LocalProvider(
@@ -71,7 +70,7 @@ class ProviderRegistry:
                 ),
                 None,
             )
-        client = make_client(
+        client = ClientShards(
             connect_timeout_s=self._connect_timeout_s, max_connections=self._max_connections
         )
         provider: Provider
@@ -100,7 +99,7 @@ class ProviderRegistry:
 
     def sync(self, catalog: Catalog) -> None:
         """Build what is new or changed; close what is gone."""
-        stale: list[httpx.AsyncClient] = []
+        stale: list[ClientShards] = []
         for name, config in catalog.providers.items():
             if name in self._overrides:
                 continue
@@ -126,7 +125,7 @@ class ProviderRegistry:
         self._built.clear()
 
 
-def _close_later(client: httpx.AsyncClient) -> None:
+def _close_later(client: ClientShards) -> None:
     task = asyncio.ensure_future(client.aclose())
     _CLOSING.add(task)
     task.add_done_callback(_CLOSING.discard)
