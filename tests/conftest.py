@@ -73,6 +73,7 @@ def stack(
             "TOLLGATE_LOCAL_MODEL_OUTPUT_TOKENS": "12",
             # one reply chunk per token, so the tests can count them
             "TOLLGATE_ROUTER_COALESCE_DELAY_MS": "0",
+            "TOLLGATE_ROUTER_ADMIN_TOKEN": "e2e-admin-token",
             "TOLLGATE_LOG_FORMAT": "json",
         },
     )

@@ -185,8 +185,9 @@ class GenerationHandler:
                         if ttft_ms is None:
                             ttft_ms = int((time.perf_counter() - t0) * 1000)
                             stream.model = outcome.model.id
-                            await stream.writer.write(event.text)
+                            # journal first: a crash in between must not serve it twice
                             await self._journal.streaming(request.request_id)
+                            await stream.writer.write(event.text)
                         else:
                             await stream.writer.write(event.text)
                     elif isinstance(event, Finished):
