@@ -192,3 +192,23 @@ async def test_a_refused_connection_is_unavailable(http_client: httpx.AsyncClien
     )
     with pytest.raises(ProviderUnavailable):
         await collect(p)
+
+
+async def test_a_missing_region_is_a_configuration_error_and_missing_credentials_unavailable(
+    fake_server: FakeProviderServer,
+    http_client: httpx.AsyncClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tollgate_core.errors import ConfigurationError
+
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with pytest.raises(ConfigurationError):
+        BedrockProvider(http_client, endpoint_url=fake_server.url)
+    p = BedrockProvider(http_client, region="us-east-1", endpoint_url=fake_server.url)
+    with pytest.raises(ProviderUnavailable, match="credentials"):
+        await collect(p)
+    assert fake_server.received == []

@@ -25,6 +25,7 @@ from botocore.eventstream import EventStreamBuffer, ParserError
 from botocore.session import Session
 
 from tollgate_core.contracts import Usage
+from tollgate_core.errors import ConfigurationError
 from tollgate_router.errors import (
     InvalidProviderRequest,
     ModelNotAllowed,
@@ -82,7 +83,7 @@ class BedrockCredentials:
             if self._credentials is None:
                 self._credentials = await asyncio.to_thread(self._session.get_credentials)
             if self._credentials is None:
-                raise InvalidProviderRequest("bedrock: no AWS credentials found in the chain")
+                raise ProviderUnavailable("bedrock: no AWS credentials found in the chain")
             self._frozen = await asyncio.to_thread(self._credentials.get_frozen_credentials)
             return self._frozen
 
@@ -103,7 +104,7 @@ class BedrockProvider:
         session = session or Session(profile=profile)
         region = region or session.get_config_variable("region")
         if not region:
-            raise InvalidProviderRequest("bedrock: no region configured")
+            raise ConfigurationError("bedrock: no region configured (region or AWS_REGION)")
         self._region = str(region)
         self._endpoint = (
             endpoint_url or f"https://bedrock-runtime.{self._region}.amazonaws.com"
