@@ -71,6 +71,9 @@ def stack(
             "TOLLGATE_LOCAL_MODEL_TIME_TO_FIRST_TOKEN_MS": "50",
             "TOLLGATE_LOCAL_MODEL_TOKENS_PER_SECOND": "200",
             "TOLLGATE_LOCAL_MODEL_OUTPUT_TOKENS": "12",
+            # one reply chunk per token, so the tests can count them
+            "TOLLGATE_ROUTER_COALESCE_DELAY_MS": "0",
+            "TOLLGATE_ROUTER_ADMIN_TOKEN": "e2e-admin-token",
             "TOLLGATE_LOG_FORMAT": "json",
             **dev_auth_env(Path(__file__).parents[1]),
         },

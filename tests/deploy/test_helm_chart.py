@@ -136,6 +136,23 @@ def test_the_identity_provider_settings_reach_the_auth_service() -> None:
     assert "TOLLGATE_AUTH_DEV_IDP" not in env  # never on in a cluster by default
 
 
+def test_the_model_catalog_is_mounted_for_the_router() -> None:
+    catalog = yaml.safe_load((ROOT / "config" / "models.example.yaml").read_text())
+    docs = render({**DEV_DB, "router": {"catalog": catalog, "providerSecretsSecret": "keys"}})
+    [config_map] = by_kind(docs, "ConfigMap").values()
+    assert yaml.safe_load(config_map["data"]["models.yaml"]) == catalog
+    router = by_kind(docs, "Deployment")["gw-tollgate-router"]
+    env = env_of(router)
+    assert env["TOLLGATE_ROUTER_CATALOG_FILE"] == "/etc/tollgate/catalog/models.yaml"
+    assert env["TOLLGATE_ROUTER_PROVIDER_SECRETS"]["secretKeyRef"]["name"] == "keys"
+    [container] = router["spec"]["template"]["spec"]["containers"]
+    assert {"name": "catalog", "mountPath": "/etc/tollgate/catalog", "readOnly": True} in (
+        container["volumeMounts"]
+    )
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+
+
 def test_topics_are_created_by_a_hook_job_or_as_strimzi_resources() -> None:
     [job] = by_kind(render(DEV_DB), "Job").values()
     assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"

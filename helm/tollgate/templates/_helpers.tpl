@@ -119,6 +119,28 @@ env:
 {{- end }}
 {{- end }}
 {{- end }}
+{{- if eq $name "router" }}
+{{- with $root.Values.router }}
+{{- if .catalog }}
+  - name: TOLLGATE_ROUTER_CATALOG_FILE
+    value: /etc/tollgate/catalog/models.yaml
+{{- end }}
+{{- if .providerSecretsSecret }}
+  - name: TOLLGATE_ROUTER_PROVIDER_SECRETS
+    valueFrom:
+      secretKeyRef:
+        name: {{ .providerSecretsSecret }}
+        key: PROVIDER_SECRETS
+{{- end }}
+{{- if .adminTokenSecret }}
+  - name: TOLLGATE_ROUTER_ADMIN_TOKEN
+    valueFrom:
+      secretKeyRef:
+        name: {{ .adminTokenSecret }}
+        key: ADMIN_TOKEN
+{{- end }}
+{{- end }}
+{{- end }}
 {{- if eq $name "stream" }}
   - name: TOLLGATE_STREAM_AUTH_URL
     value: {{ printf "http://%s-auth:%v" (include "tollgate.fullname" $root) $root.Values.services.auth.port | quote }}
@@ -162,6 +184,11 @@ volumeMounts:
   - name: data
     mountPath: /var/lib/tollgate
 {{- end }}
+{{- if and (eq $name "router") $root.Values.router.catalog }}
+  - name: catalog
+    mountPath: /etc/tollgate/catalog
+    readOnly: true
+{{- end }}
 {{- end -}}
 
 {{- define "tollgate.podSpec" -}}
@@ -182,5 +209,10 @@ volumes:
 {{- if eq .service "analytics" }}
   - name: data
     emptyDir: {}
+{{- end }}
+{{- if and (eq .service "router") .root.Values.router.catalog }}
+  - name: catalog
+    configMap:
+      name: {{ include "tollgate.fullname" .root }}-catalog
 {{- end }}
 {{- end -}}

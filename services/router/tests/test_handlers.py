@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from datetime import timedelta
+from decimal import Decimal
+
 from tollgate_core import topics
 from tollgate_core.bus import Delivered, InMemoryPublisher
 from tollgate_core.contracts import (
@@ -13,34 +16,114 @@ from tollgate_core.contracts import (
     RequestLogV1,
     TextBlock,
     UsageRecordV1,
+    utcnow,
 )
-from tollgate_router.handlers import GenerationHandler
+from tollgate_router.catalog import Catalog, CatalogSource, LocalProviderConfig, ModelSpec
+from tollgate_router.errors import ProviderUnavailable
+from tollgate_router.handlers import TERMINAL_SEQ, GenerationHandler
+from tollgate_router.journal import InMemoryJournal
+from tollgate_router.prepared import InMemoryPreparedStore, PreparedResponse, prepared_key
 from tollgate_router.providers.local import LocalProvider
+from tollgate_router.resilience import ResilientRouter, RetryPolicy, Timeouts
+from tollgate_router.streaming import Coalescing
+from tollgate_router.testing import ScriptedProvider, Step
+
+CATALOG = Catalog(
+    default_model="tollgate-local",
+    providers={"local": LocalProviderConfig(), "cloud": LocalProviderConfig()},
+    models=(
+        ModelSpec(id="tollgate-local", provider="local"),
+        ModelSpec(
+            id="priced",
+            provider="cloud",
+            input_price_per_mtok=Decimal(3),
+            output_price_per_mtok=Decimal(15),
+            fallbacks=("tollgate-local",),
+        ),
+        ModelSpec(id="vip", provider="cloud", groups=("vip",)),
+    ),
+)
 
 
-def admission(model: str | None = None) -> Delivered[AdmissionV1]:
+def message(text: str, role: str = "user") -> ChatMessage:
+    return ChatMessage(role=role, content=[TextBlock(text=text)])  # type: ignore[arg-type]
+
+
+def admission(
+    model: str | None = None,
+    *,
+    principal: str = "alice",
+    messages: tuple[ChatMessage, ...] = (message("hello"),),
+    request_id: str | None = None,
+    groups: tuple[str, ...] = (),
+) -> Delivered[AdmissionV1]:
     request = ChatRequestV1(
-        principal="alice",
+        principal=principal,
+        groups=groups,
         model=model,
-        messages=(ChatMessage(role="user", content=(TextBlock(text="hello"),)),),
+        messages=messages,
         reply_to=ReplyTo(topic=topics.REPLIES, partition=4),
-        channel="/Outbound-Messages/alice",
+        channel=f"/Outbound-Messages/{principal}",
         conversation_id="c",
+        **({"request_id": request_id} if request_id else {}),
     )
     event = AdmissionV1(request=request, reserved_input_tokens=1, reserved_output_tokens=10)
-    return Delivered(event=event, topic=topics.ADMITTED, partition=0, offset=0, key="alice")
+    return Delivered(event=event, topic=topics.ADMITTED, partition=0, offset=0, key=principal)
 
 
-def handler(publisher: InMemoryPublisher) -> GenerationHandler:
-    local = LocalProvider(time_to_first_token_ms=0, tokens_per_second=10_000, output_tokens=3)
-    return GenerationHandler({"tollgate-local": local}, publisher, default_model="tollgate-local")
+async def _no_sleep(_: float) -> None:
+    return None
+
+
+class Rig:
+    def __init__(
+        self,
+        cloud: ScriptedProvider | None = None,
+        *,
+        coalescing: Coalescing | None = None,
+        prepared: InMemoryPreparedStore | None = None,
+    ) -> None:
+        self.publisher = InMemoryPublisher()
+        self.journal = InMemoryJournal()
+        self.cloud = cloud or ScriptedProvider("cloud")
+        self.local = LocalProvider(
+            time_to_first_token_ms=0, tokens_per_second=10_000, output_tokens=3
+        )
+        providers = {"local": self.local, "cloud": self.cloud}
+        self.handler = GenerationHandler(
+            CatalogSource(CATALOG),
+            providers.__getitem__,
+            self.publisher,
+            journal=self.journal,
+            prepared=prepared,
+            router=ResilientRouter(
+                providers.__getitem__,
+                retry=RetryPolicy(max_retries=1),
+                timeouts=Timeouts(),
+                sleep=_no_sleep,
+            ),
+            coalescing=coalescing or Coalescing(delay_s=0, max_chars=1),
+        )
+
+    def replies(self) -> list[object]:
+        return self.publisher.on(topics.REPLIES)
+
+    def one_usage(self) -> UsageRecordV1:
+        [usage] = self.publisher.on(topics.USAGE)
+        assert isinstance(usage, UsageRecordV1)
+        return usage
+
+    def one_log(self) -> RequestLogV1:
+        [log] = self.publisher.on(topics.LOGS)
+        assert isinstance(log, RequestLogV1)
+        return log
 
 
 async def test_streams_chunks_then_done_to_the_reply_partition_and_reports_usage() -> None:
-    publisher = InMemoryPublisher()
+    rig = Rig()
     delivered = admission()
-    await handler(publisher)(delivered)
-    replies = [p for p in publisher.events if p.topic == topics.REPLIES]
+    await rig.handler(delivered)
+    replies = [p for p in rig.publisher.events if p.topic == topics.REPLIES]
     assert {p.partition for p in replies} == {4}
     kinds = [type(p.event) for p in replies]
     assert kinds == [ReplyChunkV1, ReplyChunkV1, ReplyChunkV1, ReplyDoneV1]
@@ -48,20 +131,201 @@ async def test_streams_chunks_then_done_to_the_reply_partition_and_reports_usage
     done = replies[-1].event
     assert isinstance(done, ReplyDoneV1) and done.usage.output_tokens == 3
     assert done.channel == "/Outbound-Messages/alice" and done.conversation_id == "c"
-    [usage] = publisher.on(topics.USAGE)
-    assert isinstance(usage, UsageRecordV1) and usage.usage == done.usage
-    [log] = publisher.on(topics.LOGS)
-    assert isinstance(log, RequestLogV1)
+    assert rig.one_usage().usage == done.usage
+    log = rig.one_log()
     assert log.status == "ok" and log.output_tokens == 3 and log.time_to_first_token_ms is not None
-    assert log.request_id == delivered.event.request_id
+    assert log.request_id == delivered.event.request_id and log.model == "tollgate-local"
+    assert rig.journal.rows[log.request_id][0] == "settled"
+
+
+async def test_cost_comes_from_the_catalog_prices() -> None:
+    rig = Rig(ScriptedProvider("cloud", [Step(chunks=("x",) * 4, input_tokens=1000)]))
+    await rig.handler(admission("priced"))
+    # 1000 x $3/M + 4 x $15/M
+    assert rig.one_usage().cost_usd == Decimal("0.00306")
+    assert rig.one_log().cost_usd == Decimal("0.00306")
+
+
+async def test_the_first_token_goes_out_alone_and_later_ones_are_coalesced() -> None:
+    cloud = ScriptedProvider("cloud", [Step(chunks=tuple(f"t{i} " for i in range(10)))])
+    rig = Rig(cloud, coalescing=Coalescing(delay_s=60, max_chars=12))
+    await rig.handler(admission("priced"))
+    chunks = [r.text for r in rig.replies() if isinstance(r, ReplyChunkV1)]
+    assert chunks[0] == "t0 "
+    assert "".join(chunks) == "".join(f"t{i} " for i in range(10))
+    assert all(len(c) >= 12 for c in chunks[1:-1]) and len(chunks) == 4
 
 
 async def test_unknown_model_ends_with_a_typed_error_and_a_zero_usage_record() -> None:
-    publisher = InMemoryPublisher()
-    await handler(publisher)(admission(model="no-such-model"))
-    [reply] = publisher.on(topics.REPLIES)
+    rig = Rig()
+    await rig.handler(admission(model="no-such-model"))
+    [reply] = rig.replies()
     assert isinstance(reply, ReplyErrorV1) and reply.error.type == "model_not_found"
-    [usage] = publisher.on(topics.USAGE)
-    assert isinstance(usage, UsageRecordV1) and usage.usage.total_tokens == 0
-    [log] = publisher.on(topics.LOGS)
-    assert isinstance(log, RequestLogV1) and log.error_type == "model_not_found"
+    assert rig.one_usage().usage.total_tokens == 0
+    assert rig.one_log().error_type == "model_not_found"
+
+
+async def test_a_model_outside_the_callers_groups_is_refused() -> None:
+    rig = Rig()
+    await rig.handler(admission("vip", groups=("staff",)))
+    [reply] = rig.replies()
+    assert isinstance(reply, ReplyErrorV1) and reply.error.type == "model_not_allowed"
+    assert rig.cloud.calls == []
+    await Rig().handler(admission("vip", groups=("vip",)))
+
+
+async def test_a_failure_after_the_first_token_ends_with_an_error_and_settles_what_was_sent() -> (
+    None
+):
+    cloud = ScriptedProvider("cloud", [Step(error=ProviderUnavailable("cut"), fail_after=2)])
+    rig = Rig(cloud)
+    await rig.handler(admission("priced"))
+    replies = rig.replies()
+    assert [type(r) for r in replies] == [ReplyChunkV1, ReplyChunkV1, ReplyErrorV1]
+    error = replies[-1]
+    assert isinstance(error, ReplyErrorV1) and error.seq == 2
+    assert error.error.type == "provider_unavailable"
+    usage = rig.one_usage()
+    assert (
+        usage.status == "error" and usage.usage.output_tokens == 2 and usage.usage.input_tokens > 0
+    )
+    log = rig.one_log()
+    assert log.status == "error" and log.error_type == "provider_unavailable"
+    assert not log.fallback_used and rig.local is not None
+
+
+async def test_retries_and_fallback_are_recorded_and_the_fallback_model_is_billed() -> None:
+    cloud = ScriptedProvider("cloud", [Step(error=ProviderUnavailable("down"))])
+    rig = Rig(cloud)
+    await rig.handler(admission("priced"))
+    log = rig.one_log()
+    assert log.status == "ok" and log.fallback_used and log.retries == 1
+    assert log.model == "tollgate-local" and log.provider == "local" and log.cost_usd == 0
+    done = rig.replies()[-1]
+    assert isinstance(done, ReplyDoneV1) and done.model == "tollgate-local"
+
+
+# -- redelivery ------------------------------------------------------------------------------
+
+
+async def test_a_redelivered_finished_request_publishes_nothing_again() -> None:
+    rig = Rig()
+    delivered = admission()
+    await rig.handler(delivered)
+    before = len(rig.publisher.events)
+    await rig.handler(delivered)
+    assert len(rig.publisher.events) == before
+    rig.one_usage()
+
+
+async def test_a_request_whose_router_died_mid_stream_is_ended_and_settled_once() -> None:
+    rig = Rig()
+    delivered = admission("priced", request_id="r-killed")
+    # what a router killed after its first token leaves behind
+    await rig.journal.claim("r-killed", "alice")
+    await rig.journal.streaming("r-killed")
+    await rig.handler(delivered)
+    await rig.handler(delivered)
+    assert rig.cloud.calls == []
+    [reply] = rig.replies()
+    assert isinstance(reply, ReplyErrorV1) and reply.error.type == "stream_interrupted"
+    assert reply.seq == TERMINAL_SEQ
+    assert rig.one_usage().status == "error"
+    assert rig.one_log().error_type == "stream_interrupted"
+
+
+async def test_a_request_that_died_while_settling_republishes_the_same_records() -> None:
+    first = Rig()
+    delivered = admission(request_id="r-settling")
+    await first.handler(delivered)
+    records = first.journal.rows["r-settling"][2]
+    assert records is not None
+    second = Rig()
+    second.journal.rows["r-settling"] = ("settling", 1, records)
+    await second.handler(delivered)
+    assert second.replies() == []
+    assert second.one_usage() == first.one_usage()
+    assert second.one_log() == first.one_log()
+
+
+async def test_a_request_that_died_before_its_first_token_is_served_again() -> None:
+    rig = Rig()
+    await rig.journal.claim("r-early", "alice")
+    await rig.handler(admission(request_id="r-early"))
+    assert isinstance(rig.replies()[-1], ReplyDoneV1)
+    assert rig.one_usage().status == "ok"
+
+
+# -- prepared responses ----------------------------------------------------------------------
+
+
+def prepared(
+    messages: tuple[ChatMessage, ...],
+    *,
+    principal: str | None = None,
+    model: str = "*",
+    ttl: timedelta = timedelta(hours=1),
+    response: str = "We open at nine and close at five.",
+) -> PreparedResponse:
+    now = utcnow()
+    return PreparedResponse(
+        id=f"p-{principal}-{model}-{len(messages)}-{response[:5]}",
+        key=prepared_key((), messages),
+        model_scope=model,
+        principal=principal,
+        response=response,
+        expires_at=now + ttl,
+        created_at=now,
+    )
+
+
+async def test_a_prepared_answer_streams_like_a_model_at_no_provider_cost() -> None:
+    store = InMemoryPreparedStore()
+    convo = (message("  What are   your hours? "),)
+    await store.add(prepared((message("What are your hours?"),)))
+    rig = Rig(prepared=store)
+    await rig.handler(admission("priced", messages=convo))
+    replies = rig.replies()
+    assert isinstance(replies[-1], ReplyDoneV1) and replies[-1].usage.total_tokens == 0
+    text = "".join(r.text for r in replies if isinstance(r, ReplyChunkV1))
+    assert text == "We open at nine and close at five."
+    assert rig.cloud.calls == []
+    log = rig.one_log()
+    assert log.cache_hit and log.provider == "cache" and log.cost_usd == 0
+    assert rig.one_usage().usage.total_tokens == 0
+
+
+async def test_a_personal_prepared_answer_is_never_served_to_another_principal() -> None:
+    store = InMemoryPreparedStore()
+    convo = (message("what is my balance?"),)
+    await store.add(prepared(convo, principal="alice", response="Alice, you have $5."))
+    bob = Rig(prepared=store)
+    await bob.handler(admission("priced", principal="bob", messages=convo))
+    assert not bob.one_log().cache_hit and len(bob.cloud.calls) == 1
+    alice = Rig(prepared=store)
+    await alice.handler(admission("priced", principal="alice", messages=convo))
+    assert alice.one_log().cache_hit
+
+
+async def test_the_whole_conversation_is_the_key_not_just_the_last_message() -> None:
+    store = InMemoryPreparedStore()
+    await store.add(prepared((message("what about tomorrow?"),)))
+    other = (
+        message("is the shop open today?"),
+        message("yes", "assistant"),
+        message("what about tomorrow?"),
+    )
+    rig = Rig(prepared=store)
+    await rig.handler(admission("priced", messages=other))
+    assert not rig.one_log().cache_hit
+
+
+async def test_an_expired_or_other_model_prepared_answer_is_not_served() -> None:
+    store = InMemoryPreparedStore()
+    convo = (message("hours?"),)
+    await store.add(prepared(convo, ttl=timedelta(seconds=-1)))
+    await store.add(prepared(convo, model="tollgate-local", response="local only"))
+    rig = Rig(prepared=store)
+    await rig.handler(admission("priced", messages=convo))
+    assert not rig.one_log().cache_hit
+    assert await store.purge_expired(utcnow()) == 1

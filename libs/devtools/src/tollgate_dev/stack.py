@@ -25,7 +25,7 @@ from tollgate_dev.platform import stop_process
 SERVICES = ("auth", "meter", "router", "stream", "analytics")
 DEFAULT_PORTS = {"stream": 8080, "auth": 8081, "router": 8082, "meter": 8083, "analytics": 8084}
 #: packages that own a Postgres schema, migrated before the services start
-SCHEMA_OWNERS = ("tollgate_meter", "tollgate_auth")
+SCHEMA_OWNERS = ("tollgate_meter", "tollgate_auth", "tollgate_router")
 
 
 def migrations_dir(package: str) -> Path:

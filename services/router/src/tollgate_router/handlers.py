@@ -1,11 +1,22 @@
-"""Turns an admission into a streamed answer: replies, one usage record, one log record."""
+"""Turns an admission into a streamed answer: replies, one usage record, one log record.
+
+Per request: claim it in the journal (a redelivery of a finished or interrupted request is
+settled from the journal, never served twice) → resolve the model in the catalog → a live
+prepared response, if any, is streamed at no provider cost → otherwise the resilient router
+streams from the model or its fallbacks → text is coalesced into reply chunks → the usage and
+log records are written to the journal, published, and the request marked settled. The router
+holds no client connection, so a client that went away never cuts a provider stream short:
+it is always drained until its usage arrives.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable
 from datetime import datetime
+from decimal import Decimal
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -25,13 +36,30 @@ from tollgate_core.contracts import (
     UsageRecordV1,
     utcnow,
 )
+from tollgate_core.errors import TollgateError
+from tollgate_router.catalog import CatalogSource, ModelSpec
+from tollgate_router.errors import ModelNotAllowed, ModelNotFound, ProviderError
+from tollgate_router.journal import InMemoryJournal, RequestJournal
+from tollgate_router.prepared import PreparedStore, prepared_key
 from tollgate_router.providers.base import Finished, Provider, ProviderRequest, TextDelta
+from tollgate_router.providers.local import count_tokens
+from tollgate_router.resilience import Outcome, ResilientRouter, RetryPolicy, Timeouts
+from tollgate_router.streaming import ChunkWriter, Coalescing
 
 logger = logging.getLogger(__name__)
 tracer = trace.get_tracer("tollgate.router")
 
+#: seq of the error that ends a stream interrupted by a dead router: beyond any chunk seq
+TERMINAL_SEQ = 2**31 - 1
+
 REQUESTS = Counter("tollgate_router_requests_total", "Requests by outcome", ["model", "status"])
 TOKENS = Counter("tollgate_router_tokens_total", "Tokens", ["model", "direction"])
+CACHE_HITS = Counter("tollgate_router_cache_hits_total", "Prepared-response hits", ["model"])
+RETRIES = Counter("tollgate_router_retries_total", "Provider retries", ["model"])
+FALLBACKS = Counter("tollgate_router_fallbacks_total", "Requests served by a fallback", ["model"])
+REDELIVERED = Counter(
+    "tollgate_router_redelivered_total", "Admissions seen again, by journal state", ["state"]
+)
 TTFT = Histogram(
     "tollgate_router_time_to_first_token_seconds",
     "Time to first token",
@@ -46,77 +74,267 @@ LATENCY = Histogram(
 )
 
 
+class _Stream:
+    """Reply publishing for one request: seq numbering and chunk coalescing."""
+
+    def __init__(self, handler: GenerationHandler, request: ChatRequestV1, model: str) -> None:
+        self.handler = handler
+        self.request = request
+        self.model = model
+        self.seq = 0
+        self.writer = ChunkWriter(self._chunk, handler.coalescing)
+
+    async def _chunk(self, text: str) -> None:
+        await self.handler.reply(
+            self.request, ReplyChunkV1, seq=self.seq, model=self.model, text=text
+        )
+        self.seq += 1
+
+
 class GenerationHandler:
     def __init__(
-        self, providers: Mapping[str, Provider], publisher: Publisher, *, default_model: str
+        self,
+        catalog: CatalogSource,
+        providers: Callable[[str], Provider],
+        publisher: Publisher,
+        *,
+        journal: RequestJournal | None = None,
+        prepared: PreparedStore | None = None,
+        router: ResilientRouter | None = None,
+        coalescing: Coalescing | None = None,
     ) -> None:
-        self._providers = providers
+        self._catalog = catalog
         self._publisher = publisher
-        self._default_model = default_model
+        self._journal: RequestJournal = journal or InMemoryJournal()
+        self._prepared = prepared
+        self._router = router or ResilientRouter(
+            providers, retry=RetryPolicy(), timeouts=Timeouts()
+        )
+        self.coalescing = coalescing or Coalescing()
 
     async def __call__(self, delivered: Delivered[AdmissionV1]) -> None:
         request = delivered.event.request
-        model = request.model or self._default_model
+        claim = await self._journal.claim(request.request_id, request.principal)
+        if claim.previous is not None:
+            REDELIVERED.labels(claim.previous).inc()
+            logger.info(
+                "request %s redelivered (state %s, attempt %d)",
+                request.request_id,
+                claim.previous,
+                claim.attempts,
+            )
+            if claim.previous == "settled":
+                return
+            if claim.previous == "settling" and claim.records is not None:
+                await self._republish(request, claim.records)
+                return
+            if claim.previous == "streaming":
+                await self._interrupted(request)
+                return
+        await self._serve(request)
+
+    # -- serving ---------------------------------------------------------------------------
+
+    async def _serve(self, request: ChatRequestV1) -> None:
+        catalog = self._catalog.current
+        model_id = request.model or catalog.default_model
         started_at = utcnow()
         t0 = time.perf_counter()
         with tracer.start_as_current_span(
-            f"chat {model}",
+            f"chat {model_id}",
             kind=SpanKind.CLIENT,
             attributes={
                 "gen_ai.operation.name": "chat",
-                "gen_ai.request.model": model,
+                "gen_ai.request.model": model_id,
                 "tollgate.request_id": request.request_id,
             },
         ) as span:
-            provider = self._providers.get(model)
-            if provider is None:
-                error = ErrorInfo(type="model_not_found", message=f"unknown model {model!r}")
-                await self._reply(request, ReplyErrorV1, seq=0, model=model, error=error)
-                await self._finish(
-                    request, model, "none", "error", Usage(), started_at, t0, error_type=error.type
-                )
+            spec = catalog.get(model_id)
+            error: ProviderError | None = None
+            if spec is None:
+                error = ModelNotFound(f"unknown model {model_id!r}")
+            elif not spec.allows(request.groups):
+                error = ModelNotAllowed(f"model {model_id!r} is not allowed for your groups")
+            if error is not None or spec is None:
+                assert error is not None  # noqa: S101
                 span.set_status(Status(StatusCode.ERROR, error.message))
+                await self._fail_before_start(request, model_id, error, started_at, t0)
                 return
-            span.set_attribute("gen_ai.system", provider.name)
-            seq = 0
-            ttft_ms: int | None = None
-            usage = Usage()
+            stream = _Stream(self, request, spec.id)
+            if self._prepared is not None and await self._serve_prepared(
+                request, spec, stream, started_at, t0
+            ):
+                span.set_attribute("tollgate.cache_hit", True)
+                return
+            outcome = Outcome(model=spec)
+            usage: Usage | None = None
             stop_reason = "end_turn"
+            ttft_ms: int | None = None
             provider_request = ProviderRequest(
-                model=model,
+                model=spec.id,
                 messages=request.messages,
                 system=request.system,
                 max_tokens=request.max_tokens,
                 temperature=request.temperature,
             )
-            async for event in provider.stream(provider_request):
-                if isinstance(event, TextDelta):
-                    if ttft_ms is None:
-                        ttft_ms = int((time.perf_counter() - t0) * 1000)
-                        TTFT.labels(model).observe(ttft_ms / 1000)
-                    await self._reply(request, ReplyChunkV1, seq=seq, model=model, text=event.text)
-                    seq += 1
-                elif isinstance(event, Finished):
-                    usage = event.usage
-                    stop_reason = event.stop_reason
-            latency_ms = int((time.perf_counter() - t0) * 1000)
-            await self._reply(
-                request,
-                ReplyDoneV1,
-                seq=seq,
-                model=model,
-                usage=usage,
-                stop_reason=stop_reason,
-                latency_ms=latency_ms,
-            )
+            try:
+                async for event in self._router.stream(
+                    catalog.chain(spec.id), provider_request, outcome
+                ):
+                    if isinstance(event, TextDelta):
+                        if ttft_ms is None:
+                            ttft_ms = int((time.perf_counter() - t0) * 1000)
+                            stream.model = outcome.model.id
+                            # journal first: a crash in between must not serve it twice
+                            await self._journal.streaming(request.request_id)
+                            await stream.writer.write(event.text)
+                        else:
+                            await stream.writer.write(event.text)
+                    elif isinstance(event, Finished):
+                        usage = event.usage
+                        stop_reason = event.stop_reason
+                await stream.writer.flush()
+            except ProviderError as exc:
+                error = exc
+            served = outcome.model
+            span.set_attribute("gen_ai.system", outcome.provider)
+            span.set_attribute("gen_ai.response.model", served.id)
+            if ttft_ms is not None:
+                TTFT.labels(served.id).observe(ttft_ms / 1000)
+            if error is not None:
+                span.set_status(Status(StatusCode.ERROR, error.message))
+                if outcome.started:
+                    # settle what the client received: provider usage never arrived
+                    await stream.writer.flush()
+                    usage = Usage(
+                        input_tokens=_prompt_tokens(request),
+                        output_tokens=count_tokens("".join(stream.writer.sent)),
+                    )
+                else:
+                    usage = Usage()
+                await self.reply(
+                    request,
+                    ReplyErrorV1,
+                    seq=stream.seq,
+                    model=served.id,
+                    error=_error_info(error),
+                )
+                await self._settle(
+                    request,
+                    served,
+                    outcome.provider,
+                    "error",
+                    usage,
+                    started_at,
+                    t0,
+                    ttft_ms=ttft_ms,
+                    error_type=error.error_type,
+                    outcome=outcome,
+                )
+                return
+            assert usage is not None  # noqa: S101 - the router raises when usage is missing
             span.set_attribute("gen_ai.usage.input_tokens", usage.input_tokens)
             span.set_attribute("gen_ai.usage.output_tokens", usage.output_tokens)
             span.set_attribute("gen_ai.response.finish_reasons", [stop_reason])
-            await self._finish(
-                request, model, provider.name, "ok", usage, started_at, t0, ttft_ms=ttft_ms
+            await self.reply(
+                request,
+                ReplyDoneV1,
+                seq=stream.seq,
+                model=served.id,
+                usage=usage,
+                stop_reason=stop_reason,
+                latency_ms=int((time.perf_counter() - t0) * 1000),
+            )
+            await self._settle(
+                request,
+                served,
+                outcome.provider,
+                "ok",
+                usage,
+                started_at,
+                t0,
+                ttft_ms=ttft_ms,
+                outcome=outcome,
             )
 
-    async def _reply(
+    async def _serve_prepared(
+        self,
+        request: ChatRequestV1,
+        spec: ModelSpec,
+        stream: _Stream,
+        started_at: datetime,
+        t0: float,
+    ) -> bool:
+        assert self._prepared is not None  # noqa: S101
+        key = prepared_key(request.system, request.messages)
+        try:
+            entry = await self._prepared.lookup(
+                key, model=spec.id, principal=request.principal, now=utcnow()
+            )
+        except TollgateError as exc:
+            logger.warning("prepared-response lookup failed, calling the model: %s", exc.message)
+            return False
+        if entry is None:
+            return False
+        words = entry.response.split(" ")
+        ttft_ms = int((time.perf_counter() - t0) * 1000)
+        for i, word in enumerate(words):
+            await stream.writer.write(word if i == 0 else " " + word)
+        await stream.writer.flush()
+        CACHE_HITS.labels(spec.id).inc()
+        await self.reply(
+            request,
+            ReplyDoneV1,
+            seq=stream.seq,
+            model=spec.id,
+            usage=Usage(),
+            stop_reason="end_turn",
+            latency_ms=int((time.perf_counter() - t0) * 1000),
+        )
+        await self._settle(
+            request, spec, "cache", "ok", Usage(), started_at, t0, ttft_ms=ttft_ms, cache_hit=True
+        )
+        return True
+
+    async def _fail_before_start(
+        self,
+        request: ChatRequestV1,
+        model_id: str,
+        error: ProviderError,
+        started_at: datetime,
+        t0: float,
+    ) -> None:
+        await self.reply(request, ReplyErrorV1, seq=0, model=model_id, error=_error_info(error))
+        spec = ModelSpec(id=model_id, provider="none")
+        await self._settle(
+            request, spec, "none", "error", Usage(), started_at, t0, error_type=error.error_type
+        )
+
+    async def _interrupted(self, request: ChatRequestV1) -> None:
+        """A router died mid-stream: end the client's stream and settle once, without calling
+        the provider again (its usage for the dead stream is not knowable)."""
+        model_id = request.model or self._catalog.current.default_model
+        spec = self._catalog.current.get(model_id) or ModelSpec(id=model_id, provider="none")
+        error = ErrorInfo(
+            type="stream_interrupted",
+            message="the router serving this request stopped mid-stream",
+            retriable=True,
+        )
+        await self.reply(request, ReplyErrorV1, seq=TERMINAL_SEQ, model=spec.id, error=error)
+        await self._settle(
+            request,
+            spec,
+            spec.provider,
+            "error",
+            Usage(),
+            utcnow(),
+            time.perf_counter(),
+            error_type=error.type,
+        )
+
+    # -- publishing ------------------------------------------------------------------------
+
+    async def reply(
         self,
         request: ChatRequestV1,
         kind: type[ReplyChunkV1 | ReplyDoneV1 | ReplyErrorV1],
@@ -141,10 +359,10 @@ class GenerationHandler:
             partition=request.reply_to.partition,
         )
 
-    async def _finish(
+    async def _settle(
         self,
         request: ChatRequestV1,
-        model: str,
+        spec: ModelSpec,
         provider: str,
         status: str,
         usage: Usage,
@@ -153,41 +371,93 @@ class GenerationHandler:
         *,
         ttft_ms: int | None = None,
         error_type: str | None = None,
+        cache_hit: bool = False,
+        outcome: Outcome | None = None,
     ) -> None:
         latency_ms = int((time.perf_counter() - t0) * 1000)
-        REQUESTS.labels(model, status).inc()
-        TOKENS.labels(model, "input").inc(usage.input_tokens)
-        TOKENS.labels(model, "output").inc(usage.output_tokens)
-        LATENCY.labels(model).observe(latency_ms / 1000)
-        await self._publisher.publish(
-            topics.USAGE,
-            UsageRecordV1(
-                request_id=request.request_id,
-                principal=request.principal,
-                model=model,
-                provider=provider,
-                usage=usage,
-                status="ok" if status == "ok" else "error",
-            ),
-            key=request.principal,
+        cost = Decimal(0) if cache_hit else spec.cost(usage)
+        ok = status == "ok"
+        REQUESTS.labels(spec.id, status).inc()
+        TOKENS.labels(spec.id, "input").inc(usage.input_tokens)
+        TOKENS.labels(spec.id, "output").inc(usage.output_tokens)
+        LATENCY.labels(spec.id).observe(latency_ms / 1000)
+        retries = outcome.retries if outcome else 0
+        fallback_used = outcome.fallback_used if outcome else False
+        if retries:
+            RETRIES.labels(spec.id).inc(retries)
+        if fallback_used:
+            FALLBACKS.labels(spec.id).inc()
+        record = UsageRecordV1(
+            request_id=request.request_id,
+            principal=request.principal,
+            model=spec.id,
+            provider=provider,
+            usage=usage,
+            cost_usd=cost,
+            status="ok" if ok else "error",
         )
-        await self._publisher.publish(
-            topics.LOGS,
-            RequestLogV1(
-                request_id=request.request_id,
-                principal=request.principal,
-                groups=request.groups,
-                model=model,
-                provider=provider,
-                status="ok" if status == "ok" else "error",
-                error_type=error_type,
-                input_tokens=usage.input_tokens,
-                output_tokens=usage.output_tokens,
-                time_to_first_token_ms=ttft_ms,
-                latency_ms=latency_ms,
-                conversation_id=request.conversation_id,
-                protocol=request.protocol,
-                started_at=started_at,
-            ),
-            key=request.principal,
+        log = RequestLogV1(
+            request_id=request.request_id,
+            principal=request.principal,
+            groups=request.groups,
+            model=spec.id,
+            provider=provider,
+            status="ok" if ok else "error",
+            error_type=error_type,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cost_usd=cost,
+            cache_hit=cache_hit,
+            retries=retries,
+            fallback_used=fallback_used,
+            time_to_first_token_ms=ttft_ms,
+            latency_ms=latency_ms,
+            conversation_id=request.conversation_id,
+            protocol=request.protocol,
+            started_at=started_at,
         )
+        records = json.dumps(
+            {"usage": record.model_dump_json(), "log": log.model_dump_json()},
+            separators=(",", ":"),
+        )
+        await self._journal.settling(request.request_id, records)
+        await self._publish_records(request, record, log)
+        await self._journal.settled(request.request_id)
+        logger.info(
+            "request %s %s model=%s provider=%s in=%d out=%d cache_hit=%s retries=%d",
+            request.request_id,
+            status,
+            spec.id,
+            provider,
+            usage.input_tokens,
+            usage.output_tokens,
+            cache_hit,
+            retries,
+        )
+
+    async def _publish_records(
+        self, request: ChatRequestV1, record: UsageRecordV1, log: RequestLogV1
+    ) -> None:
+        await self._publisher.publish(topics.USAGE, record, key=request.principal)
+        await self._publisher.publish(topics.LOGS, log, key=request.principal)
+
+    async def _republish(self, request: ChatRequestV1, records: str) -> None:
+        data = json.loads(records)
+        record = UsageRecordV1.model_validate_json(data["usage"])
+        log = RequestLogV1.model_validate_json(data["log"])
+        await self._publish_records(request, record, log)
+        await self._journal.settled(request.request_id)
+
+
+def _prompt_tokens(request: ChatRequestV1) -> int:
+    prompt = " ".join(b.text for m in request.messages for b in m.content)
+    return count_tokens(" ".join(request.system)) + count_tokens(prompt)
+
+
+def _error_info(error: ProviderError) -> ErrorInfo:
+    return ErrorInfo(
+        type=error.error_type,
+        message=error.message,
+        retriable=error.retriable,
+        details={k: v for k, v in error.details.items() if isinstance(v, str | int)},
+    )

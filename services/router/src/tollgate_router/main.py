@@ -3,37 +3,108 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
+from collections.abc import Callable
+from pathlib import Path
 
-from tollgate_core import telemetry, topics
+from tollgate_core import db, telemetry, topics
 from tollgate_core.bus import Decoder, EventConsumer, EventProducer
-from tollgate_core.contracts import AdmissionV1
+from tollgate_core.contracts import AdmissionV1, utcnow
+from tollgate_core.errors import TollgateError
 from tollgate_core.health import Health
 from tollgate_core.http import HttpServer, ops_app
 from tollgate_core.runtime import run, start_with_retry
+from tollgate_router.adapters.postgres import PostgresJournal, PostgresPreparedStore
+from tollgate_router.api import admin_routes, models_route
+from tollgate_router.catalog import CatalogSource, local_catalog
 from tollgate_router.handlers import GenerationHandler
-from tollgate_router.providers.base import Provider
-from tollgate_router.providers.local import LocalProvider
+from tollgate_router.journal import InMemoryJournal, RequestJournal
+from tollgate_router.prepared import InMemoryPreparedStore, PreparedStore
+from tollgate_router.providers.registry import ProviderRegistry
+from tollgate_router.resilience import ResilientRouter, RetryPolicy, Timeouts
 from tollgate_router.settings import RouterSettings
+from tollgate_router.streaming import Coalescing
 
 logger = logging.getLogger(__name__)
+MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def build_providers(settings: RouterSettings) -> dict[str, Provider]:
+def build_catalog(settings: RouterSettings) -> CatalogSource:
+    if settings.catalog_file is not None:
+        return CatalogSource.from_file(settings.catalog_file)
     local = settings.local_model
-    return {
-        local.name: LocalProvider(
+    return CatalogSource(
+        local_catalog(
+            local.name,
             time_to_first_token_ms=local.time_to_first_token_ms,
             tokens_per_second=local.tokens_per_second,
             output_tokens=local.output_tokens,
         )
-    }
+    )
+
+
+def build_router(settings: RouterSettings, registry: ProviderRegistry) -> ResilientRouter:
+    return ResilientRouter(
+        registry,
+        retry=RetryPolicy(
+            max_retries=settings.max_retries,
+            base_delay_s=settings.retry_base_delay_s,
+            max_delay_s=settings.retry_max_delay_s,
+        ),
+        timeouts=Timeouts(
+            first_token_s=settings.first_token_timeout_s,
+            idle_s=settings.idle_timeout_s,
+            total_s=settings.total_timeout_s,
+        ),
+        breaker_threshold=settings.breaker_threshold,
+        breaker_reset_s=settings.breaker_reset_s,
+    )
+
+
+async def _every(
+    seconds: float, stop: asyncio.Event, what: str, action: Callable[[], object]
+) -> None:
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), seconds)
+        if stop.is_set():
+            return
+        try:
+            result = action()
+            if asyncio.iscoroutine(result):
+                await result
+        except TollgateError as exc:
+            logger.warning("%s failed: %s", what, exc.message)
 
 
 async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
+    catalog = build_catalog(settings)
+    registry = ProviderRegistry(
+        secrets=settings.provider_secrets,
+        connect_timeout_s=settings.connect_timeout_s,
+        max_connections=max(100, settings.max_concurrent_streams * 2),
+    )
+    catalog.on_change(registry.sync)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, catalog.reload)
+
     health = Health()
     health.register("kafka")
-    http = HttpServer(ops_app(health), host=settings.host, port=settings.port)
+    journal: RequestJournal
+    prepared: PreparedStore
+    engine = None
+    if settings.use_database:
+        health.register("postgres")
+        engine = db.create_engine(settings.database, application_name="router")
+        journal = PostgresJournal(engine)
+        prepared = PostgresPreparedStore(engine)
+    else:
+        journal = InMemoryJournal()
+        prepared = InMemoryPreparedStore()
+    app = ops_app(health, [models_route(catalog), *admin_routes(prepared, settings.admin_token)])
+    http = HttpServer(app, host=settings.host, port=settings.port)
     await http.start()
     producer = EventProducer(settings.kafka, client_id="router")
     consumer = EventConsumer(
@@ -43,23 +114,57 @@ async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
         group_id=settings.consumer_group,
         decoder=Decoder.of(AdmissionV1),
         handler=GenerationHandler(
-            build_providers(settings), producer, default_model=settings.default_model
+            catalog,
+            registry,
+            producer,
+            journal=journal,
+            prepared=prepared,
+            router=build_router(settings, registry),
+            coalescing=Coalescing(
+                delay_s=settings.coalesce_delay_ms / 1000, max_chars=settings.coalesce_max_chars
+            ),
         ),
         dead_letter=producer,
         concurrency=settings.max_concurrent_streams,
     )
 
+    async def start_postgres() -> None:
+        if engine is None:
+            return
+        await db.ping(engine)
+        if settings.migrate_on_start:
+            await db.migrate(settings.database, MIGRATIONS)
+
     async def start_kafka() -> None:
         await producer.start()
         await consumer.start()
 
+    background = [
+        asyncio.create_task(_every(1.0, stop, "catalog check", catalog.check)),
+        asyncio.create_task(
+            _every(
+                settings.prepared_purge_interval_s,
+                stop,
+                "prepared-response purge",
+                lambda: prepared.purge_expired(utcnow()),
+            )
+        ),
+    ]
     try:
-        if await start_with_retry("kafka", start_kafka, health, stop):
+        if (
+            engine is None or await start_with_retry("postgres", start_postgres, health, stop)
+        ) and (await start_with_retry("kafka", start_kafka, health, stop)):
             logger.info("router ready")
             await stop.wait()
     finally:
+        stop.set()
+        await asyncio.gather(*background, return_exceptions=True)
+        loop.remove_signal_handler(signal.SIGHUP)
         await consumer.stop()
         await producer.stop()
+        await registry.aclose()
+        if engine is not None:
+            await engine.dispose()
         await http.stop()
 
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pathlib import Path
+
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from tollgate_core.settings import KafkaSettings, TelemetrySettings
+from tollgate_core.settings import DatabaseSettings, KafkaSettings, TelemetrySettings
 
 
 class LocalModelSettings(BaseSettings):
-    """The simulated model (``TOLLGATE_LOCAL_MODEL_*``): answers offline at a set pace."""
+    """The simulated model (``TOLLGATE_LOCAL_MODEL_*``): answers offline at a set pace.
+    Used when no catalog file is configured."""
 
     model_config = SettingsConfigDict(
         env_prefix="TOLLGATE_LOCAL_MODEL_", frozen=True, extra="ignore"
@@ -27,8 +30,36 @@ class RouterSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8082
     consumer_group: str = "tollgate-router"
-    max_concurrent_streams: int = Field(default=512, ge=1)
-    default_model: str = "tollgate-local"
+    max_concurrent_streams: int = Field(default=1024, ge=1)
+    catalog_file: Path | None = Field(
+        default=None, description="YAML/JSON model catalog; reloaded on change or SIGHUP"
+    )
+    provider_secrets: dict[str, SecretStr] = Field(
+        default_factory=dict, description='JSON: {"openai": "sk-…"}; named by api_key_secret'
+    )
+    admin_token: SecretStr | None = Field(
+        default=None, description="Bearer token of the admin API; unset disables it"
+    )
+    # resilience
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    first_token_timeout_s: float = Field(default=30.0, gt=0)
+    idle_timeout_s: float = Field(default=30.0, gt=0)
+    total_timeout_s: float = Field(default=300.0, gt=0)
+    max_retries: int = Field(default=2, ge=0)
+    retry_base_delay_s: float = Field(default=0.2, ge=0)
+    retry_max_delay_s: float = Field(default=2.0, ge=0)
+    breaker_threshold: int = Field(default=5, ge=1)
+    breaker_reset_s: float = Field(default=30.0, gt=0)
+    # streaming
+    coalesce_delay_ms: int = Field(default=50, ge=0)
+    coalesce_max_chars: int = Field(default=512, ge=1)
+    # storage
+    use_database: bool = Field(
+        default=True, description="journal + prepared responses in Postgres (schema router)"
+    )
+    migrate_on_start: bool = True
+    prepared_purge_interval_s: float = Field(default=60.0, gt=0)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     local_model: LocalModelSettings = Field(default_factory=LocalModelSettings)

@@ -1,0 +1,226 @@
+"""The model catalog: which models exist, who serves them, what they cost, where they fall
+back to. Loaded from a YAML or JSON file (see ``config/models.example.yaml``) and reloaded
+when the file changes (mtime) or on SIGHUP; without a file, a catalog of the local model."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tollgate_core.contracts import Usage
+from tollgate_core.errors import ConfigurationError
+
+logger = logging.getLogger(__name__)
+
+_MTOK = Decimal(1_000_000)
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class LocalProviderConfig(_Frozen):
+    type: Literal["local"] = "local"
+    time_to_first_token_ms: int = Field(default=150, ge=0)
+    tokens_per_second: float = Field(default=80.0, gt=0)
+    output_tokens: int = Field(default=40, ge=1)
+
+
+class BedrockProviderConfig(_Frozen):
+    type: Literal["bedrock"] = "bedrock"
+    region: str | None = Field(default=None, description="default: the AWS chain's region")
+    endpoint_url: str | None = Field(default=None, description="e.g. a VPC endpoint")
+    profile: str | None = Field(default=None, description="a named AWS profile")
+
+
+class OpenAIProviderConfig(_Frozen):
+    type: Literal["openai"] = "openai"
+    base_url: str = "https://api.openai.com/v1"
+    api_key_secret: str | None = Field(
+        default=None, description="name of the key in TOLLGATE_ROUTER_PROVIDER_SECRETS"
+    )
+    include_usage: bool = True
+
+
+class AnthropicProviderConfig(_Frozen):
+    type: Literal["anthropic"] = "anthropic"
+    base_url: str = "https://api.anthropic.com"
+    api_key_secret: str | None = None
+    api_version: str = "2023-06-01"
+
+
+ProviderConfig = Annotated[
+    LocalProviderConfig | BedrockProviderConfig | OpenAIProviderConfig | AnthropicProviderConfig,
+    Field(discriminator="type"),
+]
+
+
+class ModelSpec(_Frozen):
+    id: str = Field(min_length=1)
+    provider: str = Field(description="a key of the catalog's providers")
+    upstream: str | None = Field(
+        default=None, description="the provider's model id (Bedrock: model or inference profile)"
+    )
+    input_price_per_mtok: Decimal = Field(default=Decimal(0), ge=0)
+    output_price_per_mtok: Decimal = Field(default=Decimal(0), ge=0)
+    context_window: int = Field(default=8192, ge=1)
+    default_max_tokens: int = Field(default=1024, ge=1)
+    max_max_tokens: int = Field(default=4096, ge=1)
+    groups: tuple[str, ...] = Field(default=(), description="empty: every group may use it")
+    fallbacks: tuple[str, ...] = ()
+    description: str = ""
+
+    @property
+    def upstream_id(self) -> str:
+        return self.upstream or self.id
+
+    def cost(self, usage: Usage) -> Decimal:
+        return (
+            usage.input_tokens * self.input_price_per_mtok
+            + usage.output_tokens * self.output_price_per_mtok
+        ) / _MTOK
+
+    def allows(self, groups: tuple[str, ...]) -> bool:
+        return not self.groups or bool(set(self.groups) & set(groups))
+
+    def max_tokens(self, requested: int | None) -> int:
+        return min(requested or self.default_max_tokens, self.max_max_tokens)
+
+
+class Catalog(_Frozen):
+    default_model: str
+    providers: dict[str, ProviderConfig]
+    models: tuple[ModelSpec, ...]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Catalog:
+        ids = [m.id for m in self.models]
+        if len(set(ids)) != len(ids):
+            raise ValueError("model ids must be unique")
+        known = set(ids)
+        if self.default_model not in known:
+            raise ValueError(f"default_model {self.default_model!r} is not a model")
+        for m in self.models:
+            if m.provider not in self.providers:
+                raise ValueError(f"model {m.id!r} names unknown provider {m.provider!r}")
+            missing = set(m.fallbacks) - known
+            if missing:
+                raise ValueError(f"model {m.id!r} falls back to unknown {sorted(missing)}")
+        return self
+
+    def get(self, model_id: str) -> ModelSpec | None:
+        for m in self.models:
+            if m.id == model_id:
+                return m
+        return None
+
+    def chain(self, model_id: str) -> list[ModelSpec]:
+        """The model then its fallbacks, in order, each once."""
+        first = self.get(model_id)
+        if first is None:
+            return []
+        out = [first]
+        for fid in first.fallbacks:
+            spec = self.get(fid)
+            if spec is not None and spec not in out:
+                out.append(spec)
+        return out
+
+
+def local_catalog(
+    name: str, *, time_to_first_token_ms: int, tokens_per_second: float, output_tokens: int
+) -> Catalog:
+    """The catalog used without a file: the simulated model only, free of charge."""
+    return Catalog(
+        default_model=name,
+        providers={
+            "local": LocalProviderConfig(
+                time_to_first_token_ms=time_to_first_token_ms,
+                tokens_per_second=tokens_per_second,
+                output_tokens=output_tokens,
+            )
+        },
+        models=(ModelSpec(id=name, provider="local", context_window=8192),),
+    )
+
+
+def load_catalog(path: Path) -> Catalog:
+    """Parse a YAML (``.yaml``/``.yml``) or JSON catalog; raise ConfigurationError if bad."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        return Catalog.model_validate(raw)
+    except (OSError, ValueError, yaml.YAMLError, ValidationError) as exc:
+        raise ConfigurationError(f"bad model catalog {path}: {exc}") from exc
+
+
+class CatalogSource:
+    """The current catalog; re-reads its file when the mtime changes or on :meth:`reload`.
+    A bad file is logged and the previous catalog stays in force."""
+
+    def __init__(self, catalog: Catalog, path: Path | None = None) -> None:
+        self._catalog = catalog
+        self._path = path
+        self._mtime = self._stat()
+        self._appliers: list[Callable[[Catalog], None]] = []
+        self.version = 0
+
+    def on_change(self, apply: Callable[[Catalog], None]) -> None:
+        """Run ``apply`` with every new catalog before it takes effect (and once now); if it
+        raises ConfigurationError the new catalog is refused."""
+        apply(self._catalog)
+        self._appliers.append(apply)
+
+    @classmethod
+    def from_file(cls, path: Path) -> CatalogSource:
+        return cls(load_catalog(path), path)
+
+    @property
+    def current(self) -> Catalog:
+        return self._catalog
+
+    def _stat(self) -> float | None:
+        if self._path is None:
+            return None
+        try:
+            return os.stat(self._path).st_mtime
+        except OSError:
+            return None
+
+    def check(self) -> bool:
+        """Reload if the file changed since the last load; True when a new catalog is in force."""
+        if self._path is None:
+            return False
+        mtime = self._stat()
+        if mtime is None or mtime == self._mtime:
+            return False
+        return self.reload()
+
+    def reload(self) -> bool:
+        if self._path is None:
+            return False
+        self._mtime = self._stat()
+        try:
+            catalog = load_catalog(self._path)
+            for apply in self._appliers:
+                apply(catalog)
+        except ConfigurationError as exc:
+            logger.error("keeping the previous model catalog: %s", exc.message)
+            return False
+        self._catalog = catalog
+        self.version += 1
+        logger.info(
+            "model catalog %s loaded: %d models, default %s",
+            self._path,
+            len(catalog.models),
+            catalog.default_model,
+        )
+        return True

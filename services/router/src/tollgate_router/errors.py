@@ -1,0 +1,86 @@
+"""The router's errors. Provider adapters translate every upstream failure into one of these
+where it enters, so the resilience layer and the handler decide on class attributes only::
+
+    TollgateError (tollgate_core.errors)
+    └── ProviderError              a model provider failed; ``error_type`` is the wire type
+        ├── ProviderThrottled      429 / throttlingException              (retriable)
+        ├── ProviderUnavailable    5xx, connection refused, stream error  (retriable, falls back)
+        │   └── CircuitOpen        the provider's breaker is open         (falls back, no retry)
+        ├── ProviderTimeout        connect / first token / idle gap / total (retriable)
+        ├── InvalidProviderRequest 400 / validationException
+        └── ModelNotFound          404 / unknown model / not allowed for the caller's groups
+
+``retriable`` means "the same call may succeed if repeated"; ``fallback`` means "another model
+of the fallback chain may succeed". Neither applies once the first token has been sent.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from tollgate_core.errors import TollgateError
+
+
+class ProviderError(TollgateError):
+    error_type: ClassVar[str] = "provider_error"
+    http_status: ClassVar[int] = 502
+    fallback: ClassVar[bool] = False
+    #: counts against the provider's circuit breaker
+    breaker_failure: ClassVar[bool] = False
+
+
+class ProviderThrottled(ProviderError):
+    retriable: ClassVar[bool] = True
+    fallback: ClassVar[bool] = True
+    error_type: ClassVar[str] = "provider_throttled"
+    http_status: ClassVar[int] = 429
+
+
+class ProviderUnavailable(ProviderError):
+    retriable: ClassVar[bool] = True
+    fallback: ClassVar[bool] = True
+    breaker_failure: ClassVar[bool] = True
+    error_type: ClassVar[str] = "provider_unavailable"
+    http_status: ClassVar[int] = 503
+
+
+class CircuitOpen(ProviderUnavailable):
+    retriable: ClassVar[bool] = False
+    breaker_failure: ClassVar[bool] = False
+    error_type: ClassVar[str] = "provider_unavailable"
+
+
+class ProviderTimeout(ProviderError):
+    retriable: ClassVar[bool] = True
+    fallback: ClassVar[bool] = True
+    breaker_failure: ClassVar[bool] = True
+    error_type: ClassVar[str] = "provider_timeout"
+    http_status: ClassVar[int] = 504
+
+
+class InvalidProviderRequest(ProviderError):
+    error_type: ClassVar[str] = "validation_error"
+    http_status: ClassVar[int] = 400
+
+
+class ModelNotFound(ProviderError):
+    error_type: ClassVar[str] = "model_not_found"
+    http_status: ClassVar[int] = 404
+
+
+class ModelNotAllowed(ProviderError):
+    error_type: ClassVar[str] = "model_not_allowed"
+    http_status: ClassVar[int] = 403
+
+
+def from_http_status(status: int, message: str) -> ProviderError:
+    """The error an HTTP status from a provider means (OpenAI-compatible, Anthropic, Bedrock)."""
+    if status == 429:
+        return ProviderThrottled(message, details={"status": status})
+    if status == 404:
+        return ModelNotFound(message, details={"status": status})
+    if status in (408, 504):
+        return ProviderTimeout(message, details={"status": status})
+    if status >= 500 or status == 529:
+        return ProviderUnavailable(message, details={"status": status})
+    return InvalidProviderRequest(message, details={"status": status})

@@ -1,0 +1,3 @@
+from tollgate_core.db import run_alembic_env
+
+run_alembic_env(schema="router")

@@ -1,0 +1,127 @@
+"""What the HTTP providers share: one pooled httpx client per provider, SSE framing, and the
+translation of httpx's exceptions into the router's error tree."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import httpx
+
+from tollgate_router.errors import ProviderTimeout, ProviderUnavailable
+
+
+def make_client(*, connect_timeout_s: float, max_connections: int) -> httpx.AsyncClient:
+    """Connect timeout only: time to first token, idle gap and total are enforced above."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(None, connect=connect_timeout_s, pool=connect_timeout_s),
+        limits=httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        ),
+    )
+
+
+class ClientShards:
+    """Several pooled clients used in turn. httpcore scans its whole pool (every connection's
+    idle/expiry state, with a socket poll) each time a request is assigned or released, so one
+    pool of N connections costs O(N) per request; N/k-sized shards keep that cost flat when a
+    provider carries a thousand concurrent streams (measured in bench/router.md)."""
+
+    def __init__(
+        self, *, connect_timeout_s: float, max_connections: int, shard_size: int = 64
+    ) -> None:
+        count = max(1, -(-max_connections // shard_size))
+        self._clients = [
+            make_client(connect_timeout_s=connect_timeout_s, max_connections=shard_size)
+            for _ in range(count)
+        ]
+        self._next = 0
+
+    def get(self) -> httpx.AsyncClient:
+        client = self._clients[self._next]
+        self._next = (self._next + 1) % len(self._clients)
+        return client
+
+    async def aclose(self) -> None:
+        for client in self._clients:
+            await client.aclose()
+
+
+Clients = httpx.AsyncClient | ClientShards
+
+
+def pick(clients: Clients) -> httpx.AsyncClient:
+    return clients.get() if isinstance(clients, ClientShards) else clients
+
+
+@contextlib.contextmanager
+def translate_httpx(provider: str) -> Iterator[None]:
+    try:
+        yield
+    except (httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+        raise ProviderTimeout(f"{provider}: connect timeout") from exc
+    except httpx.TimeoutException as exc:
+        raise ProviderTimeout(f"{provider}: {type(exc).__name__}") from exc
+    except httpx.TransportError as exc:
+        raise ProviderUnavailable(f"{provider}: {type(exc).__name__}: {exc}") from exc
+
+
+def error_message(body: bytes) -> str:
+    """The human message of a provider's JSON error body, else the body's start."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body[:200].decode("utf-8", "replace")
+    if isinstance(data, dict):
+        err = data.get("error", data)
+        if isinstance(err, dict):
+            return str(err.get("message") or err.get("Message") or err)
+        return str(err)
+    return str(data)[:200]
+
+
+@dataclass(frozen=True, slots=True)
+class SSEEvent:
+    event: str
+    data: str
+
+
+async def iter_sse(response: httpx.Response) -> AsyncIterator[SSEEvent]:
+    """Server-sent events (WHATWG framing: ``event:``/``data:`` lines, a blank line
+    dispatches). Parsed from raw bytes: httpx's text and line decoders cost more per network
+    read than the framing itself, and a token stream is one read per token."""
+    buffer = b""
+    async for chunk in response.aiter_bytes():
+        buffer += chunk
+        if b"\r" in buffer:
+            if buffer.endswith(b"\r"):
+                continue  # a \n may follow in the next read
+            buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        *blocks, buffer = buffer.split(b"\n\n")
+        for block in blocks:
+            event = _parse_block(block)
+            if event is not None:
+                yield event
+    if buffer.strip():
+        event = _parse_block(buffer.replace(b"\r", b"\n"))
+        if event is not None:
+            yield event
+
+
+def _parse_block(block: bytes) -> SSEEvent | None:
+    name = ""
+    data: list[str] = []
+    for raw in block.split(b"\n"):
+        if not raw or raw.startswith(b":"):
+            continue
+        field, _, value = raw.decode("utf-8", "replace").partition(":")
+        value = value.removeprefix(" ")
+        if field == "data":
+            data.append(value)
+        elif field == "event":
+            name = value
+    if not data:
+        return None
+    return SSEEvent(name or "message", "\n".join(data))

@@ -1,0 +1,201 @@
+"""Provider resilience: jittered retries before the first token, fallback along the catalog's
+chain, one circuit breaker per provider, and the four timeouts (connect is httpx's; time to
+first token, idle gap and total are enforced here around any provider stream)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+from tollgate_router.catalog import ModelSpec
+from tollgate_router.errors import CircuitOpen, ProviderError, ProviderTimeout
+from tollgate_router.providers.base import Provider, ProviderEvent, ProviderRequest, TextDelta
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    first_token_s: float = 30.0
+    idle_s: float = 30.0
+    total_s: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_retries: int = 2
+    base_delay_s: float = 0.2
+    max_delay_s: float = 2.0
+
+    def delay(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
+        """Full jitter: uniform in [0, min(max, base * 2**attempt)]."""
+        return rand() * min(self.max_delay_s, self.base_delay_s * float(2**attempt))
+
+
+class CircuitBreaker:
+    """Closed → open after ``threshold`` consecutive failures → half-open after ``reset_s``
+    (one trial call) → closed on success, open again on failure."""
+
+    def __init__(
+        self,
+        *,
+        threshold: int = 5,
+        reset_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._threshold = threshold
+        self._reset_s = reset_s
+        self._clock = clock
+        self._failures = 0
+        self._opened_at: float | None = None
+        self._trial = False
+
+    @property
+    def state(self) -> str:
+        if self._opened_at is None:
+            return "closed"
+        return "half_open" if self._clock() - self._opened_at >= self._reset_s else "open"
+
+    def check(self, provider: str) -> None:
+        state = self.state
+        if state == "closed":
+            return
+        if state == "half_open" and not self._trial:
+            self._trial = True
+            return
+        raise CircuitOpen(f"{provider}: circuit open", details={"provider": provider})
+
+    def success(self) -> None:
+        self._failures, self._opened_at, self._trial = 0, None, False
+
+    def failure(self) -> None:
+        self._failures += 1
+        if self._trial or self._failures >= self._threshold:
+            self._opened_at, self._trial = self._clock(), False
+
+
+async def guarded(
+    events: AsyncIterator[ProviderEvent], timeouts: Timeouts
+) -> AsyncIterator[ProviderEvent]:
+    """Re-yield ``events``, raising ProviderTimeout on a late first token, idle gap or total."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeouts.total_s
+    waiting_first = True
+    try:
+        while True:
+            remaining = deadline - loop.time()
+            limit = min(timeouts.first_token_s if waiting_first else timeouts.idle_s, remaining)
+            try:
+                async with asyncio.timeout(max(limit, 0)):
+                    event = await anext(events)
+            except StopAsyncIteration:
+                return
+            except TimeoutError as exc:
+                what = (
+                    "total"
+                    if limit == remaining
+                    else ("time to first token" if waiting_first else "idle gap")
+                )
+                raise ProviderTimeout(f"{what} timeout after {limit:.1f}s") from exc
+            if waiting_first and isinstance(event, TextDelta):
+                waiting_first = False
+            yield event
+    finally:
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What happened while serving one request (read by the handler for its records)."""
+
+    model: ModelSpec
+    provider: str = ""
+    retries: int = 0
+    fallback_used: bool = False
+    started: bool = False
+    attempts: list[str] = field(default_factory=list)
+
+
+class ResilientRouter:
+    """Serves a request from the first model of a chain that can, within the policies."""
+
+    def __init__(
+        self,
+        providers: Callable[[str], Provider],
+        *,
+        retry: RetryPolicy,
+        timeouts: Timeouts,
+        breaker_threshold: int = 5,
+        breaker_reset_s: float = 30.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self._providers = providers
+        self._retry = retry
+        self._timeouts = timeouts
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._threshold = breaker_threshold
+        self._reset_s = breaker_reset_s
+        self._sleep = sleep
+        self._rand = rand
+
+    def breaker(self, provider: str) -> CircuitBreaker:
+        b = self._breakers.get(provider)
+        if b is None:
+            b = self._breakers[provider] = CircuitBreaker(
+                threshold=self._threshold, reset_s=self._reset_s
+            )
+        return b
+
+    @property
+    def breakers(self) -> Mapping[str, CircuitBreaker]:
+        return self._breakers
+
+    async def stream(
+        self, chain: list[ModelSpec], request: ProviderRequest, outcome: Outcome
+    ) -> AsyncIterator[ProviderEvent]:
+        last: ProviderError | None = None
+        for index, spec in enumerate(chain):
+            if index:
+                outcome.fallback_used = True
+            outcome.model = spec
+            provider = self._providers(spec.provider)
+            outcome.provider = provider.name
+            breaker = self.breaker(spec.provider)
+            upstream = ProviderRequest(
+                model=spec.upstream_id,
+                messages=request.messages,
+                system=request.system,
+                max_tokens=spec.max_tokens(request.max_tokens),
+                temperature=request.temperature,
+            )
+            attempt = 0
+            while True:
+                outcome.attempts.append(spec.id)
+                try:
+                    breaker.check(spec.provider)
+                    async for event in guarded(provider.stream(upstream), self._timeouts):
+                        if isinstance(event, TextDelta):
+                            outcome.started = True
+                        yield event
+                    breaker.success()
+                    return
+                except ProviderError as exc:
+                    if exc.breaker_failure:
+                        breaker.failure()
+                    if outcome.started:
+                        raise
+                    last = exc
+                    if exc.retriable and attempt < self._retry.max_retries:
+                        await self._sleep(self._retry.delay(attempt, self._rand))
+                        attempt += 1
+                        outcome.retries += 1
+                        continue
+                    break
+            if not last.fallback:
+                raise last
+        assert last is not None  # noqa: S101 - chain is never empty here
+        raise last

@@ -1,0 +1,165 @@
+"""The journal and the prepared-response store against a real Postgres, migrated by the
+service's own migrations; and a redelivery through the handler with the Postgres journal."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tollgate_core import db, topics
+from tollgate_core.bus import InMemoryPublisher
+from tollgate_core.contracts import ChatMessage, TextBlock, utcnow
+from tollgate_dev.pytest_plugin import DatabaseFactory
+from tollgate_router.adapters.postgres import PostgresJournal, PostgresPreparedStore
+from tollgate_router.catalog import CatalogSource, local_catalog
+from tollgate_router.handlers import GenerationHandler
+from tollgate_router.journal import Claim
+from tollgate_router.main import MIGRATIONS
+from tollgate_router.prepared import PreparedResponse, prepared_key
+from tollgate_router.providers.local import LocalProvider
+
+
+@pytest.fixture
+async def engine(database_factory: DatabaseFactory) -> AsyncIterator[AsyncEngine]:
+    settings = await database_factory()
+    await db.migrate(settings, MIGRATIONS)
+    await db.migrate(settings, MIGRATIONS)  # a second run is a no-op
+    engine = db.create_engine(settings, application_name="test")
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+def convo(*texts: str) -> tuple[ChatMessage, ...]:
+    roles = ("user", "assistant")
+    return tuple(
+        ChatMessage(role=roles[i % 2], content=[TextBlock(text=t)])  # type: ignore[arg-type]
+        for i, t in enumerate(texts)
+    )
+
+
+def entry(
+    messages: tuple[ChatMessage, ...],
+    *,
+    id: str,
+    principal: str | None = None,
+    model: str = "*",
+    response: str = "answer",
+    ttl: timedelta = timedelta(hours=1),
+) -> PreparedResponse:
+    now = utcnow()
+    return PreparedResponse(
+        id=id,
+        key=prepared_key(("sys",), messages),
+        model_scope=model,
+        principal=principal,
+        response=response,
+        expires_at=now + ttl,
+        created_at=now,
+    )
+
+
+async def test_the_journal_claims_once_and_reports_the_state_on_redelivery(
+    engine: AsyncEngine,
+) -> None:
+    journal = PostgresJournal(engine)
+    assert await journal.claim("r1", "alice") == Claim(None)
+    await journal.streaming("r1")
+    assert await journal.claim("r1", "alice") == Claim("streaming", 2, None)
+    await journal.settling("r1", '{"x":1}')
+    await journal.settled("r1")
+    assert await journal.claim("r1", "alice") == Claim("settled", 3, '{"x":1}')
+
+
+async def test_prepared_lookup_prefers_own_then_public_and_isolates_principals(
+    engine: AsyncEngine,
+) -> None:
+    store = PostgresPreparedStore(engine)
+    q = convo("what is my plan?")
+    key = prepared_key(("sys",), q)
+    now = utcnow()
+    await store.add(entry(q, id="pub", response="public"))
+    await store.add(entry(q, id="alice", principal="alice", response="alice's"))
+    await store.add(entry(q, id="alice-m", principal="alice", model="m", response="alice on m"))
+    hit = await store.lookup(key, model="m", principal="alice", now=now)
+    assert hit is not None and hit.response == "alice on m"
+    hit = await store.lookup(key, model="other", principal="alice", now=now)
+    assert hit is not None and hit.response == "alice's"
+    hit = await store.lookup(key, model="m", principal="bob", now=now)
+    assert hit is not None and hit.response == "public"
+    await store.remove("pub")
+    assert await store.lookup(key, model="m", principal="bob", now=now) is None
+
+
+async def test_prepared_keys_separate_conversations_and_system_prompts(engine: AsyncEngine) -> None:
+    store = PostgresPreparedStore(engine)
+    await store.add(entry(convo("and tomorrow?"), id="short"))
+    now = utcnow()
+    longer = prepared_key(("sys",), convo("open today?", "yes", "and tomorrow?"))
+    assert await store.lookup(longer, model="m", principal="a", now=now) is None
+    other_system = prepared_key(("other",), convo("and tomorrow?"))
+    assert await store.lookup(other_system, model="m", principal="a", now=now) is None
+    same = prepared_key(("sys",), convo("  and   tomorrow? "))
+    assert await store.lookup(same, model="m", principal="a", now=now) is not None
+
+
+async def test_expired_entries_are_not_served_and_are_purged(engine: AsyncEngine) -> None:
+    store = PostgresPreparedStore(engine)
+    q = convo("hours?")
+    await store.add(entry(q, id="old", ttl=timedelta(seconds=-5)))
+    key = prepared_key(("sys",), q)
+    assert await store.lookup(key, model="m", principal="a", now=utcnow()) is None
+    assert [e.id for e in await store.list()] == ["old"]
+    assert await store.purge_expired(utcnow()) == 1
+    assert await store.list() == []
+
+
+async def test_adding_the_same_scope_again_replaces_it(engine: AsyncEngine) -> None:
+    store = PostgresPreparedStore(engine)
+    q = convo("hours?")
+    await store.add(entry(q, id="one", principal="alice", response="v1"))
+    await store.add(entry(q, id="two", principal="alice", response="v2"))
+    await store.add(entry(q, id="three", response="public"))
+    entries = await store.list(principal="alice")
+    assert [(e.id, e.response) for e in entries] == [("two", "v2")]
+    assert len(await store.list()) == 2
+
+
+async def test_a_redelivered_admission_is_counted_once_with_the_postgres_journal(
+    engine: AsyncEngine,
+) -> None:
+    from tollgate_core.bus import Delivered
+    from tollgate_core.contracts import AdmissionV1, ChatRequestV1, ReplyTo
+
+    local = LocalProvider(time_to_first_token_ms=0, tokens_per_second=10_000, output_tokens=3)
+    request = ChatRequestV1(
+        principal="alice", messages=convo("hi"), reply_to=ReplyTo(topic=topics.REPLIES, partition=0)
+    )
+    delivered = Delivered(
+        event=AdmissionV1(request=request, reserved_input_tokens=1, reserved_output_tokens=3),
+        topic=topics.ADMITTED,
+        partition=0,
+        offset=0,
+        key="alice",
+    )
+    for _ in range(3):  # e.g. two restarts before the offset was committed
+        publisher = InMemoryPublisher()
+        handler = GenerationHandler(
+            CatalogSource(
+                local_catalog(
+                    "tollgate-local", time_to_first_token_ms=0, tokens_per_second=1, output_tokens=1
+                )
+            ),
+            {"local": local}.__getitem__,
+            publisher,
+            journal=PostgresJournal(engine),
+        )
+        await handler(delivered)
+        if _ == 0:
+            assert len(publisher.on(topics.USAGE)) == 1
+        else:
+            assert publisher.events == []

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from tollgate_core.errors import ConfigurationError
+from tollgate_router.catalog import CatalogSource, load_catalog
+from tollgate_router.providers.anthropic import AnthropicProvider
+from tollgate_router.providers.bedrock import BedrockProvider
+from tollgate_router.providers.local import LocalProvider
+from tollgate_router.providers.openai import OpenAIProvider
+from tollgate_router.providers.registry import ProviderRegistry
+
+EXAMPLE = Path(__file__).parents[4] / "config" / "models.example.yaml"
+
+
+async def test_builds_every_provider_of_the_example_and_reuses_unchanged_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDTEST")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
+    registry = ProviderRegistry(
+        secrets={"openai": SecretStr("sk-1"), "anthropic": SecretStr("sk-2")}
+    )
+    catalog = load_catalog(EXAMPLE)
+    try:
+        registry.sync(catalog)
+        assert isinstance(registry("local"), LocalProvider)
+        assert isinstance(registry("bedrock-us"), BedrockProvider)
+        assert isinstance(registry("vllm"), OpenAIProvider)
+        assert isinstance(registry("anthropic"), AnthropicProvider)
+        before = registry("vllm")
+        registry.sync(catalog)
+        assert registry("vllm") is before
+    finally:
+        await registry.aclose()
+
+
+async def test_a_missing_secret_refuses_the_catalog() -> None:
+    registry = ProviderRegistry()
+    source = CatalogSource(load_catalog(EXAMPLE))
+    with pytest.raises(ConfigurationError, match="openai"):
+        source.on_change(registry.sync)
+    await registry.aclose()
