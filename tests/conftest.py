@@ -13,6 +13,8 @@ from oteltap import OtelTapHttpProtobufReceiver, OtelTapHttpProtobufReceiverSett
 from tollgate_dev.platform import EmbeddedPostgres, TansuBroker, free_port
 from tollgate_dev.stack import SERVICES, Stack, dev_auth_env, run_prepare
 
+METER_ADMIN_TOKEN = "meter-admin-test-token"
+
 
 @pytest.fixture(scope="session")
 def otlp_port() -> int:
@@ -72,6 +74,7 @@ def stack(
             "TOLLGATE_LOCAL_MODEL_TOKENS_PER_SECOND": "200",
             "TOLLGATE_LOCAL_MODEL_OUTPUT_TOKENS": "12",
             "TOLLGATE_LOG_FORMAT": "json",
+            "TOLLGATE_METER_ADMIN_TOKEN": METER_ADMIN_TOKEN,
             **dev_auth_env(Path(__file__).parents[1]),
         },
     )
