@@ -114,6 +114,67 @@ ON CONFLICT (principal, {key}) DO UPDATE SET
 _BUMP_BUCKET = text(_BUMP.format(table="buckets", key="bucket_start"))
 _BUMP_PERIOD = text(_BUMP.format(table="periods", key="period_start"))
 
+# Taking the lock and reading the counters must be two statements: under READ COMMITTED a
+# statement that waited for the lock still reads with the snapshot it started with.
+_LOCK = text("""
+INSERT INTO meter.principals AS p (principal) VALUES (:p)
+ON CONFLICT (principal) DO UPDATE SET principal = EXCLUDED.principal
+RETURNING p.tier, p.windows
+""")
+_READ = text("""
+SELECT
+  (SELECT json_build_object('tier', r.tier, 'rejection', r.rejection)
+     FROM meter.reservations r WHERE r.request_id = :r) AS previous,
+  (SELECT json_agg(json_build_object(
+       'bucket_start', b.bucket_start, 'input_tokens', b.input_tokens,
+       'output_tokens', b.output_tokens, 'reserved_input', b.reserved_input,
+       'reserved_output', b.reserved_output, 'requests', b.requests))
+     FROM meter.buckets b WHERE b.principal = :p AND b.bucket_start >= :oldest) AS buckets,
+  (SELECT json_build_object(
+       'input_tokens', m.input_tokens, 'output_tokens', m.output_tokens,
+       'reserved_input', m.reserved_input, 'reserved_output', m.reserved_output,
+       'requests', m.requests)
+     FROM meter.periods m WHERE m.principal = :p AND m.period_start = :m) AS period
+""")
+
+_RECORD_REJECTION = text("""
+INSERT INTO meter.reservations (request_id, principal, model, reserved_input, reserved_output,
+  status, created_at, bucket_start, period_start, tier, rejection)
+VALUES (:r, :p, :m, :ri, :ro, 'rejected', :now, :b, :per, :t, CAST(:rej AS jsonb))
+""")
+_RESERVE = text(
+    """
+WITH reservation AS (
+  INSERT INTO meter.reservations (request_id, principal, model, reserved_input,
+    reserved_output, status, created_at, bucket_start, period_start, tier)
+  VALUES (:r, :p, :m, :ri, :ro, 'reserved', :now, :b, :per, :t)),
+bucket AS (
+  INSERT INTO meter.buckets AS b (principal, bucket_start, reserved_input, reserved_output,
+    requests) VALUES (:p, :b, :ri, :ro, 1)
+  ON CONFLICT (principal, bucket_start) DO UPDATE SET
+    reserved_input = b.reserved_input + EXCLUDED.reserved_input,
+    reserved_output = b.reserved_output + EXCLUDED.reserved_output,
+    requests = b.requests + 1)
+INSERT INTO meter.periods AS m (principal, period_start, reserved_input, reserved_output,
+  requests) VALUES (:p, :per, :ri, :ro, 1)
+ON CONFLICT (principal, period_start) DO UPDATE SET
+  reserved_input = m.reserved_input + EXCLUDED.reserved_input,
+  reserved_output = m.reserved_output + EXCLUDED.reserved_output,
+  requests = m.requests + 1
+"""
+)
+
+
+class _Counters:
+    """A JSON counters object read like a result row."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.input_tokens = data["input_tokens"]
+        self.output_tokens = data["output_tokens"]
+        self.reserved_input = data["reserved_input"]
+        self.reserved_output = data["reserved_output"]
+        self.requests = data["requests"]
+
 
 class PostgresLedger:
     def __init__(
@@ -142,77 +203,68 @@ class PostgresLedger:
         now: datetime,
     ) -> Decision:
         async with _translated(), self._engine.begin() as conn:
-            await conn.execute(
-                text("INSERT INTO meter.principals (principal) VALUES (:p) ON CONFLICT DO NOTHING"),
-                {"p": principal},
+            overrides = await self._tier_overrides(conn)
+            oldest = oldest_bucket_needed(
+                [w for t in {**self._config.tiers, **overrides}.values() for w in t.windows],
+                now,
+                self._bucket_seconds,
             )
-            owner = (
+            # Take the principal's row lock (creating the row if need be) with its limits,
+            # then read an earlier decision for this request and the counters.
+            owner = (await conn.execute(_LOCK, {"p": principal})).one()
+            state = (
                 await conn.execute(
-                    text(
-                        "SELECT tier, windows FROM meter.principals WHERE principal = :p FOR UPDATE"
-                    ),
-                    {"p": principal},
+                    _READ,
+                    {"p": principal, "r": request_id, "oldest": oldest, "m": month_start(now)},
                 )
             ).one()
-            previous = (
-                await conn.execute(
-                    text(
-                        "SELECT status, tier, rejection FROM meter.reservations"
-                        " WHERE request_id = :r"
-                    ),
-                    {"r": request_id},
-                )
-            ).first()
-            if previous is not None:
-                violation = _violation(previous.rejection)
-                return Decision(violation is None, previous.tier or "", violation, repeated=True)
-            tier, windows = await self._limits(conn, owner, groups)
-            usages = await self._usages(conn, principal, windows, now)
+            if state.previous is not None:
+                violation = _violation(state.previous.get("rejection"))
+                tier_name = state.previous.get("tier") or ""
+                return Decision(violation is None, tier_name, violation, repeated=True)
+            tier, windows = self._resolve(owner, groups, overrides)
+            if oldest_bucket_needed(windows, now, self._bucket_seconds) < oldest:
+                usages = await self._usages(conn, principal, windows, now)  # unusually long
+            else:
+                buckets = [
+                    _bucket(datetime.fromisoformat(b["bucket_start"]), _Counters(b))
+                    for b in state.buckets or ()
+                ]
+                month = None if state.period is None else _bucket(now, _Counters(state.period))
+                usages = [
+                    window_usage(w, buckets, month, now, self._bucket_seconds) for w in windows
+                ]
             requested = Totals(estimate.input_tokens, estimate.output_tokens, 1)
             violation = check(usages, requested, now)
-            bucket, period = bucket_start(now, self._bucket_seconds), month_start(now)
             await conn.execute(
-                text(
-                    "INSERT INTO meter.reservations (request_id, principal, model, reserved_input,"
-                    " reserved_output, status, created_at, bucket_start, period_start, tier,"
-                    " rejection) VALUES (:r, :p, :m, :ri, :ro, :s, :now, :b, :per, :t,"
-                    " CAST(:rej AS jsonb))"
-                ),
+                _RECORD_REJECTION if violation else _RESERVE,
                 {
                     "r": request_id,
                     "p": principal,
                     "m": model,
                     "ri": estimate.input_tokens,
                     "ro": estimate.output_tokens,
-                    "s": "rejected" if violation else "reserved",
                     "now": now,
-                    "b": bucket,
-                    "per": period,
+                    "b": bucket_start(now, self._bucket_seconds),
+                    "per": month_start(now),
                     "t": tier,
                     "rej": json.dumps(violation.details()) if violation else None,
                 },
             )
-            if violation is None:
-                counters = {
-                    "principal": principal,
-                    "input": 0,
-                    "output": 0,
-                    "reserved_input": estimate.input_tokens,
-                    "reserved_output": estimate.output_tokens,
-                    "requests": 1,
-                }
-                await conn.execute(_BUMP_BUCKET, {**counters, "key": bucket})
-                await conn.execute(_BUMP_PERIOD, {**counters, "key": period})
             return Decision(violation is None, tier, violation)
 
-    async def _limits(
-        self, conn: AsyncConnection, owner: Any, groups: Sequence[str]
+    def _resolve(
+        self, owner: Any, groups: Sequence[str], overrides: dict[str, TierSpec]
     ) -> tuple[str, tuple[WindowSpec, ...]]:
-        overrides = await self._tier_overrides(conn)
         name, tier = self._config.tier_for(groups, overrides, owner.tier)
         if owner.windows is not None:
             return name, tuple(WindowSpec.model_validate(w) for w in owner.windows)
         return name, tier.windows
+
+    async def _limits(
+        self, conn: AsyncConnection, owner: Any, groups: Sequence[str]
+    ) -> tuple[str, tuple[WindowSpec, ...]]:
+        return self._resolve(owner, groups, await self._tier_overrides(conn))
 
     async def _tier_overrides(self, conn: AsyncConnection) -> dict[str, TierSpec]:
         loaded_at, tiers = self._tiers
