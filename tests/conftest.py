@@ -13,6 +13,8 @@ from oteltap import OtelTapHttpProtobufReceiver, OtelTapHttpProtobufReceiverSett
 from tollgate_dev.platform import EmbeddedPostgres, TansuBroker, free_port
 from tollgate_dev.stack import SERVICES, Stack, dev_auth_env, run_prepare
 
+METER_ADMIN_TOKEN = "meter-admin-test-token"
+
 
 @pytest.fixture(scope="session")
 def otlp_port() -> int:
@@ -75,6 +77,7 @@ def stack(
             "TOLLGATE_ROUTER_COALESCE_DELAY_MS": "0",
             "TOLLGATE_ROUTER_ADMIN_TOKEN": "e2e-admin-token",
             "TOLLGATE_LOG_FORMAT": "json",
+            "TOLLGATE_METER_ADMIN_TOKEN": METER_ADMIN_TOKEN,
             **dev_auth_env(Path(__file__).parents[1]),
         },
     )

@@ -2,77 +2,173 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
 from tollgate_core import db
 from tollgate_core.contracts import Usage, UsageRecordV1
-from tollgate_dev.pytest_plugin import DatabaseFactory
+from tollgate_core.errors import DependencyUnavailable
+from tollgate_core.settings import DatabaseSettings
 from tollgate_meter.adapters.ledger import PostgresLedger
 from tollgate_meter.domain import Estimate
-from tollgate_meter.main import MIGRATIONS
+from tollgate_meter.limits import TierSpec, WindowSpec
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
 
-@pytest.fixture
-async def ledger(database_factory: DatabaseFactory) -> AsyncIterator[PostgresLedger]:
-    settings = await database_factory()
-    await db.migrate(settings, MIGRATIONS)
-    await db.migrate(settings, MIGRATIONS)  # a second run is a no-op
-    engine = db.create_engine(settings, application_name="test")
-    try:
-        yield PostgresLedger(engine)
-    finally:
-        await engine.dispose()
-
-
-def usage(request_id: str, out: int = 7) -> UsageRecordV1:
+def usage(request_id: str, principal: str = "alice", inp: int = 3, out: int = 7) -> UsageRecordV1:
     return UsageRecordV1(
         request_id=request_id,
-        principal="alice",
+        principal=principal,
         model="m",
         provider="local",
-        usage=Usage(input_tokens=3, output_tokens=out),
+        usage=Usage(input_tokens=inp, output_tokens=out),
         cost_usd=Decimal("0.01"),
     )
 
 
-async def test_reservation_is_idempotent_by_request_id(ledger: PostgresLedger) -> None:
-    assert await ledger.reserve("r1", "alice", "m", Estimate(10, 100)) is True
-    assert await ledger.reserve("r1", "alice", "m", Estimate(10, 100)) is False
-    row = await ledger.get("r1")
-    assert row is not None and row.status == "reserved"
+async def test_migrations_are_repeatable(meter_db: DatabaseSettings) -> None:
+    from tollgate_meter.main import MIGRATIONS
+
+    await db.migrate(meter_db, MIGRATIONS)
 
 
-async def test_settlement_replaces_the_estimate_once(ledger: PostgresLedger) -> None:
-    await ledger.reserve("r2", "alice", "m", Estimate(10, 100))
-    assert await ledger.settle(usage("r2")) is True
-    assert await ledger.settle(usage("r2", out=999)) is False  # a replayed usage record
+async def test_admission_reserves_once_per_request(ledger: PostgresLedger, inspect: Any) -> None:
+    first = await ledger.admit("r1", "alice", "m", (), Estimate(10, 100), NOW)
+    again = await ledger.admit("r1", "alice", "m", (), Estimate(10, 100), NOW)
+    assert first.admitted and not first.repeated and first.tier == "standard"
+    assert again.admitted and again.repeated
+    assert await inspect.buckets("alice") == (0, 0, 10, 100)
+
+
+async def test_settlement_replaces_the_estimate_once(ledger: PostgresLedger, inspect: Any) -> None:
+    await ledger.admit("r2", "alice", "m", (), Estimate(10, 100), NOW)
+    assert await ledger.settle(usage("r2"), NOW + timedelta(seconds=5)) is True
+    assert await ledger.settle(usage("r2", out=999), NOW) is False  # a replayed usage record
     row = await ledger.get("r2")
-    assert row is not None
-    assert (row.status, row.input_tokens, row.output_tokens) == ("settled", 3, 7)
+    assert row is not None and (row.status, row.input_tokens, row.output_tokens) == (
+        "settled",
+        3,
+        7,
+    )
+    assert await inspect.buckets("alice") == (3, 7, 0, 0)
+    assert await inspect.periods("alice") == (3, 7)
 
 
-async def test_usage_without_a_reservation_is_still_recorded_once(ledger: PostgresLedger) -> None:
-    assert await ledger.settle(usage("orphan")) is True
-    assert await ledger.settle(usage("orphan")) is False
-    row = await ledger.get("orphan")
-    assert row is not None and row.output_tokens == 7
+async def test_usage_without_a_reservation_is_recorded_once(
+    ledger: PostgresLedger, inspect: Any
+) -> None:
+    assert await ledger.settle(usage("orphan"), NOW) is True
+    assert await ledger.settle(usage("orphan"), NOW) is False
+    assert await inspect.buckets("alice") == (3, 7, 0, 0)
+
+
+async def test_a_rejection_names_the_window_and_is_remembered(ledger: PostgresLedger) -> None:
+    assert (await ledger.admit("a", "bob", None, (), Estimate(10, 900), NOW)).admitted
+    refused = await ledger.admit("b", "bob", None, (), Estimate(10, 900), NOW)
+    assert not refused.admitted and refused.violation is not None
+    assert (refused.violation.window, refused.violation.dimension) == ("rolling-10m", "output")
+    assert refused.violation.used == 900 and refused.violation.limit == 1_000
+    assert refused.violation.retry_after_s is not None
+    again = await ledger.admit("b", "bob", None, (), Estimate(10, 1), NOW)
+    assert again.repeated and not again.admitted  # the same request keeps its decision
+
+
+async def test_fifty_concurrent_admissions_never_pass_the_limit(
+    ledger: PostgresLedger, inspect: Any
+) -> None:
+    # 10-minute output limit 1,000; each request reserves 100: exactly ten fit
+    results = await asyncio.gather(
+        *(ledger.admit(f"c{i}", "carol", None, (), Estimate(5, 100), NOW) for i in range(50))
+    )
+    admitted = [r for r in results if r.admitted]
+    assert len(admitted) == 10
+    assert all(
+        r.violation is not None and r.violation.window == "rolling-10m"
+        for r in results
+        if not r.admitted
+    )
+    assert await inspect.buckets("carol") == (0, 0, 50, 1_000)
+
+
+async def test_the_window_rolls_and_the_principal_is_admitted_again(ledger: PostgresLedger) -> None:
+    for i in range(10):
+        await ledger.admit(f"d{i}", "dora", None, (), Estimate(5, 100), NOW)
+        await ledger.settle(usage(f"d{i}", "dora", 5, 100), NOW)
+    refused = await ledger.admit("late", "dora", None, (), Estimate(5, 100), NOW)
+    assert refused.violation is not None and refused.violation.retry_after_s is not None
+    later = NOW + timedelta(seconds=refused.violation.retry_after_s)
+    assert (await ledger.admit("later", "dora", None, (), Estimate(5, 100), later)).admitted
+
+
+async def test_groups_pick_the_tier_and_admins_can_change_limits(ledger: PostgresLedger) -> None:
+    big = Estimate(5, 5_000)
+    assert not (await ledger.admit("e1", "erin", None, (), big, NOW)).admitted
+    premium = await ledger.admit("e2", "erin", None, ("premium",), big, NOW)
+    assert premium.admitted and premium.tier == "premium"
+    await ledger.set_principal(
+        "frank", None, (WindowSpec(name="tiny", kind="trailing", seconds=60, requests=1),)
+    )
+    assert (await ledger.admit("f1", "frank", None, (), Estimate(1, 1), NOW)).admitted
+    refused = await ledger.admit("f2", "frank", None, (), Estimate(1, 1), NOW)
+    assert refused.violation is not None and refused.violation.window == "tiny"
+    await ledger.set_tier("gold", TierSpec(windows=(), rank=50))
+    await ledger.set_principal("frank", "gold", None)
+    assert (await ledger.admit("f3", "frank", None, (), Estimate(1, 1), NOW)).tier == "gold"
+
+
+async def test_unsettled_reservations_are_released(ledger: PostgresLedger, inspect: Any) -> None:
+    await ledger.admit("g1", "gina", None, (), Estimate(10, 100), NOW)
+    await ledger.admit("g2", "gina", None, (), Estimate(10, 100), NOW + timedelta(minutes=20))
+    assert await ledger.release_expired(NOW + timedelta(minutes=15)) == 1
+    assert await inspect.buckets("gina") == (0, 0, 10, 100)
+    # usage arriving after the release still counts, once
+    assert await ledger.settle(usage("g1", "gina", 4, 40), NOW + timedelta(minutes=16))
+    assert await inspect.buckets("gina") == (4, 40, 10, 100)
+
+
+async def test_report_shows_windows_and_month_by_model(ledger: PostgresLedger) -> None:
+    await ledger.admit("h1", "hugo", "m", (), Estimate(10, 100), NOW)
+    await ledger.settle(usage("h1", "hugo"), NOW)
+    await ledger.admit("h2", "hugo", "m", (), Estimate(10, 100), NOW)
+    report = await ledger.report("hugo", (), NOW)
+    daily = next(w for w in report.windows if w.spec.name == "daily")
+    assert (daily.used.input, daily.used.output, daily.reserved.output) == (3, 7, 100)
+    assert report.by_model == [
+        {
+            "model": "m",
+            "requests": 1,
+            "input_tokens": 3,
+            "output_tokens": 7,
+            "cost_usd": "0.01000000",
+        }
+    ]
+
+
+async def test_old_buckets_are_pruned(ledger: PostgresLedger, inspect: Any) -> None:
+    old = NOW - timedelta(days=3)
+    await ledger.admit("p1", "pia", None, (), Estimate(1, 1), old)
+    await ledger.settle(usage("p1", "pia", 1, 1), old)
+    await ledger.admit("p2", "pia", None, (), Estimate(1, 1), NOW)
+    await ledger.settle(usage("p2", "pia", 1, 1), NOW)
+    assert await ledger.prune(NOW) == 1
+    assert await inspect.buckets("pia") == (1, 1, 0, 0)
 
 
 async def test_unreachable_postgres_is_a_retriable_error() -> None:
-    from pydantic import SecretStr
-
-    from tollgate_core.errors import DependencyUnavailable
-    from tollgate_core.settings import DatabaseSettings
-
     settings = DatabaseSettings(database_url=SecretStr("postgresql://nobody@127.0.0.1:1/none"))
     engine = db.create_engine(settings, application_name="test")
+    from tollgate_meter.limits import TierConfig
+
     try:
         with pytest.raises(DependencyUnavailable):
-            await PostgresLedger(engine).reserve("r", "p", None, Estimate(1, 1))
-        with pytest.raises(DependencyUnavailable):
-            await db.ping(engine)
+            await PostgresLedger(engine, TierConfig(), bucket_seconds=600).admit(
+                "r", "p", None, (), Estimate(1, 1), NOW
+            )
     finally:
         await engine.dispose()

@@ -128,6 +128,7 @@ class EmbeddedPostgres:
         if "1 row" not in exists:
             server.psql(f'CREATE DATABASE "{self.database}";')
         self._server = server
+        self._fresh = False  # a later start() after stop() keeps the data
         self.url = server.get_uri(self.database)
         logger.info("embedded Postgres at %s", self.url)
         return self

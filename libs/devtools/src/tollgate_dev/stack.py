@@ -57,7 +57,8 @@ def service_env(
     for service, port in ports.items():
         env[f"TOLLGATE_{service.upper()}_PORT"] = str(port)
     if "auth" in ports:
-        env.setdefault("TOLLGATE_STREAM_AUTH_URL", f"http://127.0.0.1:{ports['auth']}")
+        for client in ("STREAM", "METER"):
+            env.setdefault(f"TOLLGATE_{client}_AUTH_URL", f"http://127.0.0.1:{ports['auth']}")
     return env
 
 

@@ -1,15 +1,26 @@
-"""Kafka handlers: admit requests, settle usage."""
+"""Kafka handlers: admit (or refuse) requests, settle usage."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from datetime import datetime
 
 from opentelemetry import trace
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 from tollgate_core import topics
 from tollgate_core.bus import Delivered, Publisher
-from tollgate_core.contracts import AdmissionV1, ChatRequestV1, UsageRecordV1
+from tollgate_core.contracts import (
+    AdmissionV1,
+    ChatRequestV1,
+    ErrorInfo,
+    ReplyErrorV1,
+    RequestLogV1,
+    UsageRecordV1,
+)
+from tollgate_core.errors import DependencyUnavailable
+from tollgate_core.health import Health
 from tollgate_meter.adapters.ledger import Ledger
 from tollgate_meter.domain import estimate
 
@@ -17,14 +28,36 @@ logger = logging.getLogger(__name__)
 tracer = trace.get_tracer("tollgate.meter")
 
 DECISIONS = Counter("tollgate_meter_decisions_total", "Admission decisions", ["decision"])
+REJECTIONS = Counter(
+    "tollgate_meter_rejections_total", "Requests refused by a window", ["window", "limit_type"]
+)
 SETTLED = Counter("tollgate_meter_settlements_total", "Usage records settled", ["result"])
+DECISION_SECONDS = Histogram(
+    "tollgate_meter_decision_seconds",
+    "Time to decide an admission",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1),
+)
+
+Clock = Callable[[], datetime]
 
 
 class AdmissionHandler:
-    def __init__(self, ledger: Ledger, publisher: Publisher, *, default_max_tokens: int) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        publisher: Publisher,
+        health: Health,
+        clock: Clock,
+        *,
+        default_max_tokens: int,
+        fail_open: bool,
+    ) -> None:
         self._ledger = ledger
         self._publisher = publisher
+        self._health = health
+        self._clock = clock
         self._default_max_tokens = default_max_tokens
+        self._fail_open = fail_open
 
     async def __call__(self, delivered: Delivered[ChatRequestV1]) -> None:
         request = delivered.event
@@ -36,32 +69,119 @@ class AdmissionHandler:
             },
         ) as span:
             est = estimate(request, default_max_tokens=self._default_max_tokens)
-            new = await self._ledger.reserve(
-                request.request_id, request.principal, request.model, est
-            )
-            span.set_attribute("tollgate.meter.redelivered", not new)
-            # Published again on redelivery: the reservation may have been written by a run
-            # that died before its admission reached Kafka. The router de-duplicates.
-            await self._publisher.publish(
-                topics.ADMITTED,
-                AdmissionV1(
-                    request=request,
-                    reserved_input_tokens=est.input_tokens,
-                    reserved_output_tokens=est.output_tokens,
+            with DECISION_SECONDS.time():
+                try:
+                    decision = await self._ledger.admit(
+                        request.request_id,
+                        request.principal,
+                        request.model,
+                        request.groups,
+                        est,
+                        self._clock(),
+                    )
+                except DependencyUnavailable as exc:
+                    self._health.fail("postgres", exc.message)
+                    await self._unavailable(request, exc, est.input_tokens, est.output_tokens)
+                    return
+            self._health.ok("postgres")
+            span.set_attribute("tollgate.meter.tier", decision.tier)
+            span.set_attribute("tollgate.meter.repeated", decision.repeated)
+            if decision.violation is None:
+                DECISIONS.labels("admitted").inc()
+                await self._admit(request, est.input_tokens, est.output_tokens)
+                return
+            violation = decision.violation
+            DECISIONS.labels("rejected").inc()
+            REJECTIONS.labels(violation.window, violation.dimension).inc()
+            span.set_attribute("tollgate.meter.rejected_by", violation.window)
+            await self._refuse(
+                request,
+                ErrorInfo(
+                    type="token_limit_exceeded",
+                    message=violation.message(),
+                    retriable=violation.retry_after_s is not None,
+                    details={**violation.details(), "tier": decision.tier},
                 ),
-                key=request.principal,
             )
-            DECISIONS.labels("admitted").inc()
+
+    async def _admit(self, request: ChatRequestV1, reserved_in: int, reserved_out: int) -> None:
+        # Published again on redelivery: the decision may have been written by a run that
+        # died before its admission reached Kafka. The router de-duplicates.
+        await self._publisher.publish(
+            topics.ADMITTED,
+            AdmissionV1(
+                request=request,
+                reserved_input_tokens=reserved_in,
+                reserved_output_tokens=reserved_out,
+            ),
+            key=request.principal,
+        )
+
+    async def _unavailable(
+        self, request: ChatRequestV1, exc: DependencyUnavailable, est_in: int, est_out: int
+    ) -> None:
+        if self._fail_open:
+            DECISIONS.labels("admitted_fail_open").inc()
+            logger.warning(
+                "admitting %s without a reservation: %s", request.request_id, exc.message
+            )
+            await self._admit(request, est_in, est_out)
+            return
+        DECISIONS.labels("unavailable").inc()
+        logger.warning("refusing %s: %s", request.request_id, exc.message)
+        await self._refuse(
+            request,
+            ErrorInfo(
+                type="service_unavailable",
+                retriable=True,
+                message="token metering is unavailable; the request was not run",
+                details={"retry_after_s": 5},
+            ),
+        )
+
+    async def _refuse(self, request: ChatRequestV1, error: ErrorInfo) -> None:
+        await self._publisher.publish(
+            request.reply_to.topic,
+            ReplyErrorV1(
+                request_id=request.request_id,
+                principal=request.principal,
+                seq=0,
+                channel=request.channel,
+                conversation_id=request.conversation_id,
+                model=request.model,
+                error=error,
+            ),
+            key=request.request_id,
+            partition=request.reply_to.partition,
+        )
+        await self._publisher.publish(
+            topics.LOGS,
+            RequestLogV1(
+                request_id=request.request_id,
+                principal=request.principal,
+                groups=request.groups,
+                model=request.model or "default",
+                provider="none",
+                status="rejected",
+                error_type=error.type,
+                conversation_id=request.conversation_id,
+                protocol=request.protocol,
+                started_at=request.created_at,
+            ),
+            key=request.principal,
+        )
 
 
 class SettlementHandler:
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Ledger, clock: Clock) -> None:
         self._ledger = ledger
+        self._clock = clock
 
     async def __call__(self, delivered: Delivered[UsageRecordV1]) -> None:
         usage = delivered.event
         with tracer.start_as_current_span(
             "meter.settle", attributes={"tollgate.request_id": usage.request_id}
         ):
-            settled = await self._ledger.settle(usage)
+            # Postgres trouble raises DependencyUnavailable: the consumer retries, nothing is lost
+            settled = await self._ledger.settle(usage, self._clock())
         SETTLED.labels("settled" if settled else "duplicate").inc()

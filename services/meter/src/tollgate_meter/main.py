@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime
 from pathlib import Path
+
+import httpx
 
 from tollgate_core import db, telemetry, topics
 from tollgate_core.bus import Decoder, EventConsumer, EventProducer
@@ -13,22 +16,38 @@ from tollgate_core.health import Health
 from tollgate_core.http import HttpServer, ops_app
 from tollgate_core.runtime import run, start_with_retry
 from tollgate_meter.adapters.ledger import PostgresLedger
+from tollgate_meter.api import AuthServiceIdentity, UsageApi
 from tollgate_meter.handlers import AdmissionHandler, SettlementHandler
+from tollgate_meter.limits import TierConfig
 from tollgate_meter.settings import MeterSettings
+from tollgate_meter.sweeper import Sweeper
 
 logger = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 async def serve(settings: MeterSettings, stop: asyncio.Event) -> None:
     health = Health()
     for check in ("postgres", "kafka"):
         health.register(check)
-    http = HttpServer(ops_app(health), host=settings.host, port=settings.port)
+    engine = db.create_engine(settings.database, application_name="meter")
+    ledger = PostgresLedger(
+        engine, TierConfig.load(settings.tiers_file), bucket_seconds=settings.bucket_seconds
+    )
+    auth_client = httpx.AsyncClient(timeout=settings.auth_timeout_s)
+    api = UsageApi(
+        ledger,
+        AuthServiceIdentity(auth_client, settings.auth_url),
+        utc_now,
+        admin_token=settings.admin_token.get_secret_value() if settings.admin_token else None,
+    )
+    http = HttpServer(ops_app(health, api.routes()), host=settings.host, port=settings.port)
     await http.start()
 
-    engine = db.create_engine(settings.database, application_name="meter")
-    ledger = PostgresLedger(engine)
     producer = EventProducer(settings.kafka, client_id="meter")
     admissions = EventConsumer(
         settings.kafka,
@@ -36,8 +55,16 @@ async def serve(settings: MeterSettings, stop: asyncio.Event) -> None:
         topics=[topics.REQUESTS],
         group_id=settings.consumer_group,
         decoder=Decoder.of(ChatRequestV1),
-        handler=AdmissionHandler(ledger, producer, default_max_tokens=settings.default_max_tokens),
+        handler=AdmissionHandler(
+            ledger,
+            producer,
+            health,
+            utc_now,
+            default_max_tokens=settings.default_max_tokens,
+            fail_open=settings.fail_open,
+        ),
         dead_letter=producer,
+        concurrency=settings.admission_concurrency,
     )
     settlements = EventConsumer(
         settings.kafka,
@@ -45,8 +72,16 @@ async def serve(settings: MeterSettings, stop: asyncio.Event) -> None:
         topics=[topics.USAGE],
         group_id=f"{settings.consumer_group}-settlement",
         decoder=Decoder.of(UsageRecordV1),
-        handler=SettlementHandler(ledger),
+        handler=SettlementHandler(ledger, utc_now),
         dead_letter=producer,
+    )
+    sweeper = Sweeper(
+        ledger,
+        health,
+        utc_now,
+        lambda: db.ping(engine),
+        ttl_s=settings.reservation_ttl_s,
+        interval_s=settings.sweep_interval_s,
     )
 
     async def start_postgres() -> None:
@@ -63,12 +98,15 @@ async def serve(settings: MeterSettings, stop: asyncio.Event) -> None:
         if await start_with_retry("postgres", start_postgres, health, stop) and (
             await start_with_retry("kafka", start_kafka, health, stop)
         ):
+            sweeper.start()
             logger.info("meter ready")
             await stop.wait()
     finally:
+        await sweeper.stop()
         await admissions.stop()
         await settlements.stop()
         await producer.stop()
+        await auth_client.aclose()
         await engine.dispose()
         await http.stop()
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pathlib import Path
+
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tollgate_core.settings import DatabaseSettings, KafkaSettings, TelemetrySettings
@@ -14,8 +16,25 @@ class MeterSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8083
     consumer_group: str = "tollgate-meter"
+    #: admissions decided side by side; one principal's are still serialized by a row lock
+    admission_concurrency: int = Field(default=32, ge=1)
     default_max_tokens: int = Field(default=1024, ge=1, description="reserved when unset")
+    #: TOML file of limit tiers (see docs/metering.md); unset: the built-in defaults
+    tiers_file: Path | None = None
+    bucket_seconds: int = Field(default=600, ge=1, le=86_400)
+    #: a reservation not settled after this long is released by the sweeper
+    reservation_ttl_s: int = Field(default=900, ge=1)
+    sweep_interval_s: float = Field(default=15.0, gt=0)
+    #: admit without a reservation while Postgres is unreachable (default: refuse)
+    fail_open: bool = False
+    #: the auth service, asked who calls /v1/usage/me
+    auth_url: str = "http://127.0.0.1:8081"
+    auth_timeout_s: float = Field(default=5.0, gt=0)
+    #: a bearer secret for the admin API, besides callers of an admin group
+    admin_token: SecretStr | None = None
     migrate_on_start: bool = True
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
-    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    database: DatabaseSettings = Field(
+        default_factory=lambda: DatabaseSettings(database_pool_size=20)
+    )
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)

@@ -1,38 +1,43 @@
-"""The reservation ledger: a small interface, its Postgres adapter and an in-memory fake."""
+"""The meter's Postgres ledger: reservations, time buckets and monthly periods.
+
+Admission runs in one transaction that first locks the principal's row
+(``SELECT … FOR UPDATE``), so concurrent admissions for one principal — in this process or
+any other replica — are decided one after the other against committed sums: no
+check-then-write race and no per-process counters. Settlement and release change the
+counters with single atomic ``UPDATE … SET x = x + …`` statements.
+"""
 
 from __future__ import annotations
 
+import json
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import date, datetime
 from decimal import Decimal
-from typing import Protocol
+from typing import Any, Protocol
 
-import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import text
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tollgate_core.contracts import UsageRecordV1
 from tollgate_core.errors import DependencyUnavailable
 from tollgate_meter.domain import Estimate
-
-metadata = sa.MetaData(schema="meter")
-
-reservations = sa.Table(
-    "reservations",
-    metadata,
-    sa.Column("request_id", sa.Text, primary_key=True),
-    sa.Column("principal", sa.Text, nullable=False),
-    sa.Column("model", sa.Text),
-    sa.Column("reserved_input", sa.Integer, nullable=False),
-    sa.Column("reserved_output", sa.Integer, nullable=False),
-    sa.Column("status", sa.Text, nullable=False),
-    sa.Column("input_tokens", sa.Integer),
-    sa.Column("output_tokens", sa.Integer),
-    sa.Column("cost_usd", sa.Numeric(18, 8)),
-    sa.Column(
-        "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
-    ),
-    sa.Column("settled_at", sa.DateTime(timezone=True)),
+from tollgate_meter.limits import (
+    Bucket,
+    TierConfig,
+    TierSpec,
+    Totals,
+    Violation,
+    WindowSpec,
+    WindowUsage,
+    bucket_start,
+    check,
+    month_start,
+    oldest_bucket_needed,
+    window_usage,
 )
 
 
@@ -45,125 +50,519 @@ class Reservation:
     output_tokens: int | None
 
 
-class Ledger(Protocol):
-    async def reserve(
-        self, request_id: str, principal: str, model: str | None, estimate: Estimate
-    ) -> bool:
-        """Record a reservation; False when ``request_id`` was already reserved."""
+@dataclass(frozen=True, slots=True)
+class Decision:
+    admitted: bool
+    tier: str
+    violation: Violation | None = None
+    #: the request was decided before (a redelivery); nothing was reserved again
+    repeated: bool = False
 
-    async def settle(self, usage: UsageRecordV1) -> bool:
-        """Replace the reservation by real usage; False when already settled."""
+
+@dataclass(frozen=True, slots=True)
+class UsageReport:
+    principal: str
+    tier: str
+    windows: list[WindowUsage]
+    by_model: list[dict[str, Any]]
+
+
+class Ledger(Protocol):
+    async def admit(
+        self,
+        request_id: str,
+        principal: str,
+        model: str | None,
+        groups: Sequence[str],
+        estimate: Estimate,
+        now: datetime,
+    ) -> Decision: ...
+
+    async def settle(self, usage: UsageRecordV1, now: datetime) -> bool: ...
+
+    async def release_expired(self, cutoff: datetime, limit: int = 500) -> int: ...
+
+    async def prune(self, now: datetime) -> int: ...
+
+    async def report(self, principal: str, groups: Sequence[str], now: datetime) -> UsageReport: ...
 
     async def get(self, request_id: str) -> Reservation | None: ...
 
 
+@asynccontextmanager
+async def _translated() -> AsyncIterator[None]:
+    """Postgres trouble becomes :class:`DependencyUnavailable` (retriable) at this edge."""
+    try:
+        yield
+    except (DataError, IntegrityError, ProgrammingError):
+        raise  # a bug, not an outage
+    except (OSError, OperationalError, DBAPIError, TimeoutError) as exc:
+        raise DependencyUnavailable(f"Postgres unavailable: {exc}") from exc
+
+
+_BUMP = """
+INSERT INTO meter.{table} (principal, {key}, input_tokens, output_tokens, reserved_input,
+                          reserved_output, requests)
+VALUES (:principal, :key, :input, :output, :reserved_input, :reserved_output, :requests)
+ON CONFLICT (principal, {key}) DO UPDATE SET
+  input_tokens = meter.{table}.input_tokens + EXCLUDED.input_tokens,
+  output_tokens = meter.{table}.output_tokens + EXCLUDED.output_tokens,
+  reserved_input = meter.{table}.reserved_input + EXCLUDED.reserved_input,
+  reserved_output = meter.{table}.reserved_output + EXCLUDED.reserved_output,
+  requests = meter.{table}.requests + EXCLUDED.requests
+"""
+_BUMP_BUCKET = text(_BUMP.format(table="buckets", key="bucket_start"))
+_BUMP_PERIOD = text(_BUMP.format(table="periods", key="period_start"))
+
+# Taking the lock and reading the counters must be two statements: under READ COMMITTED a
+# statement that waited for the lock still reads with the snapshot it started with.
+_LOCK = text("""
+INSERT INTO meter.principals AS p (principal) VALUES (:p)
+ON CONFLICT (principal) DO UPDATE SET principal = EXCLUDED.principal
+RETURNING p.tier, p.windows
+""")
+_READ = text("""
+SELECT
+  (SELECT json_build_object('tier', r.tier, 'rejection', r.rejection)
+     FROM meter.reservations r WHERE r.request_id = :r) AS previous,
+  (SELECT json_agg(json_build_object(
+       'bucket_start', b.bucket_start, 'input_tokens', b.input_tokens,
+       'output_tokens', b.output_tokens, 'reserved_input', b.reserved_input,
+       'reserved_output', b.reserved_output, 'requests', b.requests))
+     FROM meter.buckets b WHERE b.principal = :p AND b.bucket_start >= :oldest) AS buckets,
+  (SELECT json_build_object(
+       'input_tokens', m.input_tokens, 'output_tokens', m.output_tokens,
+       'reserved_input', m.reserved_input, 'reserved_output', m.reserved_output,
+       'requests', m.requests)
+     FROM meter.periods m WHERE m.principal = :p AND m.period_start = :m) AS period
+""")
+
+_RECORD_REJECTION = text("""
+INSERT INTO meter.reservations (request_id, principal, model, reserved_input, reserved_output,
+  status, created_at, bucket_start, period_start, tier, rejection)
+VALUES (:r, :p, :m, :ri, :ro, 'rejected', :now, :b, :per, :t, CAST(:rej AS jsonb))
+""")
+_RESERVE = text(
+    """
+WITH reservation AS (
+  INSERT INTO meter.reservations (request_id, principal, model, reserved_input,
+    reserved_output, status, created_at, bucket_start, period_start, tier)
+  VALUES (:r, :p, :m, :ri, :ro, 'reserved', :now, :b, :per, :t)),
+bucket AS (
+  INSERT INTO meter.buckets AS b (principal, bucket_start, reserved_input, reserved_output,
+    requests) VALUES (:p, :b, :ri, :ro, 1)
+  ON CONFLICT (principal, bucket_start) DO UPDATE SET
+    reserved_input = b.reserved_input + EXCLUDED.reserved_input,
+    reserved_output = b.reserved_output + EXCLUDED.reserved_output,
+    requests = b.requests + 1)
+INSERT INTO meter.periods AS m (principal, period_start, reserved_input, reserved_output,
+  requests) VALUES (:p, :per, :ri, :ro, 1)
+ON CONFLICT (principal, period_start) DO UPDATE SET
+  reserved_input = m.reserved_input + EXCLUDED.reserved_input,
+  reserved_output = m.reserved_output + EXCLUDED.reserved_output,
+  requests = m.requests + 1
+"""
+)
+
+
+class _Counters:
+    """A JSON counters object read like a result row."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.input_tokens = data["input_tokens"]
+        self.output_tokens = data["output_tokens"]
+        self.reserved_input = data["reserved_input"]
+        self.reserved_output = data["reserved_output"]
+        self.requests = data["requests"]
+
+
 class PostgresLedger:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        config: TierConfig,
+        *,
+        bucket_seconds: int,
+        tier_cache_s: float = 5.0,
+    ) -> None:
         self._engine = engine
+        self._config = config
+        self._bucket_seconds = bucket_seconds
+        self._tier_cache_s = tier_cache_s
+        self._tiers: tuple[float, dict[str, TierSpec]] = (0.0, {})
 
-    async def reserve(
-        self, request_id: str, principal: str, model: str | None, estimate: Estimate
-    ) -> bool:
-        stmt = (
-            insert(reservations)
-            .values(
-                request_id=request_id,
-                principal=principal,
-                model=model,
-                reserved_input=estimate.input_tokens,
-                reserved_output=estimate.output_tokens,
-                status="reserved",
+    # --- admission -----------------------------------------------------------------------
+
+    async def admit(
+        self,
+        request_id: str,
+        principal: str,
+        model: str | None,
+        groups: Sequence[str],
+        estimate: Estimate,
+        now: datetime,
+    ) -> Decision:
+        async with _translated(), self._engine.begin() as conn:
+            overrides = await self._tier_overrides(conn)
+            oldest = oldest_bucket_needed(
+                [w for t in {**self._config.tiers, **overrides}.values() for w in t.windows],
+                now,
+                self._bucket_seconds,
             )
-            .on_conflict_do_nothing(index_elements=["request_id"])
-        )
-        async with _translated(), self._engine.begin() as conn:
-            result = await conn.execute(stmt)
-        return result.rowcount == 1
-
-    async def settle(self, usage: UsageRecordV1) -> bool:
-        values = {
-            "status": "settled",
-            "input_tokens": usage.usage.input_tokens,
-            "output_tokens": usage.usage.output_tokens,
-            "cost_usd": usage.cost_usd,
-            "settled_at": sa.func.now(),
-        }
-        update = (
-            sa.update(reservations)
-            .where(reservations.c.request_id == usage.request_id)
-            .where(reservations.c.status != "settled")
-            .values(**values)
-        )
-        async with _translated(), self._engine.begin() as conn:
-            result = await conn.execute(update)
-            if result.rowcount == 1:
-                return True
-            # Usage for a request this meter never reserved (e.g. reserved before a restore):
-            # record it so the ledger still equals the usage stream.
-            inserted = await conn.execute(
-                insert(reservations)
-                .values(
-                    request_id=usage.request_id,
-                    principal=usage.principal,
-                    model=usage.model,
-                    reserved_input=0,
-                    reserved_output=0,
-                    **values,
+            # Take the principal's row lock (creating the row if need be) with its limits,
+            # then read an earlier decision for this request and the counters.
+            owner = (await conn.execute(_LOCK, {"p": principal})).one()
+            state = (
+                await conn.execute(
+                    _READ,
+                    {"p": principal, "r": request_id, "oldest": oldest, "m": month_start(now)},
                 )
-                .on_conflict_do_nothing(index_elements=["request_id"])
+            ).one()
+            if state.previous is not None:
+                violation = _violation(state.previous.get("rejection"))
+                tier_name = state.previous.get("tier") or ""
+                return Decision(violation is None, tier_name, violation, repeated=True)
+            tier, windows = self._resolve(owner, groups, overrides)
+            if oldest_bucket_needed(windows, now, self._bucket_seconds) < oldest:
+                usages = await self._usages(conn, principal, windows, now)  # unusually long
+            else:
+                buckets = [
+                    _bucket(datetime.fromisoformat(b["bucket_start"]), _Counters(b))
+                    for b in state.buckets or ()
+                ]
+                month = None if state.period is None else _bucket(now, _Counters(state.period))
+                usages = [
+                    window_usage(w, buckets, month, now, self._bucket_seconds) for w in windows
+                ]
+            requested = Totals(estimate.input_tokens, estimate.output_tokens, 1)
+            violation = check(usages, requested, now)
+            await conn.execute(
+                _RECORD_REJECTION if violation else _RESERVE,
+                {
+                    "r": request_id,
+                    "p": principal,
+                    "m": model,
+                    "ri": estimate.input_tokens,
+                    "ro": estimate.output_tokens,
+                    "now": now,
+                    "b": bucket_start(now, self._bucket_seconds),
+                    "per": month_start(now),
+                    "t": tier,
+                    "rej": json.dumps(violation.details()) if violation else None,
+                },
             )
-            return inserted.rowcount == 1
+            return Decision(violation is None, tier, violation)
+
+    def _resolve(
+        self, owner: Any, groups: Sequence[str], overrides: dict[str, TierSpec]
+    ) -> tuple[str, tuple[WindowSpec, ...]]:
+        name, tier = self._config.tier_for(groups, overrides, owner.tier)
+        if owner.windows is not None:
+            return name, tuple(WindowSpec.model_validate(w) for w in owner.windows)
+        return name, tier.windows
+
+    async def _limits(
+        self, conn: AsyncConnection, owner: Any, groups: Sequence[str]
+    ) -> tuple[str, tuple[WindowSpec, ...]]:
+        return self._resolve(owner, groups, await self._tier_overrides(conn))
+
+    async def _tier_overrides(self, conn: AsyncConnection) -> dict[str, TierSpec]:
+        loaded_at, tiers = self._tiers
+        if time.monotonic() - loaded_at > self._tier_cache_s:
+            rows = (await conn.execute(text("SELECT name, spec FROM meter.tiers"))).all()
+            tiers = {r.name: TierSpec.model_validate(r.spec) for r in rows}
+            self._tiers = (time.monotonic(), tiers)
+        return tiers
+
+    async def _usages(
+        self, conn: AsyncConnection, principal: str, windows: Sequence[WindowSpec], now: datetime
+    ) -> list[WindowUsage]:
+        buckets: list[Bucket] = []
+        month: Bucket | None = None
+        if any(w.kind == "trailing" for w in windows):
+            rows = (
+                await conn.execute(
+                    text(
+                        "SELECT bucket_start, input_tokens, output_tokens, reserved_input,"
+                        " reserved_output, requests FROM meter.buckets"
+                        " WHERE principal = :p AND bucket_start >= :oldest"
+                    ),
+                    {
+                        "p": principal,
+                        "oldest": oldest_bucket_needed(windows, now, self._bucket_seconds),
+                    },
+                )
+            ).all()
+            buckets = [_bucket(r.bucket_start, r) for r in rows]
+        if any(w.kind == "calendar-month" for w in windows):
+            row = (
+                await conn.execute(
+                    text(
+                        "SELECT period_start, input_tokens, output_tokens, reserved_input,"
+                        " reserved_output, requests FROM meter.periods"
+                        " WHERE principal = :p AND period_start = :m"
+                    ),
+                    {"p": principal, "m": month_start(now)},
+                )
+            ).first()
+            month = None if row is None else _bucket(now, row)
+        return [window_usage(w, buckets, month, now, self._bucket_seconds) for w in windows]
+
+    # --- settlement ----------------------------------------------------------------------
+
+    async def settle(self, usage: UsageRecordV1, now: datetime) -> bool:
+        actual_in, actual_out = usage.usage.input_tokens, usage.usage.output_tokens
+        async with _translated(), self._engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    text(
+                        "SELECT status, bucket_start, period_start, reserved_input, reserved_output"
+                        " FROM meter.reservations WHERE request_id = :r FOR UPDATE"
+                    ),
+                    {"r": usage.request_id},
+                )
+            ).first()
+            if row is not None and row.status == "settled":
+                return False
+            counters = {
+                "principal": usage.principal,
+                "input": actual_in,
+                "output": actual_out,
+                "reserved_input": 0,
+                "reserved_output": 0,
+                "requests": 0,
+            }
+            if row is None:
+                # usage for a request this ledger never admitted (admitted while it failed
+                # open, say): record it so the ledger still equals the usage stream
+                bucket, period = bucket_start(now, self._bucket_seconds), month_start(now)
+                counters["requests"] = 1
+                await conn.execute(
+                    text(
+                        "INSERT INTO meter.reservations (request_id, principal, model,"
+                        " reserved_input, reserved_output, status, created_at, bucket_start,"
+                        " period_start) VALUES (:r, :p, :m, 0, 0, 'reserved', :now, :b, :per)"
+                    ),
+                    {
+                        "r": usage.request_id,
+                        "p": usage.principal,
+                        "m": usage.model,
+                        "now": now,
+                        "b": bucket,
+                        "per": period,
+                    },
+                )
+            else:
+                bucket, period = row.bucket_start, row.period_start
+                if row.status == "reserved":
+                    counters["reserved_input"] = -row.reserved_input
+                    counters["reserved_output"] = -row.reserved_output
+            await conn.execute(_BUMP_BUCKET, {**counters, "key": bucket})
+            await conn.execute(_BUMP_PERIOD, {**counters, "key": period})
+            await conn.execute(
+                text(
+                    "UPDATE meter.reservations SET status = 'settled', input_tokens = :i,"
+                    " output_tokens = :o, cost_usd = :c, model = coalesce(model, :m),"
+                    " settled_at = :now WHERE request_id = :r"
+                ),
+                {
+                    "i": actual_in,
+                    "o": actual_out,
+                    "c": usage.cost_usd,
+                    "m": usage.model,
+                    "now": now,
+                    "r": usage.request_id,
+                },
+            )
+            return True
+
+    async def release_expired(self, cutoff: datetime, limit: int = 500) -> int:
+        """Give back the reservations of requests that never settled (their router died and
+        the request was never redelivered, say)."""
+        async with _translated(), self._engine.begin() as conn:
+            rows = (
+                await conn.execute(
+                    text(
+                        "SELECT request_id, principal, bucket_start, period_start, reserved_input,"
+                        " reserved_output FROM meter.reservations"
+                        " WHERE status = 'reserved' AND created_at < :cutoff"
+                        " ORDER BY created_at LIMIT :limit FOR UPDATE SKIP LOCKED"
+                    ),
+                    {"cutoff": cutoff, "limit": limit},
+                )
+            ).all()
+            for row in rows:
+                counters = {
+                    "principal": row.principal,
+                    "input": 0,
+                    "output": 0,
+                    "reserved_input": -row.reserved_input,
+                    "reserved_output": -row.reserved_output,
+                    "requests": 0,
+                }
+                await conn.execute(_BUMP_BUCKET, {**counters, "key": row.bucket_start})
+                await conn.execute(_BUMP_PERIOD, {**counters, "key": row.period_start})
+                await conn.execute(
+                    text(
+                        "UPDATE meter.reservations SET status = 'released', released_at = now()"
+                        " WHERE request_id = :r"
+                    ),
+                    {"r": row.request_id},
+                )
+            return len(rows)
+
+    async def prune(self, now: datetime) -> int:
+        """Delete buckets no window can reach any more (and month periods over a year old)."""
+        windows = [w for t in self._config.tiers.values() for w in t.windows]
+        async with _translated(), self._engine.begin() as conn:
+            windows += [w for t in (await self._tier_overrides(conn)).values() for w in t.windows]
+            rows = (
+                await conn.execute(
+                    text("SELECT windows FROM meter.principals WHERE windows IS NOT NULL")
+                )
+            ).all()
+            windows += [WindowSpec.model_validate(w) for r in rows for w in r.windows]
+            oldest = oldest_bucket_needed(windows, now, self._bucket_seconds)
+            deleted = await conn.execute(
+                text(
+                    "DELETE FROM meter.buckets WHERE bucket_start < :oldest AND"
+                    " reserved_input = 0 AND reserved_output = 0"
+                ),
+                {"oldest": oldest},
+            )
+            await conn.execute(
+                text("DELETE FROM meter.periods WHERE period_start < :year_ago"),
+                {"year_ago": date(now.year - 1, now.month, 1)},
+            )
+            return int(deleted.rowcount)
+
+    # --- reading -------------------------------------------------------------------------
+
+    async def report(self, principal: str, groups: Sequence[str], now: datetime) -> UsageReport:
+        async with _translated(), self._engine.connect() as conn:
+            owner = (
+                await conn.execute(
+                    text("SELECT tier, windows FROM meter.principals WHERE principal = :p"),
+                    {"p": principal},
+                )
+            ).first()
+            tier, windows = await self._limits(conn, owner or _NoOwner(), groups)
+            usages = await self._usages(conn, principal, windows, now)
+            rows = (
+                await conn.execute(
+                    text(
+                        "SELECT coalesce(model, '') AS model, count(*) AS requests,"
+                        " coalesce(sum(input_tokens), 0) AS input_tokens,"
+                        " coalesce(sum(output_tokens), 0) AS output_tokens,"
+                        " coalesce(sum(cost_usd), 0) AS cost_usd FROM meter.reservations"
+                        " WHERE principal = :p AND status = 'settled' AND period_start = :m"
+                        " GROUP BY 1 ORDER BY 1"
+                    ),
+                    {"p": principal, "m": month_start(now)},
+                )
+            ).all()
+        by_model = [
+            {
+                "model": r.model,
+                "requests": r.requests,
+                "input_tokens": int(r.input_tokens),
+                "output_tokens": int(r.output_tokens),
+                "cost_usd": str(Decimal(r.cost_usd)),
+            }
+            for r in rows
+        ]
+        return UsageReport(principal, tier, usages, by_model)
 
     async def get(self, request_id: str) -> Reservation | None:
-        query = sa.select(
-            reservations.c.request_id,
-            reservations.c.principal,
-            reservations.c.status,
-            reservations.c.input_tokens,
-            reservations.c.output_tokens,
-        ).where(reservations.c.request_id == request_id)
         async with _translated(), self._engine.connect() as conn:
-            row = (await conn.execute(query)).first()
+            row = (
+                await conn.execute(
+                    text(
+                        "SELECT request_id, principal, status, input_tokens, output_tokens"
+                        " FROM meter.reservations WHERE request_id = :r"
+                    ),
+                    {"r": request_id},
+                )
+            ).first()
         return None if row is None else Reservation(*row)
 
+    # --- administration ------------------------------------------------------------------
 
-class _translated:
-    """Postgres trouble becomes :class:`DependencyUnavailable` (retriable) at this edge."""
+    async def tiers(self) -> dict[str, TierSpec]:
+        async with _translated(), self._engine.connect() as conn:
+            self._tiers = (0.0, {})
+            return {**self._config.tiers, **await self._tier_overrides(conn)}
 
-    async def __aenter__(self) -> None:
-        return None
+    async def set_tier(self, name: str, spec: TierSpec) -> None:
+        async with _translated(), self._engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO meter.tiers (name, spec) VALUES (:n, CAST(:s AS jsonb))"
+                    " ON CONFLICT (name) DO UPDATE SET spec = EXCLUDED.spec, updated_at = now()"
+                ),
+                {"n": name, "s": spec.model_dump_json()},
+            )
+        self._tiers = (0.0, {})
 
-    async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
-        if isinstance(exc, OSError | OperationalError | DBAPIError | TimeoutError):
-            raise DependencyUnavailable(f"Postgres unavailable: {exc}") from exc
+    async def delete_tier(self, name: str) -> bool:
+        async with _translated(), self._engine.begin() as conn:
+            result = await conn.execute(
+                text("DELETE FROM meter.tiers WHERE name = :n"), {"n": name}
+            )
+        self._tiers = (0.0, {})
+        return bool(result.rowcount)
 
-
-class InMemoryLedger:
-    def __init__(self) -> None:
-        self.rows: dict[str, Reservation] = {}
-        self.cost: dict[str, Decimal] = {}
-
-    async def reserve(
-        self, request_id: str, principal: str, model: str | None, estimate: Estimate
-    ) -> bool:
-        if request_id in self.rows:
-            return False
-        self.rows[request_id] = Reservation(request_id, principal, "reserved", None, None)
-        return True
-
-    async def settle(self, usage: UsageRecordV1) -> bool:
-        row = self.rows.get(usage.request_id)
-        if row is not None and row.status == "settled":
-            return False
-        self.rows[usage.request_id] = Reservation(
-            usage.request_id,
-            usage.principal,
-            "settled",
-            usage.usage.input_tokens,
-            usage.usage.output_tokens,
+    async def set_principal(
+        self, principal: str, tier: str | None, windows: Sequence[WindowSpec] | None
+    ) -> None:
+        payload = (
+            None
+            if windows is None
+            else json.dumps([w.model_dump(exclude_none=True) for w in windows])
         )
-        self.cost[usage.request_id] = usage.cost_usd
-        return True
+        async with _translated(), self._engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO meter.principals (principal, tier, windows)"
+                    " VALUES (:p, :t, CAST(:w AS jsonb)) ON CONFLICT (principal) DO UPDATE"
+                    " SET tier = EXCLUDED.tier, windows = EXCLUDED.windows, updated_at = now()"
+                ),
+                {"p": principal, "t": tier, "w": payload},
+            )
 
-    async def get(self, request_id: str) -> Reservation | None:
-        return self.rows.get(request_id)
+    async def principal_limits(self, principal: str) -> dict[str, Any] | None:
+        async with _translated(), self._engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    text("SELECT tier, windows FROM meter.principals WHERE principal = :p"),
+                    {"p": principal},
+                )
+            ).first()
+        return None if row is None else {"tier": row.tier, "windows": row.windows}
+
+
+class _NoOwner:
+    tier = None
+    windows = None
+
+
+def _bucket(start: datetime, row: Any) -> Bucket:
+    return Bucket(
+        start=start,
+        used=Totals(int(row.input_tokens), int(row.output_tokens), int(row.requests)),
+        reserved=Totals(int(row.reserved_input), int(row.reserved_output), 0),
+    )
+
+
+def _violation(raw: Any) -> Violation | None:
+    if not raw:
+        return None
+    data = raw if isinstance(raw, dict) else json.loads(raw)
+    return Violation(
+        window=data["window"],
+        dimension=data["limit_type"],
+        limit=data["limit"],
+        used=data["used"],
+        requested=data["requested"],
+        retry_after_s=data["retry_after_s"],
+    )

@@ -1,0 +1,223 @@
+"""The meter's HTTP API: a caller's own usage, and the admin API for tiers and per-principal
+limits. Callers are identified by the auth service (the same credentials as the edge)."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol, TypeVar
+
+import httpx
+from pydantic import BaseModel, ConfigDict, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from tollgate_core.errors import DependencyUnavailable, TollgateError
+from tollgate_meter.adapters.ledger import PostgresLedger, UsageReport
+from tollgate_meter.limits import DIMENSIONS, TierSpec, WindowSpec, WindowUsage
+
+M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    principal: str
+    groups: tuple[str, ...]
+    admin: bool
+
+
+class Unauthenticated(TollgateError):
+    error_type = "unauthorized"
+    http_status = 401
+
+
+class Forbidden(TollgateError):
+    error_type = "forbidden"
+    http_status = 403
+
+
+class IdentityResolver(Protocol):
+    async def resolve(self, headers: dict[str, str]) -> Caller: ...
+
+
+class AuthServiceIdentity:
+    """Asks the auth service who holds these credentials (operation ``invoke``)."""
+
+    def __init__(self, client: httpx.AsyncClient, auth_url: str) -> None:
+        self._client = client
+        self._url = auth_url.rstrip("/") + "/v1/authorize"
+
+    async def resolve(self, headers: dict[str, str]) -> Caller:
+        credentials = {k: v for k, v in headers.items() if k in ("authorization", "x-api-key")}
+        if not credentials:
+            raise Unauthenticated("send a token in Authorization or an API key in x-api-key")
+        try:
+            response = await self._client.post(
+                self._url, json={"headers": credentials, "operation": "invoke"}
+            )
+        except httpx.HTTPError as exc:
+            raise DependencyUnavailable(f"auth service unreachable: {exc}") from exc
+        if response.status_code in (401, 403):
+            message = response.json().get("error", {}).get("message", "not authorized")
+            raise Unauthenticated(message)
+        if response.status_code != 200:
+            raise DependencyUnavailable(f"auth service answered {response.status_code}")
+        body = response.json()
+        return Caller(body["principal"], tuple(body.get("groups", ())), bool(body.get("admin")))
+
+
+class PrincipalLimits(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tier: str | None = None
+    windows: tuple[WindowSpec, ...] | None = None
+
+
+def _error(exc: TollgateError) -> Response:
+    return JSONResponse(
+        {"error": {"type": exc.error_type, "message": exc.message}}, status_code=exc.http_status
+    )
+
+
+def _totals(usage: WindowUsage) -> dict[str, Any]:
+    used, reserved, counted = usage.used, usage.reserved, usage.counted
+    limits = {d: usage.spec.limit(d) for d in DIMENSIONS}
+    remaining = {
+        d: None if limits[d] is None else max(0, limits[d] - counted.get(d))  # type: ignore[operator]
+        for d in DIMENSIONS
+    }
+    return {
+        "name": usage.spec.name,
+        "kind": usage.spec.kind,
+        "seconds": usage.spec.seconds,
+        "limit": limits,
+        "used": {
+            "input": used.input,
+            "output": used.output,
+            "total": used.total,
+            "requests": used.requests,
+        },
+        "reserved": {"input": reserved.input, "output": reserved.output, "total": reserved.total},
+        "remaining": remaining,
+        "resets_at": usage.resets_at.isoformat() if usage.resets_at else None,
+    }
+
+
+def report_json(report: UsageReport) -> dict[str, Any]:
+    return {
+        "principal": report.principal,
+        "tier": report.tier,
+        "windows": [_totals(w) for w in report.windows],
+        "month_by_model": report.by_model,
+    }
+
+
+class UsageApi:
+    def __init__(
+        self,
+        ledger: PostgresLedger,
+        identity: IdentityResolver,
+        clock: Callable[[], datetime],
+        *,
+        admin_token: str | None,
+    ) -> None:
+        self._ledger = ledger
+        self._identity = identity
+        self._clock = clock
+        self._admin_token = admin_token
+
+    async def _caller(self, request: Request) -> Caller:
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        bearer = headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if self._admin_token and bearer and hmac.compare_digest(bearer, self._admin_token):
+            return Caller("admin-token", (), admin=True)
+        return await self._identity.resolve(headers)
+
+    async def _admin(self, request: Request) -> Caller:
+        caller = await self._caller(request)
+        if not caller.admin:
+            raise Forbidden("this needs an admin")
+        return caller
+
+    def routes(self) -> list[BaseRoute]:
+        def handle(
+            fn: Callable[[Request], Awaitable[Response]],
+        ) -> Callable[[Request], Awaitable[Response]]:
+            async def endpoint(request: Request) -> Response:
+                try:
+                    return await fn(request)
+                except TollgateError as exc:
+                    return _error(exc)
+
+            return endpoint
+
+        return [
+            Route("/v1/usage/me", handle(self.me), methods=["GET"]),
+            Route("/v1/usage/{principal}", handle(self.of_principal), methods=["GET"]),
+            Route("/v1/admin/tiers", handle(self.list_tiers), methods=["GET"]),
+            Route("/v1/admin/tiers/{name}", handle(self.put_tier), methods=["PUT"]),
+            Route("/v1/admin/tiers/{name}", handle(self.delete_tier), methods=["DELETE"]),
+            Route("/v1/admin/principals/{principal}", handle(self.get_principal), methods=["GET"]),
+            Route("/v1/admin/principals/{principal}", handle(self.put_principal), methods=["PUT"]),
+        ]
+
+    async def me(self, request: Request) -> Response:
+        caller = await self._caller(request)
+        report = await self._ledger.report(caller.principal, caller.groups, self._clock())
+        return JSONResponse(report_json(report))
+
+    async def of_principal(self, request: Request) -> Response:
+        await self._admin(request)
+        groups = tuple(g for g in request.query_params.get("groups", "").split(",") if g)
+        principal = request.path_params["principal"]
+        report = await self._ledger.report(principal, groups, self._clock())
+        return JSONResponse(report_json(report))
+
+    async def list_tiers(self, request: Request) -> Response:
+        await self._admin(request)
+        tiers = await self._ledger.tiers()
+        return JSONResponse(
+            {
+                name: json.loads(t.model_dump_json(exclude_none=True))
+                for name, t in sorted(tiers.items())
+            }
+        )
+
+    async def put_tier(self, request: Request) -> Response:
+        await self._admin(request)
+        spec = await _parse(request, TierSpec)
+        await self._ledger.set_tier(request.path_params["name"], spec)
+        return JSONResponse(json.loads(spec.model_dump_json(exclude_none=True)))
+
+    async def delete_tier(self, request: Request) -> Response:
+        await self._admin(request)
+        found = await self._ledger.delete_tier(request.path_params["name"])
+        return Response(status_code=204 if found else 404)
+
+    async def get_principal(self, request: Request) -> Response:
+        await self._admin(request)
+        limits = await self._ledger.principal_limits(request.path_params["principal"])
+        return JSONResponse(limits or {"tier": None, "windows": None})
+
+    async def put_principal(self, request: Request) -> Response:
+        await self._admin(request)
+        body = await _parse(request, PrincipalLimits)
+        await self._ledger.set_principal(request.path_params["principal"], body.tier, body.windows)
+        return JSONResponse(json.loads(body.model_dump_json()))
+
+
+class _BadRequest(TollgateError):
+    error_type = "validation_error"
+    http_status = 400
+
+
+async def _parse(request: Request, model: type[M]) -> M:
+    try:
+        return model.model_validate_json(await request.body())
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise _BadRequest(f"{where}: {first['msg']}") from exc

@@ -1,0 +1,91 @@
+"""The usage and admin API, in-process, with a fake identity resolver."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+from tollgate_core.errors import TollgateError
+from tollgate_meter.adapters.ledger import PostgresLedger
+from tollgate_meter.api import Caller, Unauthenticated, UsageApi
+from tollgate_meter.domain import Estimate
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+
+
+class FakeIdentity:
+    async def resolve(self, headers: dict[str, str]) -> Caller:
+        token = headers.get("authorization", "")
+        if token == "alice-token":
+            return Caller("alice", (), admin=False)
+        if token == "root-token":
+            return Caller("root", ("admin",), admin=True)
+        raise Unauthenticated("who are you?")
+
+
+@pytest.fixture
+async def client(ledger: PostgresLedger) -> AsyncIterator[httpx.AsyncClient]:
+    api = UsageApi(ledger, FakeIdentity(), lambda: NOW, admin_token="s3cret")
+    transport = httpx.ASGITransport(app=Starlette(routes=api.routes()))
+    async with httpx.AsyncClient(transport=transport, base_url="http://meter") as client:
+        yield client
+
+
+async def test_me_shows_each_window(ledger: PostgresLedger, client: httpx.AsyncClient) -> None:
+    await ledger.admit("r1", "alice", "m", (), Estimate(10, 100), NOW)
+    body = (await client.get("/v1/usage/me", headers={"authorization": "alice-token"})).json()
+    assert body["principal"] == "alice" and body["tier"] == "standard"
+    ten = body["windows"][0]
+    assert ten["name"] == "rolling-10m" and ten["kind"] == "trailing" and ten["seconds"] == 600
+    assert ten["limit"]["output"] == 1_000
+    assert ten["reserved"] == {"input": 10, "output": 100, "total": 110}
+    assert ten["remaining"]["output"] == 900 and ten["remaining"]["input"] is None
+    assert ten["resets_at"] == "2026-11-22T12:20:00+00:00"  # bucket end + 10 min
+    assert body["windows"][2]["resets_at"] == "2026-12-01T00:00:00+00:00"
+
+
+async def status(
+    client: httpx.AsyncClient, method: str, url: str, token: str | None = None, **kwargs: object
+) -> int:
+    headers = {"authorization": token} if token else {}
+    return (await client.request(method, url, headers=headers, **kwargs)).status_code  # type: ignore[arg-type]
+
+
+async def test_authentication_and_admin_rights(client: httpx.AsyncClient) -> None:
+    assert await status(client, "GET", "/v1/usage/me") == 401
+    assert await status(client, "GET", "/v1/usage/alice", "alice-token") == 403
+    assert await status(client, "GET", "/v1/usage/alice", "root-token") == 200
+    assert await status(client, "GET", "/v1/admin/tiers", "Bearer s3cret") == 200
+
+
+async def test_admin_sets_tiers_and_principal_limits(client: httpx.AsyncClient) -> None:
+    admin = "Bearer s3cret"
+    gold = {
+        "rank": 20,
+        "windows": [{"name": "daily", "kind": "trailing", "seconds": 86400, "output": 99}],
+    }
+    assert await status(client, "PUT", "/v1/admin/tiers/gold", admin, json=gold) == 200
+    tiers = await client.get("/v1/admin/tiers", headers={"authorization": admin})
+    assert tiers.json()["gold"] == gold
+    assert (
+        await status(client, "PUT", "/v1/admin/principals/alice", admin, json={"tier": "gold"})
+        == 200
+    )
+    me = (await client.get("/v1/usage/me", headers={"authorization": "alice-token"})).json()
+    assert me["tier"] == "gold" and me["windows"][0]["limit"]["output"] == 99
+    bad = await client.put(
+        "/v1/admin/tiers/x",
+        json={"windows": [{"name": "w", "kind": "trailing"}]},
+        headers={"authorization": admin},
+    )
+    assert bad.status_code == 400 and bad.json()["error"]["type"] == "validation_error"
+    assert await status(client, "DELETE", "/v1/admin/tiers/gold", admin) == 204
+    assert await status(client, "DELETE", "/v1/admin/tiers/gold", admin) == 404
+
+
+def test_errors_are_typed() -> None:
+    assert issubclass(Unauthenticated, TollgateError) and Unauthenticated.http_status == 401

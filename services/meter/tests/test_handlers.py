@@ -1,0 +1,141 @@
+"""Admission and settlement handlers: decisions become the right events; a dead Postgres
+means fail closed (or open, when chosen) and recovery by itself."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from tollgate_core import db, topics
+from tollgate_core.bus import Delivered, InMemoryPublisher
+from tollgate_core.contracts import (
+    AdmissionV1,
+    ChatMessage,
+    ChatRequestV1,
+    ReplyErrorV1,
+    ReplyTo,
+    RequestLogV1,
+    TextBlock,
+)
+from tollgate_core.health import Health
+from tollgate_core.settings import DatabaseSettings
+from tollgate_dev.platform import EmbeddedPostgres
+from tollgate_meter.adapters.ledger import PostgresLedger
+from tollgate_meter.handlers import AdmissionHandler
+from tollgate_meter.main import MIGRATIONS
+
+from .conftest import TEST_TIERS
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+
+
+def request(principal: str = "alice", max_tokens: int = 600) -> Delivered[ChatRequestV1]:
+    event = ChatRequestV1(
+        principal=principal,
+        max_tokens=max_tokens,
+        conversation_id="conv",
+        channel=f"/Outbound-Messages/{principal}",
+        messages=(ChatMessage(role="user", content=(TextBlock(text="hello"),)),),
+        reply_to=ReplyTo(topic=topics.REPLIES, partition=7),
+    )
+    return Delivered(event=event, topic=topics.REQUESTS, partition=0, offset=0, key=principal)
+
+
+def handler(
+    ledger: PostgresLedger, publisher: InMemoryPublisher, health: Health, fail_open: bool = False
+) -> AdmissionHandler:
+    return AdmissionHandler(
+        ledger, publisher, health, lambda: NOW, default_max_tokens=100, fail_open=fail_open
+    )
+
+
+async def test_admitted_then_refused_with_a_clear_error(ledger: PostgresLedger) -> None:
+    publisher, health = InMemoryPublisher(), Health()
+    admit = handler(ledger, publisher, health)
+    first, second = request(), request()
+    await admit(first)
+    await admit(second)
+    [admission] = publisher.on(topics.ADMITTED)
+    assert isinstance(admission, AdmissionV1)
+    assert admission.request_id == first.event.request_id
+    assert admission.reserved_output_tokens == 600
+    [refusal] = [p for p in publisher.events if p.topic == topics.REPLIES]
+    assert refusal.partition == 7
+    error = refusal.event
+    assert isinstance(error, ReplyErrorV1)
+    assert error.channel == "/Outbound-Messages/alice" and error.conversation_id == "conv"
+    assert error.error.type == "token_limit_exceeded"
+    assert error.error.details["window"] == "rolling-10m"
+    assert error.error.details["limit"] == 1_000 and error.error.details["used"] == 600
+    assert error.error.details["retry_after_s"] > 0
+    [log] = publisher.on(topics.LOGS)
+    assert isinstance(log, RequestLogV1)
+    assert log.status == "rejected" and log.error_type == "token_limit_exceeded"
+
+
+async def test_a_redelivered_request_republishes_its_decision(ledger: PostgresLedger) -> None:
+    publisher = InMemoryPublisher()
+    admit = handler(ledger, publisher, Health())
+    delivered = request()
+    await admit(delivered)
+    await admit(delivered)
+    assert len(publisher.on(topics.ADMITTED)) == 2  # the router de-duplicates
+    report = await ledger.report("alice", (), NOW)
+    assert report.windows[0].reserved.output == 600  # reserved once
+
+
+@pytest.fixture
+def stoppable_postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
+    with EmbeddedPostgres(tmp_path / "pg", database="meter", fresh=True) as postgres:
+        yield postgres
+
+
+async def test_postgres_down_fails_closed_then_recovers(
+    stoppable_postgres: EmbeddedPostgres, tmp_path: Path
+) -> None:
+    settings = DatabaseSettings(database_url=SecretStr(stoppable_postgres.url))
+    await db.migrate(settings, MIGRATIONS)
+    engine = db.create_engine(settings, application_name="test")
+    ledger = PostgresLedger(engine, TEST_TIERS, bucket_seconds=600)
+    publisher, health = InMemoryPublisher(), Health()
+    health.register("postgres")
+    admit = handler(ledger, publisher, health)
+    try:
+        await admit(request(max_tokens=10))
+        assert len(publisher.on(topics.ADMITTED)) == 1 and health.ready
+
+        stoppable_postgres.stop()
+        await admit(request(max_tokens=10))
+        [refusal] = publisher.on(topics.REPLIES)
+        assert isinstance(refusal, ReplyErrorV1)
+        assert refusal.error.type == "service_unavailable" and refusal.error.retriable
+        assert len(publisher.on(topics.ADMITTED)) == 1  # nothing slipped through
+        assert not health.ready
+        assert "Postgres unavailable" in health.report()["postgres"]["reason"]  # type: ignore[operator]
+
+        stoppable_postgres.start()
+        await engine.dispose()  # drop connections to the old server process
+        await admit(request(max_tokens=10))
+        assert len(publisher.on(topics.ADMITTED)) == 2 and health.ready
+    finally:
+        await engine.dispose()
+
+
+async def test_fail_open_admits_while_postgres_is_down(tmp_path: Path) -> None:
+    settings = DatabaseSettings(database_url=SecretStr("postgresql://nobody@127.0.0.1:1/none"))
+    engine = db.create_engine(settings, application_name="test")
+    publisher = InMemoryPublisher()
+    try:
+        await handler(
+            PostgresLedger(engine, TEST_TIERS, bucket_seconds=600),
+            publisher,
+            Health(),
+            fail_open=True,
+        )(request())
+    finally:
+        await engine.dispose()
+    assert len(publisher.on(topics.ADMITTED)) == 1 and publisher.on(topics.REPLIES) == []
