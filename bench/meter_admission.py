@@ -45,17 +45,25 @@ async def run(url: str, decisions: int, principals: int, concurrency: int) -> di
         nonlocal admitted
         async with slots:
             t0 = time.perf_counter()
-            decision = await ledger.admit(f"r{i}", f"p{i % principals}", "m", (),
-                                          Estimate(20, 50), datetime.now(UTC))
+            decision = await ledger.admit(
+                f"r{i}", f"p{i % principals}", "m", (), Estimate(20, 50), datetime.now(UTC)
+            )
             latencies.append(time.perf_counter() - t0)
             admitted += decision.admitted
 
     async def settle(i: int) -> None:
         async with slots:
-            await ledger.settle(UsageRecordV1(
-                request_id=f"r{i}", principal=f"p{i % principals}", model="m", provider="x",
-                usage=Usage(input_tokens=15, output_tokens=40), cost_usd=Decimal("0.001")),
-                datetime.now(UTC))
+            await ledger.settle(
+                UsageRecordV1(
+                    request_id=f"r{i}",
+                    principal=f"p{i % principals}",
+                    model="m",
+                    provider="x",
+                    usage=Usage(input_tokens=15, output_tokens=40),
+                    cost_usd=Decimal("0.001"),
+                ),
+                datetime.now(UTC),
+            )
 
     try:
         await asyncio.gather(*(admit(-i - 1) for i in range(200)))  # warm the pool
@@ -71,11 +79,15 @@ async def run(url: str, decisions: int, principals: int, concurrency: int) -> di
         await engine.dispose()
     q = statistics.quantiles(latencies, n=100)
     return {
-        "decisions": decisions, "principals": principals, "concurrency": concurrency,
+        "decisions": decisions,
+        "principals": principals,
+        "concurrency": concurrency,
         "admitted": admitted,
         "decisions_per_s": round(decisions / admit_s),
-        "latency_ms": {"p50": round(1000 * statistics.median(latencies), 2),
-                       "p99": round(1000 * q[98], 2)},
+        "latency_ms": {
+            "p50": round(1000 * statistics.median(latencies), 2),
+            "p99": round(1000 * q[98], 2),
+        },
         "settlements_per_s": round(decisions / settle_s),
     }
 
@@ -93,8 +105,7 @@ def main() -> None:
             result = asyncio.run(run(url, args.decisions, args.principals, args.concurrency))
         else:
             with EmbeddedPostgres(Path(tmp) / "pg") as pg:
-                result = asyncio.run(
-                    run(pg.url, args.decisions, args.principals, args.concurrency))
+                result = asyncio.run(run(pg.url, args.decisions, args.principals, args.concurrency))
     print(json.dumps(result, indent=2))
 
 

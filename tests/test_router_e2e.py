@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.appsync_client import chat_event, connect
+from tests.appsync_client import chat_event, connect, dev_token
 from tollgate_core.settings import DatabaseSettings
 from tollgate_dev.platform import EmbeddedPostgres
 from tollgate_dev.stack import Stack
@@ -22,7 +22,8 @@ ADMIN = {"authorization": "Bearer e2e-admin-token"}
 
 async def ask(stack: Stack, principal: str, question: str) -> tuple[str, list[dict[str, Any]]]:
     edge = stack.url("stream")
-    async with connect(edge) as socket:
+    token = await dev_token(stack.url("auth"), principal)
+    async with connect(edge, {"Authorization": token}) as socket:
         await socket.subscribe("s", f"/Outbound-Messages/{principal}")
         async with httpx.AsyncClient() as client:
             response = await client.post(
@@ -31,6 +32,7 @@ async def ask(stack: Stack, principal: str, question: str) -> tuple[str, list[di
                     "channel": f"/Inbound-Messages/{principal}",
                     "events": [chat_event(question)],
                 },
+                headers={"Authorization": token},
             )
         request_id = response.json()["successful"][0]["identifier"]
         events: list[dict[str, Any]] = []
