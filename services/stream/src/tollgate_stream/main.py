@@ -15,9 +15,13 @@ from tollgate_core.runtime import run, start_with_retry
 from tollgate_stream.app import create_app
 from tollgate_stream.gateway import Gateway
 from tollgate_stream.identity import ChannelOwnerAuthorizer
+from tollgate_stream.openai.api import OpenAIApi
+from tollgate_stream.openai.auth import DevBearerAuthenticator
+from tollgate_stream.openai.models import RouterModelCatalog, StaticModelCatalog
 from tollgate_stream.replies import Reply, ReplyDispatcher
 from tollgate_stream.settings import StreamSettings
 from tollgate_stream.subscriptions import Subscriptions
+from tollgate_stream.waiters import ReplyWaiters
 
 logger = logging.getLogger(__name__)
 
@@ -29,12 +33,25 @@ async def serve(settings: StreamSettings, stop: asyncio.Event) -> None:
     subscriptions = Subscriptions()
     owned: list[int] = []
     gateway = Gateway(settings, producer, ChannelOwnerAuthorizer(), reply_partitions=owned)
+    waiters = ReplyWaiters()
+    catalog = RouterModelCatalog(settings.router_url, StaticModelCatalog(settings.model_list()))
+    openai_api = OpenAIApi(
+        gateway,
+        waiters,
+        DevBearerAuthenticator(settings.openai_dev_principal),
+        catalog,
+        reply_timeout_s=settings.openai_reply_timeout_s,
+    )
+    tls: dict[str, object] = {}
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        tls = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
     http = HttpServer(
-        create_app(settings, health, gateway, subscriptions),
+        create_app(settings, health, gateway, subscriptions, openai_api),
         host=settings.host,
         port=settings.port,
         ws_max_size=4 * 1024 * 1024,
         ws_ping_interval=None,
+        **tls,
     )
     consumers: list[EventConsumer[Reply]] = []
 
@@ -56,7 +73,7 @@ async def serve(settings: StreamSettings, stop: asyncio.Event) -> None:
                     partitions=owned,
                     from_latest=True,
                     decoder=Decoder.union(REPLY_SCHEMA, ReplyV1),
-                    handler=ReplyDispatcher(subscriptions),
+                    handler=ReplyDispatcher(subscriptions, waiters),
                     dead_letter=producer,
                 )
             )
@@ -73,6 +90,7 @@ async def serve(settings: StreamSettings, stop: asyncio.Event) -> None:
         for consumer in consumers:
             await consumer.stop()
         await producer.stop()
+        await catalog.aclose()
 
 
 def main() -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tollgate_core.settings import KafkaSettings, TelemetrySettings
@@ -23,8 +25,29 @@ class StreamSettings(BaseSettings):
     max_events_per_publish: int = Field(default=5, ge=1)
     max_event_bytes: int = Field(default=240 * 1024, ge=1)
     send_queue_size: int = Field(default=1024, ge=1)
+    #: PEM certificate and key: the edge serves HTTPS/WSS when both are given
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: the router's base URL, asked for ``GET /v1/models``
+    router_url: str = "http://127.0.0.1:8082"
+    #: models ``GET /v1/models`` lists when the router cannot say (comma-separated)
+    default_models: str = "tollgate-local"
+    #: how long an OpenAI API request waits for its next reply event
+    openai_reply_timeout_s: float = Field(default=300.0, gt=0)
+    #: development OpenAI authentication: the principal every bearer token maps to (unset:
+    #: the token itself is the principal)
+    openai_dev_principal: str | None = None
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> StreamSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key are given together or not at all")
+        return self
+
+    def model_list(self) -> list[str]:
+        return [m.strip() for m in self.default_models.split(",") if m.strip()]
 
     @field_validator("reply_partitions")
     @classmethod
