@@ -389,3 +389,10 @@ async def test_models_come_from_the_router_when_it_answers() -> None:
     edge = Edge(router=httpx.ASGITransport(app=router))
     models = await edge.sdk().models.list()
     assert [(m.id, m.owned_by) for m in models.data] == [("bedrock-claude", "bedrock")]
+
+
+def test_tls_needs_both_certificate_and_key() -> None:
+    with pytest.raises(ValueError, match="together"):
+        StreamSettings(tls_cert="/a.crt")  # type: ignore[arg-type]
+    settings = StreamSettings(tls_cert="/a.crt", tls_key="/a.key")  # type: ignore[arg-type]
+    assert settings.tls_cert is not None and settings.tls_key is not None
