@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from typing import Protocol
 
 from tollgate_core.bus import Delivered
 from tollgate_core.contracts import ReplyChunkV1, ReplyDoneV1, ReplyErrorV1
-from tollgate_stream.appsync.channels import parse_channel
+from tollgate_stream.appsync.channels import Channel, parse_channel
 from tollgate_stream.chat import dumps, outbound_events
 from tollgate_stream.errors import AppSyncError
 from tollgate_stream.subscriptions import Subscriptions
@@ -18,6 +19,12 @@ logger = logging.getLogger(__name__)
 Reply = ReplyChunkV1 | ReplyDoneV1 | ReplyErrorV1
 
 
+class ChannelSink(Protocol):
+    """Where replies for an AppSync channel go: local subscribers, or a remote AppSync API."""
+
+    def deliver(self, channel: Channel, event: str) -> int: ...
+
+
 class ReplyDispatcher:
     """Delivers each reply once, in order: a redelivered (request, seq) is dropped.
 
@@ -26,7 +33,7 @@ class ReplyDispatcher:
 
     def __init__(
         self,
-        subscriptions: Subscriptions,
+        subscriptions: Subscriptions | ChannelSink,
         waiters: ReplyWaiters | None = None,
         *,
         remember: int = 100_000,

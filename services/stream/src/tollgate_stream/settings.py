@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tollgate_core.settings import KafkaSettings, TelemetrySettings
@@ -37,13 +38,29 @@ class StreamSettings(BaseSettings):
     #: development OpenAI authentication: the principal every bearer token maps to (unset:
     #: the token itself is the principal)
     openai_dev_principal: str | None = None
+    #: serve: the edge for clients; appsync: bridge to a remote AppSync Events API (its
+    #: inbound namespace feeds the pipeline, replies are published to it); relay: a plain
+    #: AppSync Events pub/sub with no pipeline (a stand-in remote for development and tests)
+    mode: Literal["serve", "appsync", "relay"] = "serve"
+    #: bridge mode: the remote's HTTP endpoint (``https://<id>.appsync-api.<region>.amazonaws.com/event``)
+    appsync_endpoint: str | None = None
+    #: bridge mode: the realtime endpoint, when it is not derived from ``appsync_endpoint``
+    appsync_realtime_endpoint: str | None = None
+    appsync_auth: Literal["api_key", "iam"] = "api_key"
+    appsync_api_key: SecretStr | None = None
+    appsync_region: str = "us-east-1"
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
 
     @model_validator(mode="after")
-    def _tls_pair(self) -> StreamSettings:
+    def _consistent(self) -> StreamSettings:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key are given together or not at all")
+        if self.mode == "appsync":
+            if not self.appsync_endpoint:
+                raise ValueError("bridge mode needs appsync_endpoint")
+            if self.appsync_auth == "api_key" and self.appsync_api_key is None:
+                raise ValueError("bridge mode with api_key auth needs appsync_api_key")
         return self
 
     def model_list(self) -> list[str]:
