@@ -11,7 +11,6 @@ from tollgate_core.contracts import ReplyChunkV1, ReplyDoneV1, ReplyErrorV1
 from tollgate_stream.appsync.channels import Channel, parse_channel
 from tollgate_stream.chat import dumps, outbound_events
 from tollgate_stream.errors import AppSyncError
-from tollgate_stream.subscriptions import Subscriptions
 from tollgate_stream.waiters import ReplyWaiters
 
 logger = logging.getLogger(__name__)
@@ -33,7 +32,7 @@ class ReplyDispatcher:
 
     def __init__(
         self,
-        subscriptions: Subscriptions | ChannelSink,
+        subscriptions: ChannelSink,
         waiters: ReplyWaiters | None = None,
         *,
         remember: int = 100_000,
