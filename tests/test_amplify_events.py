@@ -30,13 +30,20 @@ def amplify_script() -> Path:
     return AMPLIFY / "events-client.mjs"
 
 
+def node_command() -> list[str]:
+    node = shutil.which("node")
+    assert node is not None, "node is needed for the Amplify compatibility tests"
+    probe = subprocess.run(
+        [node, "-e", "process.stdout.write(typeof WebSocket)"], capture_output=True, check=True
+    )
+    # Node 20 has the global WebSocket Amplify uses behind a flag; 22+ has it by default
+    return [node] if probe.stdout == b"function" else [node, "--experimental-websocket"]
+
+
 async def run_amplify(script: Path, edge: Edge, **config: Any) -> dict[str, Any]:
     assert edge.certificate is not None
-    node = shutil.which("node")
-    assert node is not None
     process = await asyncio.create_subprocess_exec(
-        node,
-        "--experimental-websocket",  # Node 20 has WebSocket behind a flag; 22+ by default
+        *node_command(),
         "--no-warnings",
         str(script),
         json.dumps({"endpoint": f"{edge.url}/event", **config}),
