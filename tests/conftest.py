@@ -10,6 +10,7 @@ import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from oteltap import OtelTapHttpProtobufReceiver, OtelTapHttpProtobufReceiverSettings
 
+from tests.edges import Certificate, Edge, edge_process, self_signed
 from tollgate_dev.platform import EmbeddedPostgres, TansuBroker, free_port
 from tollgate_dev.stack import SERVICES, Stack, dev_auth_env, run_prepare
 
@@ -90,3 +91,18 @@ def stack(
         raise
     finally:
         stack.stop()
+
+
+@pytest.fixture(scope="session")
+def edge_certificate(tmp_path_factory: pytest.TempPathFactory) -> Certificate:
+    return self_signed(Path(tmp_path_factory.mktemp("tls")))
+
+
+@pytest.fixture(scope="session")
+def tls_edge(
+    stack: Stack, edge_certificate: Certificate, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Edge]:
+    """A second edge process on the stack's Kafka, serving HTTPS and WSS."""
+    log_dir = Path(tmp_path_factory.mktemp("tls-edge-logs"))
+    with edge_process(stack, log_dir, name="stream-tls", certificate=edge_certificate) as edge:
+        yield edge

@@ -10,18 +10,24 @@ from tollgate_core.http import ops_app
 from tollgate_stream.appsync.http_publish import publish_endpoint
 from tollgate_stream.appsync.websocket import realtime_endpoint
 from tollgate_stream.gateway import Gateway
+from tollgate_stream.openai.api import OpenAIApi
 from tollgate_stream.settings import StreamSettings
 from tollgate_stream.subscriptions import Subscriptions
 
 
 def create_app(
-    settings: StreamSettings, health: Health, gateway: Gateway, subscriptions: Subscriptions
+    settings: StreamSettings,
+    health: Health,
+    gateway: Gateway,
+    subscriptions: Subscriptions,
+    openai_api: OpenAIApi | None = None,
 ) -> Starlette:
     app = ops_app(
         health,
         [
             Route("/event", publish_endpoint, methods=["POST"]),
             WebSocketRoute("/event/realtime", realtime_endpoint),
+            *(openai_api.routes() if openai_api is not None else []),
         ],
     )
     app.state.settings = settings

@@ -1,7 +1,8 @@
 """Errors the edge returns to clients, in AppSync's vocabulary.
 
 TollgateError
-└── AppSyncError           errorType + errorCode as AppSync reports them
+├── AppSyncError           errorType + errorCode as AppSync reports them
+└── OpenAIError            HTTP status + ``{"error":{"message","type","param","code"}}``
 """
 
 from __future__ import annotations
@@ -41,3 +42,50 @@ class AppSyncError(TollgateError):
     @classmethod
     def limit(cls, message: str) -> AppSyncError:
         return cls("LimitExceededException", message, 400)
+
+
+class OpenAIError(TollgateError):
+    """An error of the OpenAI-compatible API, in OpenAI's shape."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type_: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.type = type_
+        self.code = code
+        self.param = param
+        self.retry_after = retry_after
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    @classmethod
+    def bad_request(cls, message: str, *, param: str | None = None) -> OpenAIError:
+        return cls(400, message, param=param)
+
+    @classmethod
+    def unauthorized(cls, message: str, code: str | None = "invalid_api_key") -> OpenAIError:
+        return cls(401, message, code=code)
+
+    @classmethod
+    def forbidden(cls, message: str, code: str | None = None) -> OpenAIError:
+        return cls(403, message, type_="permission_error", code=code)
+
+    @classmethod
+    def unavailable(cls, message: str, code: str | None = "service_unavailable") -> OpenAIError:
+        return cls(503, message, type_="server_error", code=code)

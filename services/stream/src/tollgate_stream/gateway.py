@@ -15,7 +15,7 @@ from prometheus_client import Counter
 from tollgate_core import topics
 from tollgate_core.bus import Publisher
 from tollgate_core.contracts import ChatRequestV1, ReplyTo, new_request_id
-from tollgate_core.errors import RequestError, TollgateError
+from tollgate_core.errors import DependencyUnavailable, RequestError, TollgateError
 from tollgate_stream.appsync.channels import Channel, parse_channel
 from tollgate_stream.chat import parse_inbound
 from tollgate_stream.errors import AppSyncError
@@ -61,6 +61,19 @@ class Gateway:
             verb = "subscribe to" if subscribe else "publish to"
             raise AppSyncError.forbidden(f"clients may not {verb} {channel.namespace}")
         return channel
+
+    def reply_to(self) -> ReplyTo:
+        """Where replies to a request accepted here must go: one of this process's partitions."""
+        if not self._reply_partitions:
+            raise DependencyUnavailable("the edge owns no reply partition yet")
+        return ReplyTo(
+            topic=topics.REPLIES,
+            partition=random.choice(self._reply_partitions),  # noqa: S311
+        )
+
+    async def submit(self, request: ChatRequestV1) -> None:
+        """Put a request built by another front door (the OpenAI API) into the pipeline."""
+        await self._publisher.publish(topics.REQUESTS, request, key=request.principal)
 
     def outbound_for(self, inbound: Channel) -> Channel:
         return Channel((self._settings.outbound_namespace, *inbound.segments[1:]))
@@ -135,8 +148,5 @@ class Gateway:
             conversation_id=chat.conversation_id,
             channel=self.outbound_for(channel).path,
             protocol="appsync",
-            reply_to=ReplyTo(
-                topic=topics.REPLIES,
-                partition=random.choice(self._reply_partitions),  # noqa: S311
-            ),
+            reply_to=self.reply_to(),
         )

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 
+import botocore.session
 import httpx
 
 from tollgate_core import telemetry, topics
@@ -16,17 +17,62 @@ from tollgate_core.health import Health
 from tollgate_core.http import HttpServer
 from tollgate_core.runtime import run, start_with_retry
 from tollgate_stream.app import create_app
+from tollgate_stream.bridge.auth import ApiKeyAuth, IamAuth, RemoteAuth
+from tollgate_stream.bridge.remote import InboundBridge, RemoteChannels
 from tollgate_stream.gateway import Gateway
 from tollgate_stream.identity import (
     Authorizer,
     AuthServiceAuthorizer,
     ChannelOwnerAuthorizer,
 )
+from tollgate_stream.openai.api import OpenAIApi
+from tollgate_stream.openai.auth import (
+    AuthServiceBearerAuthenticator,
+    BearerAuthenticator,
+    DevBearerAuthenticator,
+)
+from tollgate_stream.openai.models import RouterModelCatalog, StaticModelCatalog
+from tollgate_stream.relay import Relay
 from tollgate_stream.replies import Reply, ReplyDispatcher
 from tollgate_stream.settings import StreamSettings
 from tollgate_stream.subscriptions import Subscriptions
+from tollgate_stream.waiters import ReplyWaiters
 
 logger = logging.getLogger(__name__)
+
+
+async def relay(settings: StreamSettings, stop: asyncio.Event) -> None:
+    """A plain AppSync Events pub/sub (no Kafka): the stand-in remote for bridge mode."""
+    subscriptions = Subscriptions()
+    http = HttpServer(
+        create_app(settings, Health(), Relay(settings, subscriptions), subscriptions),
+        host=settings.host,
+        port=settings.port,
+        ws_max_size=4 * 1024 * 1024,
+        ws_ping_interval=None,
+        **_tls(settings),
+    )
+    await http.start()
+    try:
+        logger.info("relay ready")
+        await stop.wait()
+    finally:
+        await http.stop()
+
+
+def _tls(settings: StreamSettings) -> dict[str, object]:
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        return {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
+    return {}
+
+
+def _remote_auth(settings: StreamSettings) -> RemoteAuth:
+    if settings.appsync_auth == "iam":
+        credentials = botocore.session.Session().get_credentials()
+        return IamAuth(credentials, settings.appsync_region)
+    if settings.appsync_api_key is None:
+        raise ConfigurationError("bridge mode with api_key auth needs an API key")
+    return ApiKeyAuth(settings.appsync_api_key.get_secret_value())
 
 
 def build_authorizer(settings: StreamSettings, client: httpx.AsyncClient | None) -> Authorizer:
@@ -41,6 +87,14 @@ def build_authorizer(settings: StreamSettings, client: httpx.AsyncClient | None)
         outbound_namespace=settings.outbound_namespace,
         ttl_s=settings.auth_cache_ttl_s,
     )
+
+
+def build_bearer_authenticator(
+    settings: StreamSettings, authorizer: Authorizer
+) -> BearerAuthenticator:
+    if isinstance(authorizer, AuthServiceAuthorizer):
+        return AuthServiceBearerAuthenticator(authorizer)
+    return DevBearerAuthenticator(settings.openai_dev_principal)
 
 
 async def serve(settings: StreamSettings, stop: asyncio.Event) -> None:
@@ -60,12 +114,41 @@ async def _serve(settings: StreamSettings, stop: asyncio.Event, authorizer: Auth
     subscriptions = Subscriptions()
     owned: list[int] = []
     gateway = Gateway(settings, producer, authorizer, reply_partitions=owned)
+    waiters = ReplyWaiters()
+    catalog = RouterModelCatalog(settings.router_url, StaticModelCatalog(settings.model_list()))
+    openai_api = OpenAIApi(
+        gateway,
+        waiters,
+        build_bearer_authenticator(settings, authorizer),
+        catalog,
+        reply_timeout_s=settings.openai_reply_timeout_s,
+    )
+    bridge: InboundBridge | None = None
+    remote: RemoteChannels | None = None
+    remote_client: httpx.AsyncClient | None = None
+    sink: Subscriptions | RemoteChannels = subscriptions
+    if settings.mode == "appsync":
+        if settings.appsync_endpoint is None:
+            raise ConfigurationError("bridge mode needs TOLLGATE_STREAM_APPSYNC_ENDPOINT")
+        auth = _remote_auth(settings)
+        remote_client = httpx.AsyncClient(timeout=10)
+        remote = RemoteChannels(settings.appsync_endpoint, auth, remote_client)
+        sink = remote
+        bridge = InboundBridge(
+            settings.appsync_endpoint,
+            auth,
+            gateway,
+            settings.inbound_namespace,
+            realtime_endpoint=settings.appsync_realtime_endpoint,
+            health=health,
+        )
     http = HttpServer(
-        create_app(settings, health, gateway, subscriptions),
+        create_app(settings, health, gateway, subscriptions, openai_api),
         host=settings.host,
         port=settings.port,
         ws_max_size=4 * 1024 * 1024,
         ws_ping_interval=None,
+        **_tls(settings),
     )
     consumers: list[EventConsumer[Reply]] = []
 
@@ -87,7 +170,7 @@ async def _serve(settings: StreamSettings, stop: asyncio.Event, authorizer: Auth
                     partitions=owned,
                     from_latest=True,
                     decoder=Decoder.union(REPLY_SCHEMA, ReplyV1),
-                    handler=ReplyDispatcher(subscriptions),
+                    handler=ReplyDispatcher(sink, waiters),
                     dead_letter=producer,
                 )
             )
@@ -97,19 +180,34 @@ async def _serve(settings: StreamSettings, stop: asyncio.Event, authorizer: Auth
     await http.start()
     try:
         if await start_with_retry("kafka", start_kafka, health, stop):
+            if remote is not None and bridge is not None:
+                await remote.start()
+                bridge_task = asyncio.create_task(bridge.run(stop), name="appsync-bridge")
+                logger.info("bridging %s", settings.appsync_endpoint)
             logger.info("stream ready")
             await stop.wait()
+            if bridge is not None:
+                await bridge_task
     finally:
         await http.stop()
+        if remote is not None:
+            await remote.stop()
+        if remote_client is not None:
+            await remote_client.aclose()
         for consumer in consumers:
             await consumer.stop()
         await producer.stop()
+        await catalog.aclose()
 
 
 def main() -> None:
     settings = StreamSettings()
     tel = telemetry.setup(settings.telemetry, "stream")
     try:
-        run(lambda stop: serve(settings, stop))
+        run(
+            lambda stop: (
+                relay(settings, stop) if settings.mode == "relay" else serve(settings, stop)
+            )
+        )
     finally:
         tel.shutdown()

@@ -4,24 +4,41 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from typing import Protocol
 
 from tollgate_core.bus import Delivered
 from tollgate_core.contracts import ReplyChunkV1, ReplyDoneV1, ReplyErrorV1
-from tollgate_stream.appsync.channels import parse_channel
+from tollgate_stream.appsync.channels import Channel, parse_channel
 from tollgate_stream.chat import dumps, outbound_events
 from tollgate_stream.errors import AppSyncError
-from tollgate_stream.subscriptions import Subscriptions
+from tollgate_stream.waiters import ReplyWaiters
 
 logger = logging.getLogger(__name__)
 
 Reply = ReplyChunkV1 | ReplyDoneV1 | ReplyErrorV1
 
 
-class ReplyDispatcher:
-    """Delivers each reply once, in order: a redelivered (request, seq) is dropped."""
+class ChannelSink(Protocol):
+    """Where replies for an AppSync channel go: local subscribers, or a remote AppSync API."""
 
-    def __init__(self, subscriptions: Subscriptions, *, remember: int = 100_000) -> None:
+    def deliver(self, channel: Channel, event: str) -> int: ...
+
+
+class ReplyDispatcher:
+    """Delivers each reply once, in order: a redelivered (request, seq) is dropped.
+
+    Replies that name an AppSync channel go to its subscribers; the others (OpenAI API
+    requests) go to the HTTP request waiting for them, if it still is."""
+
+    def __init__(
+        self,
+        subscriptions: ChannelSink,
+        waiters: ReplyWaiters | None = None,
+        *,
+        remember: int = 100_000,
+    ) -> None:
         self._subscriptions = subscriptions
+        self._waiters = waiters if waiters is not None else ReplyWaiters()
         self._next_seq: OrderedDict[str, int] = OrderedDict()
         self._remember = remember
 
@@ -35,6 +52,7 @@ class ReplyDispatcher:
         while len(self._next_seq) > self._remember:
             self._next_seq.popitem(last=False)
         if reply.channel is None:
+            self._waiters.deliver(reply)
             return
         try:
             channel = parse_channel(reply.channel, allow_wildcard=False)

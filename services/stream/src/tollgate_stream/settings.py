@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tollgate_core.settings import KafkaSettings, TelemetrySettings
@@ -34,8 +35,45 @@ class StreamSettings(BaseSettings):
     auth_timeout_s: float = Field(default=5.0, gt=0)
     #: how long an authorization decision is reused for the same credential and channel
     auth_cache_ttl_s: float = Field(default=5.0, ge=0)
+    #: PEM certificate and key: the edge serves HTTPS/WSS when both are given
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: the router's base URL, asked for ``GET /v1/models``
+    router_url: str = "http://127.0.0.1:8082"
+    #: models ``GET /v1/models`` lists when the router cannot say (comma-separated)
+    default_models: str = "tollgate-local"
+    #: how long an OpenAI API request waits for its next reply event
+    openai_reply_timeout_s: float = Field(default=300.0, gt=0)
+    #: development OpenAI authentication: the principal every bearer token maps to (unset:
+    #: the token itself is the principal)
+    openai_dev_principal: str | None = None
+    #: serve: the edge for clients; appsync: bridge to a remote AppSync Events API (its
+    #: inbound namespace feeds the pipeline, replies are published to it); relay: a plain
+    #: AppSync Events pub/sub with no pipeline (a stand-in remote for development and tests)
+    mode: Literal["serve", "appsync", "relay"] = "serve"
+    #: bridge mode: the remote's HTTP endpoint (``https://<id>.appsync-api.<region>.amazonaws.com/event``)
+    appsync_endpoint: str | None = None
+    #: bridge mode: the realtime endpoint, when it is not derived from ``appsync_endpoint``
+    appsync_realtime_endpoint: str | None = None
+    appsync_auth: Literal["api_key", "iam"] = "api_key"
+    appsync_api_key: SecretStr | None = None
+    appsync_region: str = "us-east-1"
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StreamSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key are given together or not at all")
+        if self.mode == "appsync":
+            if not self.appsync_endpoint:
+                raise ValueError("bridge mode needs appsync_endpoint")
+            if self.appsync_auth == "api_key" and self.appsync_api_key is None:
+                raise ValueError("bridge mode with api_key auth needs appsync_api_key")
+        return self
+
+    def model_list(self) -> list[str]:
+        return [m.strip() for m in self.default_models.split(",") if m.strip()]
 
     @field_validator("reply_partitions")
     @classmethod

@@ -1,0 +1,229 @@
+"""``POST /v1/chat/completions`` and ``GET /v1/models``, through the same pipeline as AppSync.
+
+A request becomes a ``ChatRequestV1`` (``protocol="openai"``, no channel) whose replies come
+back on one of this process's reply partitions; the :class:`ReplyWaiters` registry hands them
+to the HTTP request. The response status is chosen from the first reply, so a rejection
+(rate limit, unknown model, …) is a proper HTTP error even for a streaming request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from prometheus_client import Counter
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+
+from tollgate_core.contracts import (
+    ChatRequestV1,
+    ReplyChunkV1,
+    ReplyDoneV1,
+    ReplyErrorV1,
+    new_request_id,
+)
+from tollgate_core.errors import TollgateError
+from tollgate_stream.errors import OpenAIError
+from tollgate_stream.gateway import Gateway
+from tollgate_stream.openai import schema
+from tollgate_stream.openai.auth import BearerAuthenticator, bearer_token
+from tollgate_stream.openai.models import ModelCatalog
+from tollgate_stream.waiters import Reply, ReplyWaiters, Waiter, WaiterOverflow
+
+logger = logging.getLogger(__name__)
+
+REQUESTS = Counter(
+    "tollgate_stream_openai_requests_total", "OpenAI API requests", ["stream", "status"]
+)
+MAX_BODY_BYTES = 4 * 1024 * 1024
+
+
+def error_response(exc: OpenAIError) -> JSONResponse:
+    headers = {"retry-after": str(exc.retry_after)} if exc.retry_after is not None else None
+    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+
+def _sse(payload: dict[str, Any] | str) -> bytes:
+    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+    return f"data: {data}\n\n".encode()
+
+
+class OpenAIApi:
+    def __init__(
+        self,
+        gateway: Gateway,
+        waiters: ReplyWaiters,
+        authenticator: BearerAuthenticator,
+        catalog: ModelCatalog,
+        *,
+        reply_timeout_s: float,
+    ) -> None:
+        self._gateway = gateway
+        self._waiters = waiters
+        self._auth = authenticator
+        self._catalog = catalog
+        self._timeout = reply_timeout_s
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
+            Route("/v1/models", self.models, methods=["GET"]),
+        ]
+
+    async def models(self, request: Request) -> Response:
+        try:
+            await self._auth.identify(bearer_token(request.headers.get("authorization")))
+        except OpenAIError as exc:
+            return error_response(exc)
+        return JSONResponse({"object": "list", "data": await self._catalog.list_models()})
+
+    async def chat_completions(self, request: Request) -> Response:
+        try:
+            response = await self._chat(request)
+        except OpenAIError as exc:
+            REQUESTS.labels("?", str(exc.status)).inc()
+            return error_response(exc)
+        return response
+
+    async def _chat(self, request: Request) -> Response:
+        identity = await self._auth.identify(bearer_token(request.headers.get("authorization")))
+        body = await request.body()
+        if len(body) > MAX_BODY_BYTES:
+            raise OpenAIError(413, "Request body too large.")
+        chat = schema.parse_request(body)
+        messages = chat.conversation()
+        await self._auth.authorize_model(identity, chat.model)
+        request_id = new_request_id()
+        try:
+            event = ChatRequestV1(
+                request_id=request_id,
+                principal=identity.principal,
+                groups=identity.groups,
+                model=chat.model,
+                messages=messages,
+                system=chat.system(),
+                max_tokens=chat.output_limit(),
+                temperature=chat.temperature,
+                protocol="openai",
+                reply_to=self._gateway.reply_to(),
+            )
+        except TollgateError as exc:
+            raise OpenAIError.unavailable(exc.message) from exc
+        waiter = self._waiters.register(request_id)
+        handed_over = False
+        try:
+            try:
+                await self._gateway.submit(event)
+            except TollgateError as exc:
+                logger.warning("could not submit request %s: %s", request_id, exc.message)
+                raise OpenAIError.unavailable("The gateway cannot accept requests now.") from exc
+            first = await self._next(waiter)
+            if isinstance(first, ReplyErrorV1):
+                raise schema.error_from_reply(first.error)
+            created = int(time.time())
+            if chat.stream:
+                REQUESTS.labels("true", "200").inc()
+                handed_over = True
+                return StreamingResponse(
+                    self._stream(waiter, first, chat, created),
+                    media_type="text/event-stream",
+                    headers={"cache-control": "no-cache", "x-request-id": request_id},
+                )
+            answer = await self._collect(waiter, first, chat, created)
+            REQUESTS.labels("false", "200").inc()
+            return JSONResponse(answer, headers={"x-request-id": request_id})
+        finally:
+            if not handed_over:
+                self._waiters.discard(request_id)
+
+    async def _next(self, waiter: Waiter) -> Reply:
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await waiter.next()
+        except TimeoutError as exc:
+            raise OpenAIError(
+                504, "The model did not answer in time.", type_="server_error", code="timeout"
+            ) from exc
+        except WaiterOverflow as exc:
+            raise OpenAIError(
+                500, "The reply stream was interrupted.", type_="server_error"
+            ) from exc
+
+    async def _collect(
+        self, waiter: Waiter, reply: Reply, chat: schema.ChatCompletionRequest, created: int
+    ) -> dict[str, Any]:
+        parts: list[str] = []
+        while True:
+            if isinstance(reply, ReplyErrorV1):
+                raise schema.error_from_reply(reply.error)
+            if isinstance(reply, ReplyDoneV1):
+                model = reply.model or chat.model
+                return schema.completion(waiter.request_id, created, model, "".join(parts), reply)
+            parts.append(reply.text)
+            reply = await self._next(waiter)
+
+    async def _stream(
+        self, waiter: Waiter, reply: Reply, chat: schema.ChatCompletionRequest, created: int
+    ) -> AsyncIterator[bytes]:
+        request_id = waiter.request_id
+        usage = chat.include_usage
+        model = reply.model or chat.model
+        try:
+            yield _sse(
+                schema.chunk(
+                    request_id,
+                    created,
+                    model,
+                    delta={"role": "assistant", "content": ""},
+                    include_usage=usage,
+                )
+            )
+            while True:
+                if isinstance(reply, ReplyChunkV1):
+                    yield _sse(
+                        schema.chunk(
+                            request_id,
+                            created,
+                            model,
+                            delta={"content": reply.text},
+                            include_usage=usage,
+                        )
+                    )
+                elif isinstance(reply, ReplyDoneV1):
+                    yield _sse(
+                        schema.chunk(
+                            request_id,
+                            created,
+                            model,
+                            delta={},
+                            finish=schema.finish_reason(reply.stop_reason),
+                            include_usage=usage,
+                        )
+                    )
+                    if usage:
+                        yield _sse(
+                            schema.chunk(
+                                request_id,
+                                created,
+                                model,
+                                usage=schema.usage_object(reply),
+                                include_usage=True,
+                            )
+                        )
+                    break
+                else:
+                    yield _sse(schema.error_from_reply(reply.error).body())
+                    return
+                try:
+                    reply = await self._next(waiter)
+                except OpenAIError as exc:
+                    yield _sse(exc.body())
+                    return
+            yield _sse("[DONE]")
+        finally:
+            self._waiters.discard(request_id)
