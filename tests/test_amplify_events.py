@@ -12,9 +12,12 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from tests.appsync_client import dev_token
 from tests.edges import Edge
+from tollgate_dev.stack import Stack
 
 pytestmark = pytest.mark.e2e
 
@@ -80,15 +83,30 @@ def assert_answered(result: dict[str, Any]) -> None:
     assert rejected["message"] == "Publish errors: BadRequestException", rejected
 
 
-async def test_amplify_events_with_api_key(amplify_script: Path, tls_edge: Edge) -> None:
+async def test_amplify_events_with_api_key(
+    amplify_script: Path, tls_edge: Edge, stack: Stack
+) -> None:
+    # an API key issued by the auth service's admin API, bound to the channel's principal
+    admin = await dev_token(stack.url("auth"), "root", ("admin",))
+    async with httpx.AsyncClient() as client:
+        created = await client.post(
+            f"{stack.url('auth')}/v1/admin/api-keys",
+            headers={"Authorization": admin},
+            json={"principal": "amp-key", "name": "amplify test"},
+        )
+    assert created.status_code == 201, created.text
     result = await run_amplify(
-        amplify_script, tls_edge, authMode="apiKey", apiKey="da2-localkey", sub="amp-key"
+        amplify_script, tls_edge, authMode="apiKey", apiKey=created.json()["key"], sub="amp-key"
     )
     assert_answered(result)
 
 
-async def test_amplify_events_with_lambda_auth(amplify_script: Path, tls_edge: Edge) -> None:
+async def test_amplify_events_with_lambda_auth(
+    amplify_script: Path, tls_edge: Edge, stack: Stack
+) -> None:
+    # lambda mode sends the token as Authorization, as Cognito/OIDC tokens are sent
+    token = await dev_token(stack.url("auth"), "amp-lambda")
     result = await run_amplify(
-        amplify_script, tls_edge, authMode="lambda", authToken="custom-token", sub="amp-lambda"
+        amplify_script, tls_edge, authMode="lambda", authToken=token, sub="amp-lambda"
     )
     assert_answered(result)
