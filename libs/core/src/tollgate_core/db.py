@@ -32,6 +32,7 @@ def create_engine(settings: DatabaseSettings, *, application_name: str) -> Async
         connect_args={
             "server_settings": {"application_name": f"tollgate-{application_name}"},
             "timeout": 5,
+            "command_timeout": settings.database_command_timeout_s,
         },
     )
 

@@ -54,6 +54,9 @@ class DatabaseSettings(BaseSettings):
 
     database_url: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/tollgate")
     database_pool_size: int = Field(default=10, ge=1)
+    #: a query that takes longer fails (and the service treats Postgres as unavailable)
+    #: instead of stalling, e.g. when the server hangs rather than refuses connections
+    database_command_timeout_s: float = Field(default=10.0, gt=0)
 
     @property
     def async_url(self) -> str:
