@@ -113,6 +113,16 @@ def test_the_edge_splits_reply_partitions_by_pod_index() -> None:
     }
     assert stream["spec"]["replicas"] == 3
     assert env["TOLLGATE_STREAM_AUTH_URL"] == "http://gw-tollgate-auth:8081"
+    assert env["TOLLGATE_STREAM_ROUTER_URL"] == "http://gw-tollgate-router:8082"
+
+
+def test_the_meter_asks_the_auth_service_and_takes_its_admin_token_from_a_secret() -> None:
+    docs = render({**DEV_DB, "meter": {"adminTokenSecret": "meter-admin"}})
+    env = env_of(by_kind(docs, "Deployment")["gw-tollgate-meter"])
+    assert env["TOLLGATE_METER_AUTH_URL"] == "http://gw-tollgate-auth:8081"
+    assert env["TOLLGATE_METER_ADMIN_TOKEN"] == {
+        "secretKeyRef": {"name": "meter-admin", "key": "ADMIN_TOKEN"}
+    }
 
 
 def test_the_identity_provider_settings_reach_the_auth_service() -> None:

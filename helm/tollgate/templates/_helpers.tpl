@@ -141,7 +141,20 @@ env:
 {{- end }}
 {{- end }}
 {{- end }}
+{{- if eq $name "meter" }}
+  - name: TOLLGATE_METER_AUTH_URL
+    value: {{ printf "http://%s-auth:%v" (include "tollgate.fullname" $root) $root.Values.services.auth.port | quote }}
+{{- with $root.Values.meter.adminTokenSecret }}
+  - name: TOLLGATE_METER_ADMIN_TOKEN
+    valueFrom:
+      secretKeyRef:
+        name: {{ . }}
+        key: ADMIN_TOKEN
+{{- end }}
+{{- end }}
 {{- if eq $name "stream" }}
+  - name: TOLLGATE_STREAM_ROUTER_URL
+    value: {{ printf "http://%s-router:%v" (include "tollgate.fullname" $root) $root.Values.services.router.port | quote }}
   - name: TOLLGATE_STREAM_AUTH_URL
     value: {{ printf "http://%s-auth:%v" (include "tollgate.fullname" $root) $root.Values.services.auth.port | quote }}
   - name: TOLLGATE_STREAM_REPLY_PARTITIONS
