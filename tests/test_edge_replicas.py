@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from tests.appsync_client import AppSyncSocket, chat_event, connect
+from tests.appsync_client import AppSyncSocket, chat_event, connect, dev_token
 from tests.edges import Edge, edge_process
 from tollgate_dev.stack import Stack
 
@@ -40,8 +40,8 @@ def replicas(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         yield a, b
 
 
-async def publish(edge: Edge, user: str, count: int) -> list[str]:
-    async with httpx.AsyncClient() as client:
+async def publish(edge: Edge, user: str, count: int, token: str) -> list[str]:
+    async with httpx.AsyncClient(headers={"Authorization": token}) as client:
         response = await client.post(
             f"{edge.url}/event",
             json={
@@ -70,18 +70,22 @@ async def until_finished(
     raise AssertionError("unreachable")
 
 
-async def test_each_replica_receives_only_its_own_replies(replicas: tuple[Edge, Edge]) -> None:
+async def test_each_replica_receives_only_its_own_replies(
+    replicas: tuple[Edge, Edge], stack: Stack
+) -> None:
     a, b = replicas
-    async with connect(a.url) as on_a, connect(b.url) as on_b:
+    token = await dev_token(stack.url("auth"), "rita")
+    auth = {"Authorization": token}
+    async with connect(a.url, auth) as on_a, connect(b.url, auth) as on_b:
         for socket in (on_a, on_b):
             assert (await socket.subscribe("s", "/Outbound-Messages/rita"))["type"] == (
                 "subscribe_success"
             )
-        via_a = await publish(a, "rita", 5)
+        via_a = await publish(a, "rita", 5, token)
         seen_on_a = await until_finished(on_a, "s", set(via_a))
         assert {e["requestId"] for e in seen_on_a} == set(via_a)
 
-        via_b = await publish(b, "rita", 5)
+        via_b = await publish(b, "rita", 5, token)
         seen_on_b = await until_finished(on_b, "s", set(via_b))
         # B saw nothing of A's five answers, which were complete before B's requests existed
         assert {e["requestId"] for e in seen_on_b} == set(via_b)
@@ -102,11 +106,12 @@ async def _drain(socket: AppSyncSocket) -> list[dict[str, Any]]:
 
 
 async def test_openai_requests_are_answered_by_the_replica_that_took_them(
-    replicas: tuple[Edge, Edge],
+    replicas: tuple[Edge, Edge], stack: Stack
 ) -> None:
+    token = await dev_token(stack.url("auth"), "replica")
     for edge in replicas:
         async with openai.AsyncOpenAI(
-            api_key="sk-replica", base_url=f"{edge.url}/v1", max_retries=0
+            api_key=token, base_url=f"{edge.url}/v1", max_retries=0
         ) as client:
             results = await asyncio.gather(
                 *(

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 from sqlalchemy import text
 
@@ -65,6 +66,14 @@ async def test_exhausted_window_gives_a_clear_error_and_usage_shows_it(stack: St
             )
             first = await ask(socket, client, edge, token)
             assert first["metadata"]["usage"]["outputTokens"] == 12
+            # settlement follows the answer asynchronously: wait until the 20 reserved tokens
+            # have been replaced by the 12 used
+            async with asyncio.timeout(30):
+                while True:
+                    me = await client.get(f"{meter}/v1/usage/me", headers={"authorization": token})
+                    if me.json()["windows"][0]["reserved"]["output"] == 0:
+                        break
+                    await asyncio.sleep(0.1)
             # reserved 20 more on top of the 12 used: 32 > 30, refused before any model runs
             second = await ask(socket, client, edge, token)
         error = second["error"]
@@ -80,6 +89,18 @@ async def test_exhausted_window_gives_a_clear_error_and_usage_shows_it(stack: St
     [hourly] = usage["windows"]
     assert hourly["used"]["output"] == 12 and hourly["remaining"]["output"] == 18
     assert usage["month_by_model"][0]["output_tokens"] == 12
+
+    # the same budget, asked through the OpenAI-compatible API: 429 with Retry-After
+    async with openai.AsyncOpenAI(api_key=token, base_url=f"{edge}/v1", max_retries=0) as sdk:
+        with pytest.raises(openai.RateLimitError) as refused:
+            await sdk.chat.completions.create(
+                model="tollgate-local",
+                max_tokens=20,
+                messages=[{"role": "user", "content": "one more"}],
+            )
+    assert refused.value.code == "token_limit_exceeded"
+    assert int(refused.value.response.headers["retry-after"]) > 0
+    assert "hourly limit of 30 output tokens" in refused.value.message
 
 
 async def test_meter_killed_mid_batch_neither_loses_nor_duplicates_usage(

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from tests.appsync_client import dev_token
 from tollgate_core.settings import DatabaseSettings
 from tollgate_dev.platform import EmbeddedPostgres
 from tollgate_dev.stack import Stack
@@ -17,8 +18,10 @@ from tollgate_dev.stack import Stack
 pytestmark = pytest.mark.e2e
 
 
-def sdk(stack: Stack, key: str) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(api_key=key, base_url=f"{stack.url('stream')}/v1", max_retries=0)
+async def sdk(stack: Stack, principal: str, groups: tuple[str, ...] = ()) -> openai.AsyncOpenAI:
+    """The SDK with a development IdP token for ``principal`` as its API key."""
+    token = await dev_token(stack.url("auth"), principal, groups)
+    return openai.AsyncOpenAI(api_key=token, base_url=f"{stack.url('stream')}/v1", max_retries=0)
 
 
 async def settled(database_url: str, request_id: str) -> tuple[str, int, int, str]:
@@ -53,7 +56,7 @@ async def waiting_requests(stack: Stack) -> float:
 async def test_sdk_streams_a_reply_with_usage(
     stack: Stack, embedded_postgres: EmbeddedPostgres
 ) -> None:
-    async with sdk(stack, "sk-erin") as client:
+    async with await sdk(stack, "erin") as client:
         stream = await client.chat.completions.create(
             model="tollgate-local",
             messages=[{"role": "user", "content": "Stream me something"}],
@@ -75,12 +78,12 @@ async def test_sdk_streams_a_reply_with_usage(
         "settled",
         usage.prompt_tokens,
         usage.completion_tokens,
-        "sk-erin",
+        "erin",
     )
 
 
 async def test_sdk_non_streaming_completion(stack: Stack) -> None:
-    async with sdk(stack, "sk-frank") as client:
+    async with await sdk(stack, "frank") as client:
         completion = await client.chat.completions.create(
             model="tollgate-local",
             messages=[
@@ -96,12 +99,22 @@ async def test_sdk_non_streaming_completion(stack: Stack) -> None:
 
 
 async def test_unknown_model_is_404(stack: Stack) -> None:
-    async with sdk(stack, "sk-gina") as client:
+    # a premium caller may call any model, so the router decides: no such model
+    async with await sdk(stack, "gina", ("premium",)) as client:
         with pytest.raises(openai.NotFoundError) as exc:
             await client.chat.completions.create(
                 model="no-such-model", messages=[{"role": "user", "content": "x"}]
             )
     assert exc.value.code == "model_not_found"
+
+
+async def test_a_model_the_callers_groups_do_not_allow_is_403(stack: Stack) -> None:
+    async with await sdk(stack, "gina") as client:
+        with pytest.raises(openai.PermissionDeniedError) as exc:
+            await client.chat.completions.create(
+                model="claude-big", messages=[{"role": "user", "content": "x"}]
+            )
+    assert exc.value.code == "model_not_allowed"
 
 
 async def test_a_client_leaving_mid_stream_is_still_metered(
@@ -112,7 +125,7 @@ async def test_a_client_leaving_mid_stream_is_still_metered(
         client.stream(
             "POST",
             "/v1/chat/completions",
-            headers={"authorization": "Bearer sk-hank"},
+            headers={"authorization": f"Bearer {await dev_token(stack.url('auth'), 'hank')}"},
             json={
                 "model": "tollgate-local",
                 "messages": [{"role": "user", "content": "I will not wait"}],
@@ -127,12 +140,12 @@ async def test_a_client_leaving_mid_stream_is_still_metered(
             if '"content":"' in line and '"content":""' not in line:
                 break  # one real token seen: hang up
     status, _, output_tokens, principal = await settled(embedded_postgres.url, request_id)
-    assert (status, output_tokens, principal) == ("settled", 12, "sk-hank")
+    assert (status, output_tokens, principal) == ("settled", 12, "hank")
     async with asyncio.timeout(10):
         while await waiting_requests(stack):
             await asyncio.sleep(0.1)
     # the edge is still serving
-    async with sdk(stack, "sk-hank") as client:
+    async with await sdk(stack, "hank") as client:
         completion = await client.chat.completions.create(
             model="tollgate-local", messages=[{"role": "user", "content": "again"}]
         )

@@ -134,10 +134,13 @@ async def _serve(settings: StreamSettings, stop: asyncio.Event, authorizer: Auth
         remote_client = httpx.AsyncClient(timeout=10)
         remote = RemoteChannels(settings.appsync_endpoint, auth, remote_client)
         sink = remote
+        # The remote AppSync API authorized its clients (its onSubscribe/onPublish handlers);
+        # what it relays is trusted as published by the channel's <sub>.
+        bridged = Gateway(settings, producer, ChannelOwnerAuthorizer(), reply_partitions=owned)
         bridge = InboundBridge(
             settings.appsync_endpoint,
             auth,
-            gateway,
+            bridged,
             settings.inbound_namespace,
             realtime_endpoint=settings.appsync_realtime_endpoint,
             health=health,

@@ -160,6 +160,14 @@ def completion(
     }
 
 
+def _retry_after(error: ErrorInfo) -> object:
+    """The meter says ``retry_after_s``; older or foreign producers ``retry_after``."""
+    for key in ("retry_after_s", "retry_after", "retryAfter"):
+        if key in error.details:
+            return error.details[key]
+    return None
+
+
 def error_from_reply(error: ErrorInfo) -> OpenAIError:
     """The OpenAI error (status, type, code) for a pipeline error reply."""
     kind = error.type
@@ -169,7 +177,7 @@ def error_from_reply(error: ErrorInfo) -> OpenAIError:
             error.message,
             type_="rate_limit_error",
             code="token_limit_exceeded",
-            retry_after=_seconds(error.details.get("retry_after", error.details.get("retryAfter"))),
+            retry_after=_seconds(_retry_after(error)),
         )
     if kind == "model_not_found":
         return OpenAIError(404, error.message, code="model_not_found", param="model")
