@@ -112,6 +112,7 @@ def worker_factory(
             "KAFKA_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
             "TOLLGATE_ANALYTICS_APP_ID": unique("analytics"),
             "TOLLGATE_ANALYTICS_DATA_DIR": str(tmp_path / "dataset"),
+            "TOLLGATE_ANALYTICS_STATE_DIR": str(tmp_path / "state"),
             "TOLLGATE_ANALYTICS_LOGS_TOPIC": analytics_topics.logs,
             "TOLLGATE_ANALYTICS_USAGE_TOPIC": analytics_topics.usage,
             "TOLLGATE_ANALYTICS_DEAD_LETTER_TOPIC": analytics_topics.dead_letter,

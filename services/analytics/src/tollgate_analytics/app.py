@@ -69,6 +69,7 @@ def create_app(settings: AnalyticsSettings, store: ObjectStore | None = None) ->
         settings.app_id,
         broker=[f"kafka://{server}" for server in kafka.bootstrap_servers.split(",")],
         store="memory://",
+        datadir=settings.state_dir,
         web_host=settings.host,
         web_port=settings.port,
         web_bind=settings.host,
@@ -78,6 +79,7 @@ def create_app(settings: AnalyticsSettings, store: ObjectStore | None = None) ->
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         broker_commit_interval=1.0,
+        broker_session_timeout=settings.session_timeout_s,
     )
     health = Health()
     health.register(KAFKA_CHECK, "waiting for partitions")
@@ -100,7 +102,6 @@ def create_app(settings: AnalyticsSettings, store: ObjectStore | None = None) ->
         "aggregates",
         default=None,
         partitions=settings.topic_partitions,
-        schema=faust.Schema(key_serializer="raw", value_serializer="json"),
     )
     log_decoder: Decoder[RequestLogV1] = Decoder.of(RequestLogV1)
     usage_decoder: Decoder[UsageRecordV1] = Decoder.of(UsageRecordV1)
@@ -157,14 +158,14 @@ def create_app(settings: AnalyticsSettings, store: ObjectStore | None = None) ->
                         ("principal", record.principal),
                     ):
                         key = aggregates.table_key(minute, dimension, value, message.partition)
-                        stored = table.get(key.encode())
+                        stored = table.get(key)
                         agg = (
                             aggregates.Aggregate.from_dict(stored)
                             if stored
                             else aggregates.Aggregate()
                         )
                         if agg.apply(record, message.offset):
-                            table[key.encode()] = agg.to_dict()
+                            table[key] = agg.to_dict()
                             counted = True
                     if counted:
                         metrics.observe(record)
@@ -204,7 +205,7 @@ def create_app(settings: AnalyticsSettings, store: ObjectStore | None = None) ->
     @app.timer(interval=60.0)  # type: ignore[untyped-decorator]
     async def expire_aggregates() -> None:
         oldest = int(time.time()) // 60 * 60 - settings.aggregate_retention_minutes * 60
-        for key in [k for k in list(table.keys()) if aggregates.parse_key(k.decode())[0] < oldest]:
+        for key in [k for k in list(table.keys()) if aggregates.parse_key(k)[0] < oldest]:
             del table[key]
 
     @app.task  # type: ignore[untyped-decorator]
@@ -306,7 +307,7 @@ def create_app(settings: AnalyticsSettings, store: ObjectStore | None = None) ->
         dimension = request.query.get("dimension", "model")
         minutes = int(request.query.get("minutes", "60"))
         since = int(time.time()) // 60 * 60 - (minutes - 1) * 60
-        items = [(k.decode(), v) for k, v in list(table.items()) if v]
+        items = [(k, v) for k, v in list(table.items()) if v]
         merged = aggregates.rollup(items, dimension, since)
         return self.json({name: agg.summary() for name, agg in sorted(merged.items())})
 

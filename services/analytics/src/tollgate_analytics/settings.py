@@ -19,6 +19,8 @@ class AnalyticsSettings(BaseSettings):
     app_id: str = "tollgate-analytics"
     #: the dataset's root when no S3 bucket is configured
     data_dir: str = "var/analytics"
+    #: Faust's own state (table stores, worker files)
+    state_dir: str = "var/analytics-state"
     s3_bucket: str | None = None
     s3_prefix: str = "analytics"
     s3_endpoint_url: str | None = None
@@ -33,6 +35,8 @@ class AnalyticsSettings(BaseSettings):
     roll_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
     roll_max_records: int = Field(default=100_000, ge=1)
     roll_max_age_s: float = Field(default=60.0, gt=0)
+    #: how long the group waits for a silent worker before handing its partitions on
+    session_timeout_s: float = Field(default=60.0, ge=6)
     aggregate_retention_minutes: int = Field(default=24 * 60, ge=1)
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
