@@ -3,6 +3,7 @@ equal to the usage records, dead letters, restarts that lose and duplicate nothi
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -78,7 +79,7 @@ async def test_records_land_in_hour_partitions_and_totals_match_the_usage_record
             part = f"year={ts.year:04d}/month={ts.month:02d}/day={ts.day:02d}/hour={ts.hour:02d}"
             assert part in str(path.parent), (path, ts)
             hours.add(ts.hour)
-        topic, partition, first, last = path.name.removesuffix(".parquet").split("+")
+        _, _, first, last = path.name.removesuffix(".parquet").split("+")
         offsets = table.column("kafka_offset").to_pylist()
         assert int(first) <= min(offsets) and max(offsets) <= int(last)
     assert hours == {an_hour_ago.hour, now.hour}
@@ -155,8 +156,8 @@ async def test_a_worker_killed_mid_file_loses_and_duplicates_nothing(
     await second.wait_ready()
     await eventually(lambda: count(catalog, "logs") >= 80, timeout=90)
     rows = catalog.query(
-        "SELECT count(*), count(DISTINCT request_id), count(DISTINCT (kafka_partition, kafka_offset))"
-        " FROM logs"
+        "SELECT count(*), count(DISTINCT request_id),"
+        " count(DISTINCT (kafka_partition, kafka_offset)) FROM logs"
     ).rows[0]
     assert rows == (80, 80, 80)
     # the restart closed the replayed segments at the same offsets: no overlapping files
@@ -166,7 +167,7 @@ async def test_a_worker_killed_mid_file_loses_and_duplicates_nothing(
         ranges.setdefault(partition, []).append((int(first_offset), int(last_offset)))
     for spans in ranges.values():
         spans.sort()
-        for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+        for (_, end), (start, _) in itertools.pairwise(spans):
             assert end < start, spans
     # the aggregates table was recovered from its changelog and counted each record once
     async with httpx.AsyncClient() as client:
