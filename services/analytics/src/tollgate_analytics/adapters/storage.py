@@ -5,6 +5,7 @@ of S3 surface as :class:`~tollgate_analytics.errors.StorageUnavailable`."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from pathlib import Path
@@ -57,7 +58,8 @@ class LocalStore:
             finally:
                 os.close(dir_fd)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
             raise StorageUnavailable(f"cannot write {path}: {exc}") from exc
 
     async def list_keys(self, prefix: str) -> list[str]:
