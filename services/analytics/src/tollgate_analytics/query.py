@@ -66,9 +66,18 @@ class Catalog:
         )
 
     def connect(self) -> duckdb.DuckDBPyConnection:
-        con = duckdb.connect()
+        # SQL reaches no file, URL or extension: only the registered tables (the HTTP
+        # endpoint takes SQL from callers), and a query cannot lift that.
+        con = duckdb.connect(
+            config={
+                "enable_external_access": False,
+                "autoinstall_known_extensions": False,
+                "autoload_known_extensions": False,
+            }
+        )
         for table in dataset.TABLES:
             con.register(table.name, self._table(table))
+        con.execute("SET lock_configuration = true")
         return con
 
     def query(self, sql: str, params: dict[str, Any] | None = None) -> Result:

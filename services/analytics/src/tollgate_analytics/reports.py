@@ -35,10 +35,10 @@ REPORTS: dict[str, Report] = {
             """
             SELECT CAST(finished_at AS DATE) AS day, grp AS "group", count(*) AS requests,
                    sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
-                   sum(cost_usd) AS cost_usd
+                   sum(input_tokens + output_tokens) AS total_tokens, sum(cost_usd) AS cost_usd
             FROM (SELECT *, unnest(CASE WHEN len(groups) = 0 THEN ['(none)'] ELSE groups END)
                   AS grp FROM logs WHERE finished_at >= $since AND finished_at < $until)
-            GROUP BY ALL ORDER BY day, input_tokens + output_tokens DESC, "group"
+            GROUP BY ALL ORDER BY day, total_tokens DESC, "group"
             """,
         ),
         Report(

@@ -34,7 +34,7 @@ class AnalyticsSettings(BaseSettings):
 
     roll_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
     roll_max_records: int = Field(default=100_000, ge=1)
-    roll_max_age_s: float = Field(default=60.0, gt=0)
+    roll_max_age_s: float = Field(default=10.0, gt=0)
     #: how long the group waits for a silent worker before handing its partitions on
     session_timeout_s: float = Field(default=60.0, ge=6)
     aggregate_retention_minutes: int = Field(default=24 * 60, ge=1)

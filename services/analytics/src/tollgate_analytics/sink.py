@@ -54,7 +54,7 @@ STORAGE_CHECK = "storage"
 class SinkSettings:
     max_bytes: int = 64 * 1024 * 1024
     max_records: int = 100_000
-    max_age_s: float = 60.0
+    max_age_s: float = 10.0
     retry_initial_s: float = 0.2
     retry_max_s: float = 10.0
 
