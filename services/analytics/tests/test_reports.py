@@ -125,7 +125,7 @@ def test_sql_cannot_reach_files_or_change_settings(tmp_path: Path) -> None:
     secret.write_text("a\n1\n")
     catalog = Catalog(str(tmp_path / "dataset"))
     for sql in (
-        f"SELECT * FROM read_csv('{secret}')",
+        f"SELECT * FROM read_csv('{secret}')",  # noqa: S608
         f"COPY (SELECT 1) TO '{tmp_path / 'out.csv'}'",
         "SET enable_external_access = true",
     ):
