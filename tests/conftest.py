@@ -61,6 +61,7 @@ def stack(
 ) -> Iterator[Stack]:
     run_prepare(kafka_broker.bootstrap_servers, embedded_postgres.url)
     log_dir = Path(tmp_path_factory.mktemp("stack-logs"))
+    analytics_dir = Path(tmp_path_factory.mktemp("analytics"))
     stack = Stack(
         bootstrap_servers=kafka_broker.bootstrap_servers,
         database_url=embedded_postgres.url,
@@ -72,6 +73,9 @@ def stack(
             "TOLLGATE_LOCAL_MODEL_TOKENS_PER_SECOND": "200",
             "TOLLGATE_LOCAL_MODEL_OUTPUT_TOKENS": "12",
             "TOLLGATE_LOG_FORMAT": "json",
+            "TOLLGATE_ANALYTICS_DATA_DIR": str(analytics_dir / "dataset"),
+            "TOLLGATE_ANALYTICS_STATE_DIR": str(analytics_dir / "state"),
+            "TOLLGATE_ANALYTICS_ROLL_MAX_AGE_S": "1",
         },
     )
     try:
