@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import timedelta
 
 from tollgate_analytics import reports
 from tollgate_analytics.query import Catalog, QueryError, render
@@ -47,10 +48,13 @@ def run(argv: list[str]) -> int:
         for name in names:
             report = reports.REPORTS[name]
             if args.format == "table":
-                out.write(
-                    f"\n{report.title} ({params['since']:%Y-%m-%d} .. "
-                    f"{params['until']:%Y-%m-%d} UTC, exclusive)\n"
+                last = params["until"] - timedelta(days=1)
+                span = (
+                    f"{last:%Y-%m-%d}"
+                    if args.days == 1
+                    else f"{params['since']:%Y-%m-%d} .. {last:%Y-%m-%d}"
                 )
+                out.write(f"\n{report.title}, {span} UTC\n")
             out.write(render(catalog.query(report.sql, params), args.format) + "\n")
     except QueryError as exc:
         sys.stderr.write(f"error: {exc.message}\n")
