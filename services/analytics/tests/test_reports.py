@@ -26,15 +26,17 @@ NOW = datetime.now(UTC)
 @pytest.fixture
 async def written(tmp_path: Path, make_request: Callable[..., Any]) -> tuple[Path, list[Any]]:
     root = tmp_path / "dataset"
-    sink = ParquetSink(LocalStore(root), SinkSettings(max_records=8), Health())
+
+    async def commit(topic: str, partition: int, offset: int) -> None:
+        pass
+
+    sink = ParquetSink(LocalStore(root), SinkSettings(max_records=8), Health(), commit)
     pairs = [
         make_request(i, finished_at=NOW - timedelta(days=1) if i >= 25 else NOW) for i in range(30)
     ]
     for offset, (log, usage) in enumerate(pairs):
-        await sink.add("tollgate.logs", 0, offset, dataset.log_row(log, 0, offset), size=1, ack=int)
-        await sink.add(
-            "tollgate.usage", 0, offset, dataset.usage_row(usage, 0, offset), size=1, ack=int
-        )
+        await sink.add("tollgate.logs", 0, offset, dataset.log_row(log, 0, offset), size=1)
+        await sink.add("tollgate.usage", 0, offset, dataset.usage_row(usage, 0, offset), size=1)
     await sink.flush_all()
     return root, pairs
 

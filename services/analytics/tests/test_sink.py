@@ -1,5 +1,6 @@
-"""The Parquet sink against the in-memory store: acknowledgement only after durability,
-deterministic segments on replay, storage failures that stop and report instead of losing."""
+"""The Parquet sink against the in-memory store: commits only after durability, deterministic
+segments on replay, storage failures that stop and report instead of losing, and streams that
+repeat or skip records."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 from tollgate_analytics import dataset
 from tollgate_analytics.adapters.storage import LocalStore, MemoryStore
 from tollgate_analytics.errors import StorageUnavailable
-from tollgate_analytics.sink import ParquetSink, SinkSettings
+from tollgate_analytics.sink import MAX_SEEKS, SEEK_WAIT_S, ParquetSink, SinkSettings
 from tollgate_core.health import Health
 
 TOPIC = "tollgate.logs"
@@ -30,37 +31,36 @@ class Clock:
         return self.now
 
 
-def sink_with(store: MemoryStore, **settings: Any) -> tuple[ParquetSink, Health, Clock]:
-    health = Health()
-    clock = Clock()
-    sink = ParquetSink(
-        store,
-        SinkSettings(**{"max_records": 5, "retry_initial_s": 0.01, **settings}),
-        health,
-        clock=clock,
-    )
-    return sink, health, clock
-
-
-async def feed(
-    sink: ParquetSink,
-    make_request: Callable[..., Any],
-    offsets: range,
-    acked: list[int],
-    *,
-    partition: int = 0,
-    when: Callable[[int], datetime] | None = None,
-) -> None:
-    for offset in offsets:
-        log, _ = make_request(offset, finished_at=when(offset) if when else None)
-        await sink.add(
-            TOPIC,
-            partition,
-            offset,
-            dataset.log_row(log, partition, offset),
-            size=100,
-            ack=lambda o=offset: acked.append(o),
+class Harness:
+    def __init__(self, store: MemoryStore, make_request: Callable[..., Any], **settings: Any):
+        self.health = Health()
+        self.clock = Clock()
+        self.commits: list[int] = []
+        self.make_request = make_request
+        self.sink = ParquetSink(
+            store,
+            SinkSettings(
+                **{"max_records": 5, "retry_initial_s": 0.01, "retry_max_s": 0.1, **settings}
+            ),
+            self.health,
+            self.commit,
+            clock=self.clock,
         )
+
+    async def commit(self, topic: str, partition: int, next_offset: int) -> None:
+        assert (topic, partition) == (TOPIC, 0)
+        self.commits.append(next_offset)
+
+    async def feed(
+        self, offsets: Any, *, when: Callable[[int], datetime] | None = None
+    ) -> list[int | None]:
+        seeks = []
+        for offset in offsets:
+            log, _ = self.make_request(offset, finished_at=when(offset) if when else None)
+            seeks.append(
+                await self.sink.add(TOPIC, 0, offset, dataset.log_row(log, 0, offset), size=100)
+            )
+        return seeks
 
 
 def rows_in(store: MemoryStore) -> list[int]:
@@ -71,33 +71,32 @@ def rows_in(store: MemoryStore) -> list[int]:
     return sorted(offsets)
 
 
-async def test_records_are_acknowledged_only_when_their_segment_is_written(
+async def test_offsets_are_committed_only_when_their_segment_is_written(
     make_request: Callable[..., Any],
 ) -> None:
     store = MemoryStore()
-    sink, health, clock = sink_with(store, max_age_s=30)
-    acked: list[int] = []
-    await feed(sink, make_request, range(7), acked)
-    assert acked == [0, 1, 2, 3, 4]  # the first segment rolled at 5 records
+    h = Harness(store, make_request, max_age_s=30)
+    await h.feed(range(7))
+    assert h.commits == [5]  # the first segment rolled at 5 records
     assert rows_in(store) == [0, 1, 2, 3, 4]
-    clock.now = 31
-    await sink.flush_due()  # the second rolls by age
-    assert acked == list(range(7))
+    h.clock.now = 31
+    await h.sink.flush_due()  # the second rolls by age
+    assert h.commits == [5, 7]
     assert rows_in(store) == list(range(7))
     assert sorted(k for k in store.objects if k.startswith("_segments")) == [
         dataset.marker_key(TOPIC, 0, 0, 4),
         dataset.marker_key(TOPIC, 0, 5, 6),
     ]
-    assert health.ready
+    assert h.health.ready
 
 
 async def test_a_segment_spanning_two_hours_is_one_file_per_hour_with_the_same_range(
     make_request: Callable[..., Any],
 ) -> None:
     store = MemoryStore()
-    sink, _, _ = sink_with(store)
+    h = Harness(store, make_request)
     base = datetime(2026, 11, 22, 9, 59, 58, tzinfo=UTC)
-    await feed(sink, make_request, range(5), [], when=lambda o: base + timedelta(seconds=o))
+    await h.feed(range(5), when=lambda o: base + timedelta(seconds=o))
     name = dataset.file_name(TOPIC, 0, 0, 4)
     assert sorted(k for k in store.objects if k.endswith(".parquet")) == [
         f"logs/year=2026/month=11/day=22/hour=09/{name}",
@@ -109,21 +108,21 @@ async def test_a_replay_after_a_crash_mid_segment_rewrites_the_same_files(
     make_request: Callable[..., Any],
 ) -> None:
     store = MemoryStore()
-    sink, _, _ = sink_with(store)
-    await feed(sink, make_request, range(5), [])
-    # the crash: the marker and one file of segment 5..9 were written, not the other
-    crashed = {k: v for k, v in store.objects.items()}
-    await feed(sink, make_request, range(5, 10), [])
+    h = Harness(store, make_request)
+    await h.feed(range(5))
+    crashed = dict(store.objects)
+    await h.feed(range(5, 10))
     complete = dict(store.objects)
+    # the crash: segment 5..9's marker was written, none of its files
     store.objects = crashed
-    store.objects[dataset.marker_key(TOPIC, 0, 5, 9)] = complete[dataset.marker_key(TOPIC, 0, 5, 9)]
+    marker = dataset.marker_key(TOPIC, 0, 5, 9)
+    store.objects[marker] = complete[marker]
 
-    # a new worker gets redelivered everything from offset 0 (nothing was committed), with
-    # a larger roll size: the known segments still close where they closed before
-    restarted, _, _ = sink_with(store, max_records=1000)
-    acked: list[int] = []
-    await feed(restarted, make_request, range(12), acked)
-    assert acked == list(range(10))
+    # a new worker re-reads from offset 0 (no commit reached Kafka), with a larger roll
+    # size: the known segments still close where they closed before
+    again = Harness(store, make_request, max_records=1000)
+    await again.feed(range(12))
+    assert again.commits == [5, 10]
     assert rows_in(store) == list(range(10))
     assert store.objects.keys() == complete.keys()
 
@@ -132,35 +131,59 @@ async def test_records_inside_a_committed_segment_are_skipped(
     make_request: Callable[..., Any],
 ) -> None:
     store = MemoryStore()
-    sink, _, _ = sink_with(store)
-    await feed(sink, make_request, range(10), [])
-    # redelivery starting inside segment 5..9 (offsets up to 6 were committed)
-    restarted, _, _ = sink_with(store)
-    acked: list[int] = []
-    await feed(restarted, make_request, range(7, 12), acked)
-    assert acked == [7, 8, 9]
+    await Harness(store, make_request).feed(range(10))
+    # redelivery from inside segment 5..9: the segment was complete, or 5 was not committed
+    again = Harness(store, make_request)
+    await again.feed(range(7, 12))
+    assert again.commits == []
     assert rows_in(store) == list(range(10))
 
 
-async def test_an_unwritable_store_stops_acknowledging_and_reports_not_ready(
+async def test_repeated_records_are_ignored_and_skipped_ones_are_fetched_again(
+    make_request: Callable[..., Any],
+) -> None:
+    store = MemoryStore()
+    h = Harness(store, make_request, max_records=3)
+    assert await h.feed([0, 1, 1, 0, 2]) == [None] * 5
+    # the stream jumps from 2 to 6: seek back to 3; what was buffered before the seek is
+    # ignored, then 3.. arrive again
+    assert await h.feed([6, 7]) == [3, None]
+    assert await h.feed([3, 4, 5, 6, 7, 8]) == [None] * 6
+    assert rows_in(store) == list(range(9))
+    assert h.commits == [3, 6, 9]
+
+
+async def test_a_gap_that_stays_after_several_seeks_is_accepted(
+    make_request: Callable[..., Any],
+) -> None:
+    store = MemoryStore()
+    h = Harness(store, make_request, max_records=2)
+    await h.feed([0, 1])
+    for _ in range(MAX_SEEKS):
+        assert await h.feed([9]) == [2]
+        h.clock.now += SEEK_WAIT_S
+    assert await h.feed([9, 10]) == [None, None]  # offsets 2..8 were deleted by retention
+    assert rows_in(store) == [0, 1, 9, 10]
+
+
+async def test_an_unwritable_store_stops_committing_and_reports_not_ready(
     make_request: Callable[..., Any],
 ) -> None:
     store = MemoryStore()
     store.fail = "No space left on device"
-    sink, health, _ = sink_with(store)
-    acked: list[int] = []
-    task = asyncio.create_task(feed(sink, make_request, range(10), acked))
+    h = Harness(store, make_request)
+    task = asyncio.create_task(h.feed(range(10)))
     async with asyncio.timeout(10):
-        while health.report()["storage"]["reason"] != "No space left on device":
+        while h.health.report()["storage"]["reason"] != "No space left on device":
             await asyncio.sleep(0.01)
-    assert health.report()["storage"] == {"ready": False, "reason": "No space left on device"}
+    assert not h.health.ready
     await asyncio.sleep(0.1)
-    assert acked == [] and not task.done()  # blocked, nothing acknowledged
+    assert h.commits == [] and not task.done()  # blocked, nothing committed
     store.fail = None
     await asyncio.wait_for(task, 10)
-    assert acked == list(range(10))
+    assert h.commits == [5, 10]
     assert rows_in(store) == list(range(10))
-    assert health.ready
+    assert h.health.ready
 
 
 async def test_the_local_store_translates_disk_errors(tmp_path: Path) -> None:

@@ -1,9 +1,11 @@
 """The Faust application: consumes ``tollgate.logs`` and ``tollgate.usage`` into the Parquet
 dataset, keeps per-minute aggregates in a Faust table, and serves ops pages, SQL and reports.
 
-Streams run without automatic acknowledgement (``stream.noack()``): the Parquet sink
-acknowledges a record only when the file holding it is durable, so Faust commits no offset
-ahead of the dataset (see :mod:`tollgate_analytics.sink`).
+The source topics are declared without Faust acknowledgements (``acks=False``), so Faust never
+commits their offsets by itself; the Parquet sink commits a partition's offset only once the
+files holding every record before it are durable, after flushing the producer so the
+aggregates' changelog writes for those records are stored too (see
+:mod:`tollgate_analytics.sink`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
+from faust.types import TP
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
@@ -83,6 +86,18 @@ def create_app(settings: AnalyticsSettings, store: ObjectStore | None = None) ->
     )
     health = Health()
     health.register(KAFKA_CHECK, "waiting for partitions")
+
+    async def commit(topic: str, partition: int, next_offset: int) -> None:
+        tp = TP(topic, partition)
+        consumer = app.consumer
+        if tp not in consumer.assignment():
+            return  # revoked meanwhile: the next owner re-reads, the markers de-duplicate
+        try:
+            await app.producer.flush()
+            await consumer._commit({tp: next_offset})  # type: ignore[attr-defined]
+        except Exception as exc:  # noqa: BLE001 - a later segment commits past it again
+            logger.warning("cannot commit %s/%d@%d: %s", topic, partition, next_offset, exc)
+
     sink = ParquetSink(
         store or create_store(settings),
         SinkSettings(
@@ -91,10 +106,15 @@ def create_app(settings: AnalyticsSettings, store: ObjectStore | None = None) ->
             max_age_s=settings.roll_max_age_s,
         ),
         health,
+        commit,
     )
     catalog = Catalog(settings.location, settings.pyarrow_s3_options())
-    logs_topic = app.topic(settings.logs_topic, value_serializer="raw", key_serializer="raw")
-    usage_topic = app.topic(settings.usage_topic, value_serializer="raw", key_serializer="raw")
+    logs_topic = app.topic(
+        settings.logs_topic, value_serializer="raw", key_serializer="raw", acks=False
+    )
+    usage_topic = app.topic(
+        settings.usage_topic, value_serializer="raw", key_serializer="raw", acks=False
+    )
     dead_letter = app.topic(
         settings.dead_letter_topic, value_serializer="raw", key_serializer="raw"
     )
@@ -135,12 +155,17 @@ def create_app(settings: AnalyticsSettings, store: ObjectStore | None = None) ->
             )
             return None
 
-    def acker(event: Any) -> Callable[[], object]:
-        return event.ack  # type: ignore[no-any-return]
+    async def to_sink(event: Any, row: dataset.Row | None) -> None:
+        message = event.message
+        seek = await sink.add(
+            message.topic, message.partition, message.offset, row, size=len(event.value or b"")
+        )
+        if seek is not None:
+            await app.consumer.seek(TP(message.topic, message.partition), seek)
 
     @app.agent(logs_topic)
     async def request_logs(stream: Any) -> None:
-        async for event in stream.noack().events():
+        async for event in stream.events():
             message = event.message
             record: RequestLogV1 | None = await decode_or_dead_letter(event, log_decoder)
             row = None
@@ -170,18 +195,11 @@ def create_app(settings: AnalyticsSettings, store: ObjectStore | None = None) ->
                     if counted:
                         metrics.observe(record)
                     row = dataset.log_row(record, message.partition, message.offset)
-            await sink.add(
-                message.topic,
-                message.partition,
-                message.offset,
-                row,
-                size=len(event.value or b""),
-                ack=acker(event),
-            )
+            await to_sink(event, row)
 
     @app.agent(usage_topic)
     async def usage_records(stream: Any) -> None:
-        async for event in stream.noack().events():
+        async for event in stream.events():
             message = event.message
             record: UsageRecordV1 | None = await decode_or_dead_letter(event, usage_decoder)
             row = (
@@ -189,14 +207,7 @@ def create_app(settings: AnalyticsSettings, store: ObjectStore | None = None) ->
                 if record is not None
                 else None
             )
-            await sink.add(
-                message.topic,
-                message.partition,
-                message.offset,
-                row,
-                size=len(event.value or b""),
-                ack=acker(event),
-            )
+            await to_sink(event, row)
 
     @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
     async def roll_segments() -> None:

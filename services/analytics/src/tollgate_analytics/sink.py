@@ -1,17 +1,19 @@
 """The Parquet sink: buffers records per topic partition into segments and writes each
-segment as Parquet files, durably, before acknowledging its records.
+segment as Parquet files, durably, before committing its offsets.
 
 Exactly-once in effect, across crashes and restarts:
 
-* a record is acknowledged (so its offset may be committed) only after the segment holding it
-  is durable: marker written, then every file, each atomically;
+* a partition's offset is committed (through ``commit``) only after the segment ending there
+  is durable: marker written, then every file, each atomically; nothing else commits;
 * a segment's marker is written before its files and names its offset range, so when a
   restart re-reads a range whose files may be partly written, the sink closes the segment
   at the same last offset and rewrites the same file names with the same rows — a rewrite,
   not a duplicate; records inside a range whose first offset was already committed are
   skipped, as that segment was complete;
 * while the storage fails (full disk, S3 unreachable) the flush retries with backoff, the
-  stream stops, nothing is acknowledged and the ``storage`` readiness check is failing.
+  stream stops, nothing is committed and the ``storage`` readiness check is failing;
+* records a stream hands over twice are ignored, and records it skips are fetched again by
+  seeking back, so a partition's segments always hold a contiguous run of offsets.
 """
 
 from __future__ import annotations
@@ -39,15 +41,23 @@ ROWS = Counter("tollgate_analytics_rows_written_total", "Rows written to Parquet
 STORAGE_ERRORS = Counter(
     "tollgate_analytics_storage_errors_total", "Failed writes or listings of the dataset"
 )
+DUPLICATES = Counter(
+    "tollgate_analytics_duplicate_deliveries_total",
+    "Records the stream delivered again within one run, ignored",
+)
 SKIPPED = Counter(
     "tollgate_analytics_replayed_skipped_total",
     "Redelivered records already in a durable segment",
 )
 FLUSH_SECONDS = Histogram("tollgate_analytics_segment_flush_seconds", "Time to write a segment")
 
-Ack = Callable[[], object]
+#: ``commit(topic, partition, next_offset)``: every record before ``next_offset`` is durable
+Commit = Callable[[str, int, int], Awaitable[None]]
 T = TypeVar("T")
 STORAGE_CHECK = "storage"
+MAX_SEEKS = 3
+SEEK_WAIT_S = 5.0
+_ACCEPT = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +81,6 @@ class _Segment:
     records: int = 0
     rows: dict[tuple[str, datetime], list[dict[str, object]]] = field(default_factory=dict)
     tables: dict[str, dataset.Table] = field(default_factory=dict)
-    acks: list[Ack] = field(default_factory=list)
 
 
 class ParquetSink:
@@ -80,6 +89,7 @@ class ParquetSink:
         store: ObjectStore,
         settings: SinkSettings,
         health: Health,
+        commit: Commit,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -87,6 +97,9 @@ class ParquetSink:
         self._settings = settings
         self._health = health
         self._clock = clock
+        self._commit = commit
+        self._expected: dict[tuple[str, int], int] = {}
+        self._seeks: dict[tuple[str, int], tuple[int, int, float]] = {}
         self._open: dict[tuple[str, int], _Segment] = {}
         self._markers: dict[tuple[str, int], list[tuple[int, int]]] = {}
         self._lock = asyncio.Lock()
@@ -114,12 +127,28 @@ class ParquetSink:
         row: dataset.Row | None,
         *,
         size: int,
-        ack: Ack,
-    ) -> None:
+    ) -> int | None:
         """Take record ``offset`` of ``topic``/``partition``; ``row`` None for a record that
-        holds no row (dead-lettered): it is still acknowledged only with its segment."""
+        holds no row (dead-lettered). Returns an offset to seek the partition back to when
+        the stream skipped records, else None.
+
+        The stream must hand over each partition's records in offset order. A record already
+        seen is ignored. When records are missing before ``offset``, the record is refused
+        and the caller seeks back to the first missing one; a gap still there after a few
+        seeks is a real one (records deleted by retention) and is accepted.
+        """
         async with self._lock:
             key = (topic, partition)
+            expected = self._expected.get(key)
+            if expected is not None and offset < expected:
+                DUPLICATES.inc()
+                return None
+            if expected is not None and offset > expected:
+                seek = self._seek_back(key, expected, offset)
+                if seek is not _ACCEPT:
+                    return seek
+            self._seeks.pop(key, None)
+            self._expected[key] = offset + 1
             segment = self._open.get(key)
             if (
                 segment is not None
@@ -132,12 +161,10 @@ class ParquetSink:
                 segment = await self._open_segment(topic, partition, offset)
                 if segment is None:
                     SKIPPED.inc()
-                    ack()
-                    return
+                    return None
             segment.last = offset
             segment.records += 1
             segment.size += size
-            segment.acks.append(ack)
             if row is not None:
                 segment.tables[row.table.name] = row.table
                 segment.rows.setdefault((row.table.name, row.hour), []).append(row.values)
@@ -149,6 +176,26 @@ class ParquetSink:
                 or segment.records >= self._settings.max_records
             ):
                 await self._flush(key)
+            return None
+
+    def _seek_back(self, key: tuple[str, int], expected: int, offset: int) -> int | None:
+        """Ask for a seek back to ``expected`` (again after ``SEEK_WAIT_S``, at most
+        ``MAX_SEEKS`` times); records that arrive meanwhile were buffered before the seek."""
+        now = self._clock()
+        previous = self._seeks.get(key)
+        count, at = (
+            (previous[1], previous[2]) if previous and previous[0] == expected else (0, None)
+        )
+        if count < MAX_SEEKS:
+            if at is None or now - at >= SEEK_WAIT_S:
+                self._seeks[key] = (expected, count + 1, now)
+                logger.warning(
+                    "%s/%d: got offset %d, expected %d; seeking back", *key, offset, expected
+                )
+                return expected
+            return None
+        logger.warning("%s/%d: offsets %d..%d are gone; moving on", *key, expected, offset - 1)
+        return _ACCEPT
 
     async def flush_due(self) -> None:
         """Roll the segments older than ``max_age_s`` (called by a timer)."""
@@ -169,9 +216,12 @@ class ParquetSink:
                     await self._flush(key)
 
     def discard(self, topic: str, partition: int) -> None:
-        """Forget a revoked partition: its unacknowledged records go to the next owner."""
-        self._open.pop((topic, partition), None)
-        self._markers.pop((topic, partition), None)
+        """Forget a revoked partition: its uncommitted records go to the next owner."""
+        key = (topic, partition)
+        self._open.pop(key, None)
+        self._markers.pop(key, None)
+        self._expected.pop(key, None)
+        self._seeks.pop(key, None)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -227,8 +277,7 @@ class ParquetSink:
                 segment.last,
                 len(files),
             )
-        for ack in segment.acks:
-            ack()
+        await self._commit(segment.topic, segment.partition, segment.last + 1)
 
     async def _write(self, path: str, data: bytes) -> None:
         await self._retrying(f"write {path}", lambda: self._store.put(path, data))
