@@ -199,3 +199,39 @@ async def test_the_local_store_translates_disk_errors(tmp_path: Path) -> None:
     await good.put("logs/year=2026/x.parquet", b"again")
     assert await good.list_keys("logs/") == ["logs/year=2026/x.parquet"]
     assert (tmp_path / "dataset/logs/year=2026/x.parquet").read_bytes() == b"again"
+
+
+async def test_a_restart_that_resumes_past_the_durable_end_seeks_back(
+    make_request: Callable[..., Any],
+) -> None:
+    store = MemoryStore()
+    await Harness(store, make_request).feed(range(5))  # 0..4 durable, committed 5
+    again = Harness(store, make_request)
+    # the stream's first record after the start is 6: offset 5 was dropped on the way
+    assert await again.feed([6]) == [5]
+    assert await again.feed([5, 6, 7, 8, 9]) == [None] * 5
+    assert rows_in(store) == list(range(10))
+    assert again.commits == [10]
+
+
+async def test_a_rewind_before_the_open_segment_starts_it_over(
+    make_request: Callable[..., Any],
+) -> None:
+    store = MemoryStore()
+    h = Harness(store, make_request)
+    await h.feed(range(7))  # 0..4 written, 5..6 open
+    # a seek to the committed offset 3 (say after a rebalance) replays 3..
+    await h.feed(range(3, 10))
+    assert rows_in(store) == list(range(10))
+    assert h.commits == [5, 10]
+
+
+async def test_a_segment_of_dead_letters_only_leaves_a_marker(
+    make_request: Callable[..., Any],
+) -> None:
+    store = MemoryStore()
+    h = Harness(store, make_request, max_records=2)
+    for offset in (0, 1):
+        await h.sink.add(TOPIC, 0, offset, None, size=10)
+    assert h.commits == [2]
+    assert list(store.objects) == [dataset.marker_key(TOPIC, 0, 0, 1)]

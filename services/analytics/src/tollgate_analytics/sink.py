@@ -139,11 +139,23 @@ class ParquetSink:
         """
         async with self._lock:
             key = (topic, partition)
+            markers = await self._load_markers(topic, partition)
             expected = self._expected.get(key)
+            if expected is None and markers:
+                # first record since start or assignment: the stream must resume at or
+                # before the end of the last durable segment
+                expected = max(last for _, last in markers) + 1
+                if offset <= expected:
+                    expected = None
             if expected is not None and offset < expected:
-                DUPLICATES.inc()
-                return None
-            if expected is not None and offset > expected:
+                segment = self._open.get(key)
+                if segment is not None and offset >= segment.first:
+                    DUPLICATES.inc()
+                    return None
+                # the stream went back before the open segment (a seek to the committed
+                # offset): drop the segment, its records come again
+                self._open.pop(key, None)
+            elif expected is not None and offset > expected:
                 seek = self._seek_back(key, expected, offset)
                 if seek is not _ACCEPT:
                     return seek
@@ -232,12 +244,16 @@ class ParquetSink:
 
     # --- internals ------------------------------------------------------------------------
 
-    async def _open_segment(self, topic: str, partition: int, offset: int) -> _Segment | None:
+    async def _load_markers(self, topic: str, partition: int) -> list[tuple[int, int]]:
         key = (topic, partition)
         if key not in self._markers:
             prefix = dataset.marker_prefix(topic, partition)
             keys = await self._retrying(f"list {prefix}", lambda: self._store.list_keys(prefix))
             self._markers[key] = [dataset.parse_marker(k) for k in keys]
+        return self._markers[key]
+
+    async def _open_segment(self, topic: str, partition: int, offset: int) -> _Segment | None:
+        key = (topic, partition)
         pinned: int | None = None
         for first, last in self._markers[key]:
             if first == offset:
@@ -250,20 +266,20 @@ class ParquetSink:
 
     async def _flush(self, key: tuple[str, int]) -> None:
         segment = self._open.pop(key)
-        if segment.rows:
-            started = time.perf_counter()
-            marker = dataset.marker_key(
-                segment.topic, segment.partition, segment.first, segment.last
-            )
-            name = dataset.file_name(segment.topic, segment.partition, segment.first, segment.last)
-            files = {
-                f"{dataset.partition_path(segment.tables[table], hour)}/{name}": (table, rows)
-                for (table, hour), rows in segment.rows.items()
-            }
-            if segment.pinned_last is None:
-                body = json.dumps({"files": sorted(files), "records": segment.records}).encode()
-                await self._retrying(f"write {marker}", lambda: self._store.put(marker, body))
-                self._markers.setdefault(key, []).append((segment.first, segment.last))
+        started = time.perf_counter()
+        marker = dataset.marker_key(segment.topic, segment.partition, segment.first, segment.last)
+        name = dataset.file_name(segment.topic, segment.partition, segment.first, segment.last)
+        files = {
+            f"{dataset.partition_path(segment.tables[table], hour)}/{name}": (table, rows)
+            for (table, hour), rows in segment.rows.items()
+        }
+        if segment.pinned_last is None:
+            # also for a segment without rows (all dead-lettered): the markers tell a
+            # restarted worker where the durable offsets end
+            body = json.dumps({"files": sorted(files), "records": segment.records}).encode()
+            await self._retrying(f"write {marker}", lambda: self._store.put(marker, body))
+            self._markers.setdefault(key, []).append((segment.first, segment.last))
+        if files:
             for path, (table, rows) in files.items():
                 await self._write(path, dataset.to_parquet(segment.tables[table], rows))
                 FILES.labels(table).inc()
