@@ -235,3 +235,18 @@ async def test_a_segment_of_dead_letters_only_leaves_a_marker(
         await h.sink.add(TOPIC, 0, offset, None, size=10)
     assert h.commits == [2]
     assert list(store.objects) == [dataset.marker_key(TOPIC, 0, 0, 1)]
+
+
+async def test_a_seek_whose_records_do_not_come_is_repeated(
+    make_request: Callable[..., Any],
+) -> None:
+    store = MemoryStore()
+    h = Harness(store, make_request)
+    await h.feed([0, 1])
+    assert await h.feed([3]) == [2]
+    assert h.sink.due_seeks() == []
+    h.clock.now += SEEK_WAIT_S
+    assert h.sink.due_seeks() == [(TOPIC, 0, 2)]
+    await h.feed([2, 3, 4])
+    assert h.sink.due_seeks() == []
+    assert rows_in(store) == list(range(5))

@@ -212,6 +212,8 @@ def create_app(settings: AnalyticsSettings, store: ObjectStore | None = None) ->
     @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
     async def roll_segments() -> None:
         await sink.flush_due()
+        for topic, partition, offset in sink.due_seeks():
+            await app.consumer.seek(TP(topic, partition), offset)
 
     @app.timer(interval=60.0)  # type: ignore[untyped-decorator]
     async def expire_aggregates() -> None:

@@ -209,6 +209,19 @@ class ParquetSink:
         logger.warning("%s/%d: offsets %d..%d are gone; moving on", *key, expected, offset - 1)
         return _ACCEPT
 
+    def due_seeks(self) -> list[tuple[str, int, int]]:
+        """Seeks to repeat (called by a timer): a seek is repeated when the records it asked
+        for have not come within ``SEEK_WAIT_S`` (the consumer may drop re-fetched records
+        that are behind the position it had already buffered)."""
+        now = self._clock()
+        due = []
+        for key, (expected, count, at) in list(self._seeks.items()):
+            if count < MAX_SEEKS and now - at >= SEEK_WAIT_S:
+                self._seeks[key] = (expected, count + 1, now)
+                logger.warning("%s/%d: still waiting for offset %d; seeking again", *key, expected)
+                due.append((key[0], key[1], expected))
+        return due
+
     async def flush_due(self) -> None:
         """Roll the segments older than ``max_age_s`` (called by a timer)."""
         async with self._lock:
