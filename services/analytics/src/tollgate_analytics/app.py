@@ -11,6 +11,7 @@ aggregates' changelog writes for those records are stored too (see
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -155,47 +156,55 @@ def create_app(settings: AnalyticsSettings, store: ObjectStore | None = None) ->
             )
             return None
 
-    async def to_sink(event: Any, row: dataset.Row | None) -> None:
+    async def to_sink(
+        event: Any, row: dataset.Row | None, on_accept: Callable[[], object] | None = None
+    ) -> None:
         message = event.message
         seek = await sink.add(
-            message.topic, message.partition, message.offset, row, size=len(event.value or b"")
+            message.topic,
+            message.partition,
+            message.offset,
+            row,
+            size=len(event.value or b""),
+            on_accept=on_accept,
         )
         if seek is not None:
             await app.consumer.seek(TP(message.topic, message.partition), seek)
+
+    def count(record: RequestLogV1, partition: int, offset: int) -> None:
+        """Add ``record`` to its minute's aggregates; each key keeps the last offset it
+        counted, so a record read again after a restart is not counted twice."""
+        counted = False
+        minute = aggregates.minute_of(record.finished_at)
+        for dimension, value in (("model", record.model), ("principal", record.principal)):
+            key = aggregates.table_key(minute, dimension, value, partition)
+            stored = table.get(key)
+            agg = aggregates.Aggregate.from_dict(stored) if stored else aggregates.Aggregate()
+            if agg.apply(record, offset):
+                table[key] = agg.to_dict()
+                counted = True
+        if counted:
+            metrics.observe(record)
 
     @app.agent(logs_topic)
     async def request_logs(stream: Any) -> None:
         async for event in stream.events():
             message = event.message
             record: RequestLogV1 | None = await decode_or_dead_letter(event, log_decoder)
-            row = None
-            if record is not None:
-                with tracer.start_as_current_span(
-                    f"{message.topic} process",
-                    context=h.extract_trace(h.to_dict(list((event.headers or {}).items()))),
-                    kind=SpanKind.CONSUMER,
-                    attributes={"tollgate.request_id": record.request_id},
-                ):
-                    counted = False
-                    minute = aggregates.minute_of(record.finished_at)
-                    for dimension, value in (
-                        ("model", record.model),
-                        ("principal", record.principal),
-                    ):
-                        key = aggregates.table_key(minute, dimension, value, message.partition)
-                        stored = table.get(key)
-                        agg = (
-                            aggregates.Aggregate.from_dict(stored)
-                            if stored
-                            else aggregates.Aggregate()
-                        )
-                        if agg.apply(record, message.offset):
-                            table[key] = agg.to_dict()
-                            counted = True
-                    if counted:
-                        metrics.observe(record)
-                    row = dataset.log_row(record, message.partition, message.offset)
-            await to_sink(event, row)
+            if record is None:
+                await to_sink(event, None)
+                continue
+            with tracer.start_as_current_span(
+                f"{message.topic} process",
+                context=h.extract_trace(h.to_dict(list((event.headers or {}).items()))),
+                kind=SpanKind.CONSUMER,
+                attributes={"tollgate.request_id": record.request_id},
+            ):
+                await to_sink(
+                    event,
+                    dataset.log_row(record, message.partition, message.offset),
+                    functools.partial(count, record, message.partition, message.offset),
+                )
 
     @app.agent(usage_topic)
     async def usage_records(stream: Any) -> None:

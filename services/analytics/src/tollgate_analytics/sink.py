@@ -127,10 +127,12 @@ class ParquetSink:
         row: dataset.Row | None,
         *,
         size: int,
+        on_accept: Callable[[], object] | None = None,
     ) -> int | None:
         """Take record ``offset`` of ``topic``/``partition``; ``row`` None for a record that
-        holds no row (dead-lettered). Returns an offset to seek the partition back to when
-        the stream skipped records, else None.
+        holds no row (dead-lettered); ``on_accept`` runs when the record is taken in offset
+        order (the aggregates count it then). Returns an offset to seek the partition back to
+        when the stream skipped records, else None.
 
         The stream must hand over each partition's records in offset order. A record already
         seen is ignored. When records are missing before ``offset``, the record is refused
@@ -161,6 +163,8 @@ class ParquetSink:
                     return seek
             self._seeks.pop(key, None)
             self._expected[key] = offset + 1
+            if on_accept is not None:
+                on_accept()  # in offset order, once per record (bar restarts)
             segment = self._open.get(key)
             if (
                 segment is not None
