@@ -55,7 +55,7 @@ FLUSH_SECONDS = Histogram("tollgate_analytics_segment_flush_seconds", "Time to w
 Commit = Callable[[str, int, int], Awaitable[None]]
 T = TypeVar("T")
 STORAGE_CHECK = "storage"
-MAX_SEEKS = 3
+MAX_SEEKS = 12
 SEEK_WAIT_S = 5.0
 _ACCEPT = -1
 
@@ -210,7 +210,7 @@ class ParquetSink:
                 )
                 return expected
             return None
-        logger.warning("%s/%d: offsets %d..%d are gone; moving on", *key, expected, offset - 1)
+        logger.error("%s/%d: offsets %d..%d are gone; moving on", *key, expected, offset - 1)
         return _ACCEPT
 
     def due_seeks(self) -> list[tuple[str, int, int]]:
