@@ -64,6 +64,7 @@ def stack(
 ) -> Iterator[Stack]:
     run_prepare(kafka_broker.bootstrap_servers, embedded_postgres.url)
     log_dir = Path(tmp_path_factory.mktemp("stack-logs"))
+    analytics_dir = Path(tmp_path_factory.mktemp("analytics"))
     stack = Stack(
         bootstrap_servers=kafka_broker.bootstrap_servers,
         database_url=embedded_postgres.url,
@@ -78,6 +79,9 @@ def stack(
             "TOLLGATE_ROUTER_COALESCE_DELAY_MS": "0",
             "TOLLGATE_ROUTER_ADMIN_TOKEN": "e2e-admin-token",
             "TOLLGATE_LOG_FORMAT": "json",
+            "TOLLGATE_ANALYTICS_DATA_DIR": str(analytics_dir / "dataset"),
+            "TOLLGATE_ANALYTICS_STATE_DIR": str(analytics_dir / "state"),
+            "TOLLGATE_ANALYTICS_ROLL_MAX_AGE_S": "1",
             "TOLLGATE_METER_ADMIN_TOKEN": METER_ADMIN_TOKEN,
             **dev_auth_env(Path(__file__).parents[1]),
         },

@@ -1,0 +1,12 @@
+-- Athena: parameters are year, month, day (integers) of one UTC day, in that order, e.g.
+-- aws athena start-query-execution --query-string file://usage-by-group.sql \
+--   --execution-parameters 2026 11 22 --query-execution-context Database=tollgate ...
+-- The partition predicate prunes the scan to that day.
+SELECT grp AS "group", count(*) AS requests,
+       sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
+       sum(cost_usd) AS cost_usd
+FROM tollgate.logs
+CROSS JOIN UNNEST(IF(cardinality(groups) = 0, ARRAY['(none)'], groups)) AS g (grp)
+WHERE year = ? AND month = ? AND day = ?
+GROUP BY grp
+ORDER BY sum(input_tokens + output_tokens) DESC, grp;

@@ -1,0 +1,136 @@
+"""SQL and canned reports over a dataset the sink wrote: the CLI's table, CSV and JSON, and
+the Athena versions of the same reports."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tollgate_analytics import cli, dataset, reports
+from tollgate_analytics.adapters.storage import LocalStore
+from tollgate_analytics.query import Catalog, QueryError
+from tollgate_analytics.sink import ParquetSink, SinkSettings
+from tollgate_core.health import Health
+
+NOW = datetime.now(UTC)
+
+
+@pytest.fixture
+async def written(tmp_path: Path, make_request: Callable[..., Any]) -> tuple[Path, list[Any]]:
+    root = tmp_path / "dataset"
+
+    async def commit(topic: str, partition: int, offset: int) -> None:
+        pass
+
+    sink = ParquetSink(LocalStore(root), SinkSettings(max_records=8), Health(), commit)
+    pairs = [
+        make_request(i, finished_at=NOW - timedelta(days=1) if i >= 25 else NOW) for i in range(30)
+    ]
+    for offset, (log, usage) in enumerate(pairs):
+        await sink.add("tollgate.logs", 0, offset, dataset.log_row(log, 0, offset), size=1)
+        await sink.add("tollgate.usage", 0, offset, dataset.usage_row(usage, 0, offset), size=1)
+    await sink.flush_all()
+    return root, pairs
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    assert cli.run(list(argv)) == 0
+    return capsys.readouterr().out
+
+
+async def test_report_today_shows_users_models_and_latency(
+    written: tuple[Path, list[Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, pairs = written
+    today = [log for log, _ in pairs if log.finished_at.date() == NOW.date()]
+    out = run(capsys, "report", "today", "--data", str(root))
+    assert "Tokens and cost by user and day" in out
+    assert "Tokens and cost by model" in out
+    assert "latency percentiles by model" in out
+    for log in today:
+        assert log.principal in out and log.model in out
+
+    by_user = json.loads(
+        run(capsys, "report", "usage-by-principal", "--data", str(root), "--format", "json")
+    )
+    for principal in {log.principal for log in today}:
+        [row] = [r for r in by_user if r["principal"] == principal]
+        mine = [log for log in today if log.principal == principal]
+        assert row["requests"] == len(mine)
+        assert row["input_tokens"] == sum(log.input_tokens for log in mine)
+        assert row["output_tokens"] == sum(log.output_tokens for log in mine)
+
+    latency = list(
+        csv.DictReader(
+            io.StringIO(
+                run(capsys, "report", "latency-by-model", "--data", str(root), "--format", "csv")
+            )
+        )
+    )
+    assert {r["model"] for r in latency} == {log.model for log in today}
+    for row in latency:
+        assert float(row["latency_p50"]) <= float(row["latency_p95"]) <= float(row["latency_p99"])
+
+
+async def test_every_canned_report_runs_and_two_days_include_yesterday(
+    written: tuple[Path, list[Any]],
+) -> None:
+    root, pairs = written
+    catalog = Catalog(str(root))
+    for report in reports.REPORTS.values():
+        catalog.query(report.sql, reports.window(None))
+    two_days = catalog.query(reports.REPORTS["usage-by-day"].sql, reports.window(None, 2))
+    assert sum(r["requests"] for r in two_days.records()) == len(pairs)
+    errors = catalog.query(reports.REPORTS["error-rates"].sql, reports.window(None, 2)).records()
+    assert sum(r["errors"] for r in errors) == sum(1 for log, _ in pairs if log.status != "ok")
+    cache = catalog.query(reports.REPORTS["cache-savings"].sql, reports.window(None, 2)).records()
+    assert sum(r["cache_hits"] for r in cache) == sum(1 for log, _ in pairs if log.cache_hit)
+
+
+async def test_query_command_and_errors(
+    written: tuple[Path, list[Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, pairs = written
+    out = run(capsys, "query", "SELECT count(*) AS n FROM usage WHERE day > 0", "--data", str(root))
+    assert out.split("\n")[2].strip() == str(len(pairs))
+    assert cli.run(["query", "SELECT nope FROM usage", "--data", str(root)]) == 2
+    assert "error: query failed" in capsys.readouterr().err
+    with pytest.raises(QueryError):
+        Catalog(str(root)).query("DROP TABLE logs")
+
+
+def test_an_empty_dataset_answers_with_no_rows(tmp_path: Path) -> None:
+    result = Catalog(str(tmp_path / "nothing")).query("SELECT count(*) FROM logs")
+    assert result.rows == [(0,)]
+
+
+def test_each_report_has_an_athena_version() -> None:
+    folder = resources.files("tollgate_analytics") / "aws" / "reports"
+    for name in reports.REPORTS:
+        sql = (folder / f"{name}.sql").read_text()
+        assert "FROM tollgate.logs" in sql
+        assert "year = ? AND month = ? AND day = ?" in sql
+    ddl = (resources.files("tollgate_analytics") / "aws" / "tables.sql").read_text()
+    assert ddl.count("'projection.enabled'          = 'true'") == 2
+
+
+def test_sql_cannot_reach_files_or_change_settings(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.csv"
+    secret.write_text("a\n1\n")
+    catalog = Catalog(str(tmp_path / "dataset"))
+    for sql in (
+        f"SELECT * FROM read_csv('{secret}')",  # noqa: S608
+        f"COPY (SELECT 1) TO '{tmp_path / 'out.csv'}'",
+        "SET enable_external_access = true",
+    ):
+        with pytest.raises(QueryError):
+            catalog.query(sql)
+    assert not (tmp_path / "out.csv").exists()
