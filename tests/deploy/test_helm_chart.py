@@ -163,6 +163,18 @@ def test_the_model_catalog_is_mounted_for_the_router() -> None:
         kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
 
 
+def test_analytics_writes_to_s3_when_given_a_bucket() -> None:
+    env = env_of(
+        by_kind(render({**DEV_DB, "analytics": {"s3Bucket": "gw-data"}}), "Deployment")[
+            "gw-tollgate-analytics"
+        ]
+    )
+    assert env["TOLLGATE_ANALYTICS_S3_BUCKET"] == "gw-data"
+    assert env["TOLLGATE_ANALYTICS_STATE_DIR"] == "/var/lib/tollgate/analytics-state"
+    default = env_of(by_kind(render(DEV_DB), "Deployment")["gw-tollgate-analytics"])
+    assert "TOLLGATE_ANALYTICS_S3_BUCKET" not in default
+
+
 def test_topics_are_created_by_a_hook_job_or_as_strimzi_resources() -> None:
     [job] = by_kind(render(DEV_DB), "Job").values()
     assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"

@@ -169,6 +169,18 @@ env:
 {{- if eq $name "analytics" }}
   - name: TOLLGATE_ANALYTICS_DATA_DIR
     value: /var/lib/tollgate/analytics
+  - name: TOLLGATE_ANALYTICS_STATE_DIR
+    value: /var/lib/tollgate/analytics-state
+{{- with $root.Values.analytics }}
+{{- if .s3Bucket }}
+  - name: TOLLGATE_ANALYTICS_S3_BUCKET
+    value: {{ .s3Bucket | quote }}
+  - name: TOLLGATE_ANALYTICS_S3_PREFIX
+    value: {{ .s3Prefix | quote }}
+  - name: TOLLGATE_ANALYTICS_S3_REGION
+    value: {{ .s3Region | quote }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- range $key, $value := $spec.env }}
   - name: {{ $key }}
