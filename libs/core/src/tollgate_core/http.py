@@ -7,17 +7,34 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Generator, Sequence
+from typing import TypeVar
 
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from tollgate_core.errors import RequestError
 from tollgate_core.health import Health
 
 logger = logging.getLogger(__name__)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def parse_body(request: Request, model: type[M]) -> M:
+    """The request's JSON body as ``model``, or a :class:`RequestError` (400) naming the
+    first field that is wrong."""
+    try:
+        return model.model_validate_json(await request.body())
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise RequestError(f"{where}: {first['msg']}") from exc
 
 
 def ops_routes(health: Health) -> list[BaseRoute]:

@@ -10,9 +10,25 @@ import random
 import signal
 from collections.abc import Awaitable, Callable
 
+from tollgate_core import telemetry
 from tollgate_core.health import Health
+from tollgate_core.settings import TelemetrySettings
 
 logger = logging.getLogger(__name__)
+
+
+def run_service(
+    service: str,
+    telemetry_settings: TelemetrySettings,
+    main: Callable[[asyncio.Event], Awaitable[None]],
+) -> None:
+    """A service's whole process: logging and tracing set up, ``main`` run until SIGTERM or
+    SIGINT, traces flushed on the way out."""
+    tel = telemetry.setup(telemetry_settings, service)
+    try:
+        run(main)
+    finally:
+        tel.shutdown()
 
 
 def run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:

@@ -14,6 +14,11 @@ from pythonjsonlogger.json import JsonFormatter
 
 from tollgate_core.settings import TelemetrySettings
 
+#: Histogram buckets (seconds) shared by every service that reports model latency, so the
+#: router's and the analytics job's histograms can be compared and summed.
+TIME_TO_FIRST_TOKEN_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
+REQUEST_LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
+
 
 class _TraceContextFilter(logging.Filter):
     """Adds the current trace and span ids to every log record."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Histogram
 
 from tollgate_core.contracts import RequestLogV1
+from tollgate_core.telemetry import REQUEST_LATENCY_BUCKETS, TIME_TO_FIRST_TOKEN_BUCKETS
 
 REQUESTS = Counter(
     "tollgate_analytics_requests_total", "Requests by model and status", ["model", "status"]
@@ -23,13 +24,13 @@ TTFT = Histogram(
     "tollgate_analytics_time_to_first_token_seconds",
     "Time to first token by model",
     ["model"],
-    buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+    buckets=TIME_TO_FIRST_TOKEN_BUCKETS,
 )
 LATENCY = Histogram(
     "tollgate_analytics_latency_seconds",
     "Total latency by model",
     ["model"],
-    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120),
+    buckets=REQUEST_LATENCY_BUCKETS,
 )
 
 

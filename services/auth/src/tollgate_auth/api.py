@@ -8,7 +8,7 @@ import re
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -20,6 +20,7 @@ from tollgate_auth.policy import GroupPolicyModel, Policy
 from tollgate_auth.service import Audit, Authorizer
 from tollgate_core.contracts import AuditEventV1, utcnow
 from tollgate_core.errors import TollgateError
+from tollgate_core.http import parse_body
 
 _NAME = re.compile(r"^[A-Za-z0-9._:@+-]{1,128}$")
 
@@ -30,20 +31,6 @@ def error(status: int, error_type: str, message: str) -> Response:
 
 def _from(exc: TollgateError) -> Response:
     return error(exc.http_status, exc.error_type, exc.message)
-
-
-async def _body(request: Request, model: type[BaseModel]) -> Any:
-    try:
-        return model.model_validate_json(await request.body())
-    except ValidationError as exc:
-        first = exc.errors(include_url=False, include_input=False)[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise _BadRequest(f"{where}: {first['msg']}") from exc
-
-
-class _BadRequest(TollgateError):
-    error_type = "validation_error"
-    http_status = 400
 
 
 class AuthorizeRequest(BaseModel):
@@ -122,7 +109,7 @@ class Api:
     # --- decisions -----------------------------------------------------------------------
 
     async def authorize(self, request: Request) -> Response:
-        body: AuthorizeRequest = await _body(request, AuthorizeRequest)
+        body: AuthorizeRequest = await parse_body(request, AuthorizeRequest)
         decision = await self._authorizer.authorize(
             body.headers, operation=body.operation, channel=body.channel, model=body.model
         )
@@ -161,7 +148,7 @@ class Api:
 
     async def create_key(self, request: Request) -> Response:
         await self._authorizer.admin(dict(request.headers))
-        body: CreateKeyRequest = await _body(request, CreateKeyRequest)
+        body: CreateKeyRequest = await parse_body(request, CreateKeyRequest)
         secret, record = await self._keys.create(
             body.principal, body.groups, name=body.name, expires_at=body.expiry()
         )
@@ -192,7 +179,7 @@ class Api:
         if not _NAME.match(group):
             return error(400, "validation_error", "group names are 1-128 of [A-Za-z0-9._:@+-]")
         event = await self._admin_event(request, "policy.update", group)
-        body: GroupPolicyModel = await _body(request, GroupPolicyModel)
+        body: GroupPolicyModel = await parse_body(request, GroupPolicyModel)
         await self._policy.store.put(group, body.to_domain())
         await self._audit.record(event)
         return JSONResponse({group: _policy_json(body.to_domain())})
@@ -210,7 +197,7 @@ class Api:
     async def dev_token(self, request: Request) -> Response:
         if self._dev_idp is None:  # pragma: no cover - the route is not mounted then
             return error(404, "not_found", "the development IdP is off")
-        body: DevTokenRequest = await _body(request, DevTokenRequest)
+        body: DevTokenRequest = await parse_body(request, DevTokenRequest)
         tokens = self._dev_idp.issue(
             body.sub, body.groups, expires_in=body.expires_in, not_before_in=body.not_before_in
         )

@@ -11,11 +11,11 @@ import httpx
 from tollgate_auth.adapters.postgres import PostgresApiKeyStore, PostgresPolicyStore
 from tollgate_auth.app import build, create_app
 from tollgate_auth.settings import AuthSettings
-from tollgate_core import db, telemetry
+from tollgate_core import db
 from tollgate_core.bus import EventProducer
 from tollgate_core.health import Health
 from tollgate_core.http import HttpServer
-from tollgate_core.runtime import run, start_with_retry
+from tollgate_core.runtime import run_service, start_with_retry
 
 logger = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -61,8 +61,4 @@ async def serve(settings: AuthSettings, stop: asyncio.Event) -> None:
 
 def main() -> None:
     settings = AuthSettings()
-    tel = telemetry.setup(settings.telemetry, "auth")
-    try:
-        run(lambda stop: serve(settings, stop))
-    finally:
-        tel.shutdown()
+    run_service("auth", settings.telemetry, lambda stop: serve(settings, stop))

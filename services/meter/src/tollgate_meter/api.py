@@ -8,19 +8,18 @@ import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import httpx
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from tollgate_core.errors import DependencyUnavailable, TollgateError
+from tollgate_core.http import parse_body
 from tollgate_meter.adapters.ledger import PostgresLedger, UsageReport
 from tollgate_meter.limits import DIMENSIONS, TierSpec, WindowSpec, WindowUsage
-
-M = TypeVar("M", bound=BaseModel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +187,7 @@ class UsageApi:
 
     async def put_tier(self, request: Request) -> Response:
         await self._admin(request)
-        spec = await _parse(request, TierSpec)
+        spec = await parse_body(request, TierSpec)
         await self._ledger.set_tier(request.path_params["name"], spec)
         return JSONResponse(json.loads(spec.model_dump_json(exclude_none=True)))
 
@@ -204,20 +203,6 @@ class UsageApi:
 
     async def put_principal(self, request: Request) -> Response:
         await self._admin(request)
-        body = await _parse(request, PrincipalLimits)
+        body = await parse_body(request, PrincipalLimits)
         await self._ledger.set_principal(request.path_params["principal"], body.tier, body.windows)
         return JSONResponse(json.loads(body.model_dump_json()))
-
-
-class _BadRequest(TollgateError):
-    error_type = "validation_error"
-    http_status = 400
-
-
-async def _parse(request: Request, model: type[M]) -> M:
-    try:
-        return model.model_validate_json(await request.body())
-    except ValidationError as exc:
-        first = exc.errors(include_url=False, include_input=False)[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise _BadRequest(f"{where}: {first['msg']}") from exc

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import httpx
 
-from tollgate_core import db, telemetry, topics
+from tollgate_core import db, topics
 from tollgate_core.bus import Decoder, EventConsumer, EventProducer
 from tollgate_core.contracts import ChatRequestV1, UsageRecordV1
 from tollgate_core.health import Health
 from tollgate_core.http import HttpServer, ops_app
-from tollgate_core.runtime import run, start_with_retry
+from tollgate_core.runtime import run_service, start_with_retry
 from tollgate_meter.adapters.ledger import PostgresLedger
 from tollgate_meter.api import AuthServiceIdentity, UsageApi
 from tollgate_meter.handlers import AdmissionHandler, SettlementHandler
@@ -113,8 +113,4 @@ async def serve(settings: MeterSettings, stop: asyncio.Event) -> None:
 
 def main() -> None:
     settings = MeterSettings()
-    tel = telemetry.setup(settings.telemetry, "meter")
-    try:
-        run(lambda stop: serve(settings, stop))
-    finally:
-        tel.shutdown()
+    run_service("meter", settings.telemetry, lambda stop: serve(settings, stop))

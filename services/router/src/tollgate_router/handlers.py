@@ -37,6 +37,7 @@ from tollgate_core.contracts import (
     utcnow,
 )
 from tollgate_core.errors import TollgateError
+from tollgate_core.telemetry import REQUEST_LATENCY_BUCKETS, TIME_TO_FIRST_TOKEN_BUCKETS
 from tollgate_router.catalog import CatalogSource, ModelSpec
 from tollgate_router.errors import ModelNotAllowed, ModelNotFound, ProviderError
 from tollgate_router.journal import InMemoryJournal, RequestJournal
@@ -64,13 +65,13 @@ TTFT = Histogram(
     "tollgate_router_time_to_first_token_seconds",
     "Time to first token",
     ["model"],
-    buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+    buckets=TIME_TO_FIRST_TOKEN_BUCKETS,
 )
 LATENCY = Histogram(
     "tollgate_router_request_seconds",
     "Total request latency",
     ["model"],
-    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120),
+    buckets=REQUEST_LATENCY_BUCKETS,
 )
 
 

@@ -9,13 +9,13 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-from tollgate_core import db, telemetry, topics
+from tollgate_core import db, topics
 from tollgate_core.bus import Decoder, EventConsumer, EventProducer
 from tollgate_core.contracts import AdmissionV1, utcnow
 from tollgate_core.errors import TollgateError
 from tollgate_core.health import Health
 from tollgate_core.http import HttpServer, ops_app
-from tollgate_core.runtime import run, start_with_retry
+from tollgate_core.runtime import run_service, start_with_retry
 from tollgate_router.adapters.postgres import PostgresJournal, PostgresPreparedStore
 from tollgate_router.api import admin_routes, models_route
 from tollgate_router.catalog import CatalogSource, local_catalog
@@ -170,8 +170,4 @@ async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
 
 def main() -> None:
     settings = RouterSettings()
-    tel = telemetry.setup(settings.telemetry, "router")
-    try:
-        run(lambda stop: serve(settings, stop))
-    finally:
-        tel.shutdown()
+    run_service("router", settings.telemetry, lambda stop: serve(settings, stop))

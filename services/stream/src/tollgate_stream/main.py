@@ -9,13 +9,13 @@ import logging
 import botocore.session
 import httpx
 
-from tollgate_core import telemetry, topics
+from tollgate_core import topics
 from tollgate_core.bus import Decoder, EventConsumer, EventProducer
 from tollgate_core.contracts import REPLY_SCHEMA, ReplyV1
 from tollgate_core.errors import ConfigurationError, DependencyUnavailable
 from tollgate_core.health import Health
 from tollgate_core.http import HttpServer
-from tollgate_core.runtime import run, start_with_retry
+from tollgate_core.runtime import run_service, start_with_retry
 from tollgate_stream.app import create_app
 from tollgate_stream.bridge.auth import ApiKeyAuth, IamAuth, RemoteAuth
 from tollgate_stream.bridge.remote import InboundBridge, RemoteChannels
@@ -205,12 +205,5 @@ async def _serve(settings: StreamSettings, stop: asyncio.Event, authorizer: Auth
 
 def main() -> None:
     settings = StreamSettings()
-    tel = telemetry.setup(settings.telemetry, "stream")
-    try:
-        run(
-            lambda stop: (
-                relay(settings, stop) if settings.mode == "relay" else serve(settings, stop)
-            )
-        )
-    finally:
-        tel.shutdown()
+    entry = relay if settings.mode == "relay" else serve
+    run_service("stream", settings.telemetry, lambda stop: entry(settings, stop))
