@@ -7,11 +7,9 @@ import asyncio
 import httpx
 import openai
 import pytest
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.appsync_client import dev_token
-from tollgate_core.settings import DatabaseSettings
+from tests.ledger import wait_settled
 from tollgate_dev.platform import EmbeddedPostgres
 from tollgate_dev.stack import Stack
 
@@ -22,28 +20,6 @@ async def sdk(stack: Stack, principal: str, groups: tuple[str, ...] = ()) -> ope
     """The SDK with a development IdP token for ``principal`` as its API key."""
     token = await dev_token(stack.url("auth"), principal, groups)
     return openai.AsyncOpenAI(api_key=token, base_url=f"{stack.url('stream')}/v1", max_retries=0)
-
-
-async def settled(database_url: str, request_id: str) -> tuple[str, int, int, str]:
-    engine = create_async_engine(DatabaseSettings(database_url=database_url).async_url)  # type: ignore[arg-type]
-    try:
-        async with asyncio.timeout(20):
-            while True:
-                async with engine.connect() as conn:
-                    row = (
-                        await conn.execute(
-                            text(
-                                "SELECT status, input_tokens, output_tokens, principal "
-                                "FROM meter.reservations WHERE request_id = :r"
-                            ),
-                            {"r": request_id},
-                        )
-                    ).first()
-                if row is not None and row.status == "settled":
-                    return (row.status, row.input_tokens, row.output_tokens, row.principal)
-                await asyncio.sleep(0.1)
-    finally:
-        await engine.dispose()
 
 
 async def waiting_requests(stack: Stack) -> float:
@@ -74,7 +50,7 @@ async def test_sdk_streams_a_reply_with_usage(
     assert chunks[-1].choices == [] and usage is not None
     assert usage.completion_tokens == 12 and usage.prompt_tokens > 0
     request_id = chunks[0].id.removeprefix("chatcmpl-")
-    assert await settled(embedded_postgres.url, request_id) == (
+    assert await wait_settled(embedded_postgres.url, request_id) == (
         "settled",
         usage.prompt_tokens,
         usage.completion_tokens,
@@ -139,7 +115,7 @@ async def test_a_client_leaving_mid_stream_is_still_metered(
         async for line in lines:
             if '"content":"' in line and '"content":""' not in line:
                 break  # one real token seen: hang up
-    status, _, output_tokens, principal = await settled(embedded_postgres.url, request_id)
+    status, _, output_tokens, principal = await wait_settled(embedded_postgres.url, request_id)
     assert (status, output_tokens, principal) == ("settled", 12, "hank")
     async with asyncio.timeout(10):
         while await waiting_requests(stack):

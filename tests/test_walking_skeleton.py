@@ -8,12 +8,10 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.appsync_client import AppSyncSocket, chat_event, connect, dev_token
 from tests.conftest import SpanLog
-from tollgate_core.settings import DatabaseSettings
+from tests.ledger import wait_settled
 from tollgate_dev.platform import EmbeddedPostgres
 from tollgate_dev.stack import Stack
 
@@ -119,25 +117,7 @@ async def test_the_meter_ledger_settles_the_request(
         request_id = response.json()["successful"][0]["identifier"]
         events = await collect_answer(socket, "s")
     usage = events[-1]["metadata"]["usage"]
-    engine = create_async_engine(DatabaseSettings(database_url=embedded_postgres.url).async_url)  # type: ignore[arg-type]
-    try:
-        async with asyncio.timeout(15):
-            while True:
-                async with engine.connect() as conn:
-                    row = (
-                        await conn.execute(
-                            text(
-                                "SELECT status, input_tokens, output_tokens, principal "
-                                "FROM meter.reservations WHERE request_id = :r"
-                            ),
-                            {"r": request_id},
-                        )
-                    ).first()
-                if row is not None and row.status == "settled":
-                    break
-                await asyncio.sleep(0.1)
-    finally:
-        await engine.dispose()
+    row = await wait_settled(embedded_postgres.url, request_id, timeout=15)
     assert (row.input_tokens, row.output_tokens) == (usage["inputTokens"], usage["outputTokens"])
     assert row.principal == "carol"
 
