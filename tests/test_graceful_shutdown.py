@@ -44,9 +44,17 @@ def consumed(metrics: str) -> float:
 async def offsets(
     kafka_settings: KafkaSettings, group: str
 ) -> tuple[dict[int, int], dict[int, int]]:
-    """The group's committed offsets and the end offsets of tollgate.requests."""
+    """The group's committed offsets and the end offsets of tollgate.requests.
+
+    The ends are the high watermarks that fetch responses carry, not ListOffsets: Tansu 0.6
+    answers ListOffsets(latest) with the last batch's base offset + 1, which falls short of
+    the end whenever the last batch holds more than one record.
+    """
     reader = AIOKafkaConsumer(
-        group_id=group, enable_auto_commit=False, **kafka_settings.client_kwargs()
+        group_id=group,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=5,
+        **kafka_settings.client_kwargs(),
     )
     await reader.start()
     try:
@@ -55,7 +63,12 @@ async def offsets(
             for p in reader.partitions_for_topic(topics.REQUESTS) or set()
         ]
         committed = {tp.partition: (await reader.committed(tp)) or 0 for tp in tps}
-        ends = {tp.partition: off for tp, off in (await reader.end_offsets(tps)).items()}
+        reader.assign(tps)
+        await reader.seek_to_end(*tps)
+        async with asyncio.timeout(30):
+            while any(reader.highwater(tp) is None for tp in tps):
+                await reader.getmany(*tps, timeout_ms=50)
+        ends = {tp.partition: int(reader.highwater(tp)) for tp in tps}
         return committed, ends
     finally:
         await reader.stop()
