@@ -39,7 +39,7 @@ def wait_for_port(
 
 
 def stop_process(process: subprocess.Popen[bytes], *, timeout: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL after ``timeout``; the process group too when it has its own."""
+    """SIGTERM, then SIGKILL after ``timeout``."""
     if process.poll() is not None:
         return
     process.send_signal(signal.SIGTERM)
@@ -86,7 +86,11 @@ class TansuBroker:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # a terminal's Ctrl-C must not stop Kafka first
             )
-        wait_for_port(self.port, process=self._process)
+        try:
+            wait_for_port(self.port, process=self._process)
+        except BaseException:
+            self.stop()  # interrupted or failed start-up leaves no broker behind
+            raise
         logger.info("Tansu broker on %s", self.bootstrap_servers)
         return self
 

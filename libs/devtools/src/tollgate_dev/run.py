@@ -56,14 +56,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--root", type=Path, default=Path.cwd(), help="repository root")
     parser.add_argument("--kafka-port", type=int, default=9092)
+    parser.add_argument(
+        "--state-dir", type=Path, default=None, help="logs and embedded Postgres (ROOT/var)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="tollgate-dev | %(message)s")
     for noisy in ("httpx", "pgserver", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     settings = DevSettings()
     started = time.monotonic()
-    var = args.root / "var"
-    var.mkdir(exist_ok=True)
+    var: Path = args.state_dir or args.root / "var"
+    var.mkdir(parents=True, exist_ok=True)
 
     broker: TansuBroker | None = None
     postgres: EmbeddedPostgres | None = None
@@ -75,12 +78,15 @@ def main() -> None:
     try:
         bootstrap = settings.kafka_bootstrap_servers
         if bootstrap is None:
-            broker = TansuBroker(args.kafka_port, log_path=var / "tansu.log").start()
+            # bound before start(), so an interrupted start-up is still cleaned up
+            broker = TansuBroker(args.kafka_port, log_path=var / "tansu.log")
+            broker.start()
             bootstrap = broker.bootstrap_servers
         logger.info("Kafka: %s%s", bootstrap, " (embedded Tansu)" if broker else "")
         database_url = settings.database_url
         if database_url is None:
-            postgres = EmbeddedPostgres(var / "postgres").start()
+            postgres = EmbeddedPostgres(var / "postgres")
+            postgres.start()
             database_url = postgres.url
         logger.info(
             "Postgres: %s%s", database_url.split("@")[-1], " (embedded)" if postgres else ""

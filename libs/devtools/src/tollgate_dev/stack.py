@@ -82,15 +82,18 @@ def wait_ready(
     timeout: float,
     processes: Mapping[str, subprocess.Popen[bytes]] | None = None,
 ) -> float:
-    """Poll every ``/readyz`` until all answer 200; returns the seconds it took."""
+    """Poll every ``/readyz`` until all answer 200; returns the seconds it took.
+
+    Any of ``processes`` (keyed by a name for the error) that exits first fails at once,
+    whether it is one service or a supervisor that runs them all."""
     start = time.monotonic()
     pending = dict(urls)
     with httpx.Client(timeout=1.0) as client:
         while pending:
-            for name, url in list(pending.items()):
-                process = (processes or {}).get(name)
-                if process is not None and process.poll() is not None:
+            for name, process in (processes or {}).items():
+                if process.poll() is not None:
                     raise RuntimeError(f"{name} exited with {process.returncode} during start-up")
+            for name, url in list(pending.items()):
                 with contextlib.suppress(httpx.HTTPError):
                     if client.get(f"{url}/readyz").status_code == 200:
                         del pending[name]
