@@ -41,6 +41,7 @@ CATALOG = Catalog(
             fallbacks=("tollgate-local",),
         ),
         ModelSpec(id="vip", provider="cloud", groups=("vip",)),
+        ModelSpec(id="open", provider="cloud", fallbacks=("vip", "tollgate-local")),
     ),
 )
 
@@ -171,7 +172,28 @@ async def test_a_model_outside_the_callers_groups_is_refused() -> None:
     [reply] = rig.replies()
     assert isinstance(reply, ReplyErrorV1) and reply.error.type == "model_not_allowed"
     assert rig.cloud.calls == []
-    await Rig().handler(admission("vip", groups=("vip",)))
+    allowed = Rig()
+    await allowed.handler(admission("vip", groups=("vip",)))
+    done = allowed.replies()[-1]
+    assert isinstance(done, ReplyDoneV1) and done.model == "vip"
+    assert [c.model for c in allowed.cloud.calls] == ["vip"]
+
+
+async def test_a_fallback_outside_the_callers_groups_is_skipped() -> None:
+    down = ProviderUnavailable("down")
+    # "open" fails on both tries; "vip" would answer next, "tollgate-local" after it
+    outsider = Rig(ScriptedProvider("cloud", [Step(error=down), Step(error=down), Step()]))
+    await outsider.handler(admission("open", groups=("staff",)))
+    done = outsider.replies()[-1]
+    assert isinstance(done, ReplyDoneV1) and done.model == "tollgate-local"
+    assert [c.model for c in outsider.cloud.calls] == ["open", "open"]
+    assert outsider.one_log().fallback_used
+
+    member = Rig(ScriptedProvider("cloud", [Step(error=down), Step(error=down), Step()]))
+    await member.handler(admission("open", groups=("vip",)))
+    done = member.replies()[-1]
+    assert isinstance(done, ReplyDoneV1) and done.model == "vip"
+    assert [c.model for c in member.cloud.calls] == ["open", "open", "vip"]
 
 
 async def test_a_failure_after_the_first_token_ends_with_an_error_and_settles_what_was_sent() -> (
@@ -191,7 +213,7 @@ async def test_a_failure_after_the_first_token_ends_with_an_error_and_settles_wh
     )
     log = rig.one_log()
     assert log.status == "error" and log.error_type == "provider_unavailable"
-    assert not log.fallback_used and rig.local is not None
+    assert not log.fallback_used
 
 
 async def test_retries_and_fallback_are_recorded_and_the_fallback_model_is_billed() -> None:

@@ -168,3 +168,44 @@ async def test_the_total_timeout_bounds_a_slow_but_steady_stream() -> None:
     )
     with pytest.raises(ProviderTimeout, match="total"):
         await run(r)
+
+
+async def test_a_half_open_trial_that_ends_with_no_verdict_does_not_leave_the_circuit_shut() -> (
+    None
+):
+    down, throttled = ProviderUnavailable("down"), ProviderThrottled("slow down")
+    p1 = ScriptedProvider("p1", [Step(error=down), Step(error=throttled), Step()])
+    r = ResilientRouter(
+        {"p1": p1, "p2": ScriptedProvider("p2")}.__getitem__,
+        retry=RetryPolicy(max_retries=0),
+        timeouts=Timeouts(),
+        breaker_threshold=1,
+        breaker_reset_s=0,  # half-open as soon as it opens
+        sleep=Sleeps(),
+    )
+    _, outcome = await run(r)  # fails: the circuit opens
+    assert outcome.model.id == "backup" and r.breaker("p1").state == "half_open"
+    _, outcome = await run(r)  # the trial is throttled: says nothing of the provider's health
+    assert outcome.model.id == "backup"
+    _, outcome = await run(r)  # so the next call is a trial again, and it closes the circuit
+    assert outcome.model.id == "primary" and len(p1.calls) == 3
+    assert r.breaker("p1").state == "closed"
+
+
+async def test_a_trial_abandoned_by_its_consumer_is_released() -> None:
+    p1 = ScriptedProvider("p1", [Step(error=ProviderUnavailable("down")), Step()])
+    r = ResilientRouter(
+        {"p1": p1, "p2": ScriptedProvider("p2")}.__getitem__,
+        retry=RetryPolicy(max_retries=0),
+        timeouts=Timeouts(),
+        breaker_threshold=1,
+        breaker_reset_s=0,
+        sleep=Sleeps(),
+    )
+    await run(r)
+    chain = CATALOG.chain("primary")
+    events = r.stream(chain, REQUEST, Outcome(model=chain[0]))
+    assert isinstance(await anext(events), TextDelta)  # the trial is streaming
+    await events.aclose()  # the client went away
+    _, outcome = await run(r)
+    assert outcome.model.id == "primary"

@@ -122,16 +122,21 @@ class Catalog(_Frozen):
                 return m
         return None
 
-    def chain(self, model_id: str) -> list[ModelSpec]:
-        """The model then its fallbacks, in order, each once."""
+    def chain(self, model_id: str, groups: tuple[str, ...] | None = None) -> list[ModelSpec]:
+        """The model then its own fallbacks, in order, each once (one level: a fallback's
+        fallbacks are not followed). With ``groups``, a fallback the caller may not use is
+        left out: a fallback never serves, or bills, a model its caller is refused."""
         first = self.get(model_id)
         if first is None:
             return []
         out = [first]
         for fid in first.fallbacks:
             spec = self.get(fid)
-            if spec is not None and spec not in out:
-                out.append(spec)
+            if spec is None or spec in out:
+                continue
+            if groups is not None and not spec.allows(groups):
+                continue
+            out.append(spec)
         return out
 
 

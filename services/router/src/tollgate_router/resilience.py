@@ -57,14 +57,22 @@ class CircuitBreaker:
             return "closed"
         return "half_open" if self._clock() - self._opened_at >= self._reset_s else "open"
 
-    def check(self, provider: str) -> None:
+    def check(self, provider: str) -> bool:
+        """Raise :class:`CircuitOpen` unless a call may go; True when it is the half-open
+        trial, which the caller ends with :meth:`success`, :meth:`failure` or
+        :meth:`release`."""
         state = self.state
         if state == "closed":
-            return
+            return False
         if state == "half_open" and not self._trial:
             self._trial = True
-            return
+            return True
         raise CircuitOpen(f"{provider}: circuit open", details={"provider": provider})
+
+    def release(self) -> None:
+        """The trial ended with no verdict on the provider (throttled, a bad request, the
+        caller gone): the next call may be the trial instead of the circuit staying shut."""
+        self._trial = False
 
     def success(self) -> None:
         self._failures, self._opened_at, self._trial = 0, None, False
@@ -175,8 +183,9 @@ class ResilientRouter:
             attempt = 0
             while True:
                 outcome.attempts.append(spec.id)
+                trial = False
                 try:
-                    breaker.check(spec.provider)
+                    trial = breaker.check(spec.provider)
                     async for event in guarded(provider.stream(upstream), self._timeouts):
                         if isinstance(event, TextDelta):
                             outcome.started = True
@@ -186,6 +195,8 @@ class ResilientRouter:
                 except ProviderError as exc:
                     if exc.breaker_failure:
                         breaker.failure()
+                    elif trial:
+                        breaker.release()
                     if outcome.started:
                         raise
                     last = exc
@@ -195,6 +206,11 @@ class ResilientRouter:
                         outcome.retries += 1
                         continue
                     break
+                except BaseException:
+                    # cancelled, the consumer gone, or a bug: no verdict on the provider
+                    if trial:
+                        breaker.release()
+                    raise
             if not last.fallback:
                 raise last
         assert last is not None  # noqa: S101 - chain is never empty here
