@@ -143,3 +143,21 @@ async def test_a_bedrock_stream_error_after_the_first_token_ends_the_stream_and_
     # the provider's usage never came: the text delivered is counted by the local tokenizer
     assert usage.status == "error" and usage.usage.output_tokens == count_tokens("Hello from")
     assert log.retries == 0 and len(fake_server.received) == 1
+
+
+async def test_a_malformed_openai_stream_ends_with_a_typed_error_and_is_settled(
+    rig: tuple[GenerationHandler, InMemoryPublisher], fake_server: FakeProviderServer
+) -> None:
+    handler, publisher = rig
+    down = Scenario(status=503, error_type="ServiceUnavailableException")
+    # Bedrock is down, so the fallback serves: two chunks, then a chunk that is not an object
+    fake_server.script = [down, down, down, Scenario(garbage_after=2)]
+    await handler(admission())
+    replies = publisher.on(topics.REPLIES)
+    assert [type(r) for r in replies] == [ReplyChunkV1, ReplyChunkV1, ReplyErrorV1]
+    error = replies[-1]
+    assert isinstance(error, ReplyErrorV1) and error.error.type == "provider_unavailable"
+    assert "malformed response" in error.error.message
+    usage, log = records(publisher)
+    assert usage.status == "error" and usage.usage.output_tokens == count_tokens("Hello from")
+    assert log.error_type == "provider_unavailable" and log.model == "llama"

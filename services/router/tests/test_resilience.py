@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
 
 from tollgate_core.contracts import ChatMessage, TextBlock
@@ -209,3 +211,24 @@ async def test_a_trial_abandoned_by_its_consumer_is_released() -> None:
     await events.aclose()  # the client went away
     _, outcome = await run(r)
     assert outcome.model.id == "primary"
+
+
+class BrokenAdapter:
+    """An adapter that trips over what its provider sent, after one token."""
+
+    name = "p1"
+
+    async def stream(self, request: ProviderRequest) -> AsyncIterator[ProviderEvent]:
+        yield TextDelta("a")
+        raise TypeError("'int' object is not subscriptable")
+
+
+async def test_an_adapter_that_breaks_mid_stream_surfaces_as_a_typed_unavailable_error() -> None:
+    r = ResilientRouter(
+        {"p1": BrokenAdapter(), "p2": ScriptedProvider("p2")}.__getitem__,  # type: ignore[dict-item]
+        retry=RetryPolicy(max_retries=0),
+        timeouts=Timeouts(),
+        sleep=Sleeps(),
+    )
+    with pytest.raises(ProviderUnavailable, match="unexpected provider failure: TypeError"):
+        await run(r)

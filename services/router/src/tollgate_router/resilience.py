@@ -5,14 +5,22 @@ first token, idle gap and total are enforced here around any provider stream).""
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from tollgate_router.catalog import ModelSpec
-from tollgate_router.errors import CircuitOpen, ProviderError, ProviderTimeout
+from tollgate_router.errors import (
+    CircuitOpen,
+    ProviderError,
+    ProviderTimeout,
+    ProviderUnavailable,
+)
 from tollgate_router.providers.base import Provider, ProviderEvent, ProviderRequest, TextDelta
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +114,15 @@ async def guarded(
                     else ("time to first token" if waiting_first else "idle gap")
                 )
                 raise ProviderTimeout(f"{what} timeout after {limit:.1f}s") from exc
+            except ProviderError:
+                raise
+            except Exception as exc:
+                # an adapter that broke on what the provider sent: the request still ends
+                # with a typed error, and is settled, instead of dying in the consumer
+                logger.warning("provider stream failed unexpectedly", exc_info=True)
+                raise ProviderUnavailable(
+                    f"unexpected provider failure: {type(exc).__name__}: {exc}"
+                ) from exc
             if waiting_first and isinstance(event, TextDelta):
                 waiting_first = False
             yield event

@@ -86,6 +86,11 @@ class Scenario:
     first_delay_s: float = 0.0
     gap_s: float = 0.0
     stop_reason: str = "end_turn"
+    #: after this many chunks, one well-framed event whose content breaks the API's shape
+    #: (JSON that is not an object; for Bedrock, a frame whose CRC does not match)
+    garbage_after: int | None = None
+    #: end the stream after the text, before the usage / stop events
+    truncate: bool = False
 
 
 @dataclass
@@ -162,9 +167,16 @@ class FakeProviderServer:
                 if s.fail_after is not None and i == s.fail_after:
                     yield bedrock_exception(s.stream_error, "fake in-stream failure")
                     return
+                if s.garbage_after is not None and i == s.garbage_after:
+                    frame = bytearray(bedrock_event("contentBlockDelta", {"delta": {}}))
+                    frame[-1] ^= 0xFF  # the message CRC no longer matches
+                    yield bytes(frame)
+                    return
                 yield bedrock_event(
                     "contentBlockDelta", {"delta": {"text": chunk}, "contentBlockIndex": 0}
                 )
+            if s.truncate:
+                return
             yield bedrock_event("contentBlockStop", {"contentBlockIndex": 0})
             yield bedrock_event("messageStop", {"stopReason": s.stop_reason})
             out = len(s.chunks)
@@ -202,8 +214,13 @@ class FakeProviderServer:
                 if s.fail_after is not None and i == s.fail_after:
                     yield sse({"error": {"message": "fake in-stream failure", "code": 503}})
                     return
+                if s.garbage_after is not None and i == s.garbage_after:
+                    yield b"data: 42\n\n"
+                    return
                 delta = {"content": chunk} if i else {"role": "assistant", "content": chunk}
                 yield sse({**base, "choices": [{"index": 0, "delta": delta}]})
+            if s.truncate:
+                return
             yield sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
             if include_usage:
                 usage = {
@@ -251,10 +268,15 @@ class FakeProviderServer:
                         "error", {"error": {"type": s.stream_error, "message": "fake failure"}}
                     )
                     return
+                if s.garbage_after is not None and i == s.garbage_after:
+                    yield b"event: content_block_delta\ndata: [1, 2]\n\n"
+                    return
                 yield sse(
                     "content_block_delta",
                     {"index": 0, "delta": {"type": "text_delta", "text": chunk}},
                 )
+            if s.truncate:
+                return
             yield sse("content_block_stop", {"index": 0})
             yield sse(
                 "message_delta",

@@ -8,6 +8,7 @@ import pytest
 from tollgate_core.contracts import ChatMessage, TextBlock, Usage
 from tollgate_router.errors import (
     InvalidProviderRequest,
+    ModelNotFound,
     ProviderThrottled,
     ProviderUnavailable,
 )
@@ -74,4 +75,31 @@ async def test_http_errors_are_translated(
 ) -> None:
     fake_server.script = [Scenario(status=status, error_type="x")]
     with pytest.raises(error, match="fake error"):
+        [e async for e in provider(fake_server, http_client).stream(request())]
+
+
+@pytest.mark.parametrize(
+    ("scenario", "message"),
+    [
+        (Scenario(garbage_after=1), "malformed response"),
+        (Scenario(truncate=True), "ended before message_stop"),
+    ],
+    ids=["not-an-object", "no-message-stop"],
+)
+async def test_a_malformed_or_truncated_stream_is_unavailable(
+    fake_server: FakeProviderServer,
+    http_client: httpx.AsyncClient,
+    scenario: Scenario,
+    message: str,
+) -> None:
+    fake_server.script = [scenario]
+    with pytest.raises(ProviderUnavailable, match=message):
+        [e async for e in provider(fake_server, http_client).stream(request())]
+
+
+async def test_an_unknown_model_is_not_found(
+    fake_server: FakeProviderServer, http_client: httpx.AsyncClient
+) -> None:
+    fake_server.script = [Scenario(status=404, error_type="not_found_error")]
+    with pytest.raises(ModelNotFound):
         [e async for e in provider(fake_server, http_client).stream(request())]

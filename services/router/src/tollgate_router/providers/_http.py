@@ -66,6 +66,14 @@ def translate_httpx(provider: str) -> Iterator[None]:
         raise ProviderTimeout(f"{provider}: {type(exc).__name__}") from exc
     except httpx.TransportError as exc:
         raise ProviderUnavailable(f"{provider}: {type(exc).__name__}: {exc}") from exc
+    except httpx.HTTPError as exc:  # a body that does not decode, a protocol violation…
+        raise ProviderUnavailable(f"{provider}: {type(exc).__name__}: {exc}") from exc
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        # well-framed but not what the API promises: a number where an object belongs,
+        # a token count that is not one
+        raise ProviderUnavailable(
+            f"{provider}: malformed response: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def error_message(body: bytes) -> str:
