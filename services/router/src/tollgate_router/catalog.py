@@ -220,6 +220,10 @@ class CatalogSource:
         except ConfigurationError as exc:
             logger.error("keeping the previous model catalog: %s", exc.message)
             return False
+        except Exception:
+            # whatever a bad file causes, the reload task must live on
+            logger.exception("keeping the previous model catalog")
+            return False
         self._catalog = catalog
         self.version += 1
         logger.info(

@@ -101,7 +101,11 @@ class BedrockProvider:
         session: Session | None = None,
     ) -> None:
         self._client = client
-        session = session or Session(profile=profile)
+        if session is None:
+            session = Session(profile=profile)
+            if profile is not None and profile not in session.available_profiles:
+                # botocore would only say so on the first request
+                raise ConfigurationError(f"bedrock: no AWS profile named {profile!r}")
         region = region or session.get_config_variable("region")
         if not region:
             raise ConfigurationError("bedrock: no region configured (region or AWS_REGION)")

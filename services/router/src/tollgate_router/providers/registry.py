@@ -98,16 +98,30 @@ class ProviderRegistry:
         return provider, client
 
     def sync(self, catalog: Catalog) -> None:
-        """Build what is new or changed; close what is gone."""
+        """Build what is new or changed, then swap it all in at once and close what is gone:
+        a provider that cannot be built (a missing secret, an unknown AWS profile) refuses
+        the whole catalog and leaves every provider as it was."""
+        fresh: dict[str, tuple[ProviderConfig, Provider, ClientShards | None]] = {}
+        try:
+            for name, config in catalog.providers.items():
+                if name in self._overrides:
+                    continue
+                old = self._built.get(name)
+                if old is not None and old[0] == config:
+                    continue
+                provider, client = self._build(config)
+                fresh[name] = (config, provider, client)
+        except Exception as exc:
+            for _, _, client in fresh.values():
+                if client is not None:
+                    asyncio.get_running_loop().call_later(0, _close_later, client)
+            if isinstance(exc, ConfigurationError):
+                raise
+            raise ConfigurationError(f"provider {name!r}: {type(exc).__name__}: {exc}") from exc
         stale: list[ClientShards] = []
-        for name, config in catalog.providers.items():
-            if name in self._overrides:
-                continue
+        for name, built in fresh.items():
             old = self._built.get(name)
-            if old is not None and old[0] == config:
-                continue
-            provider, client = self._build(config)
-            self._built[name] = (config, provider, client)
+            self._built[name] = built
             if old is not None and old[2] is not None:
                 stale.append(old[2])
         for name in set(self._built) - set(catalog.providers):
