@@ -1,5 +1,12 @@
 """Background upkeep: release reservations that never settled, prune old buckets, and keep
-the Postgres readiness check current while no traffic flows."""
+the Postgres readiness check current while no traffic flows.
+
+The loop must outlive any one failure: if it stopped, expired reservations would hold their
+principals' budgets for ever. Postgres being down is expected (readiness says so and the next
+round tries again); any other error is logged with its traceback and counted in
+``tollgate_meter_sweep_errors_total``, and the loop backs off (doubling up to
+``max_backoff_s``) before the next round.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 RELEASED = Counter("tollgate_meter_reservations_released_total", "Reservations never settled")
 PRUNED = Counter("tollgate_meter_buckets_pruned_total", "Old buckets deleted")
+ERRORS = Counter("tollgate_meter_sweep_errors_total", "Sweeper rounds that failed unexpectedly")
 
 
 class Sweeper:
@@ -31,6 +39,7 @@ class Sweeper:
         *,
         ttl_s: int,
         interval_s: float,
+        max_backoff_s: float = 300.0,
     ) -> None:
         self._ledger = ledger
         self._health = health
@@ -38,6 +47,7 @@ class Sweeper:
         self._ping = ping
         self._ttl = timedelta(seconds=ttl_s)
         self._interval = interval_s
+        self._max_backoff = max(max_backoff_s, interval_s)
         self._task: asyncio.Task[None] | None = None
 
     async def sweep_once(self) -> int:
@@ -50,15 +60,33 @@ class Sweeper:
             logger.info("released %d reservations that never settled", released)
         return released
 
+    async def _round(self) -> None:
+        try:
+            await self._ping()
+        except DependencyUnavailable as exc:
+            self._health.fail("postgres", exc.message)
+            return
+        self._health.ok("postgres")
+        try:
+            await self.sweep_once()
+        except DependencyUnavailable as exc:  # Postgres went away between ping and sweep
+            self._health.fail("postgres", exc.message)
+
     async def _run(self) -> None:
+        failures = 0
         while True:
+            delay = self._interval
             try:
-                await self._ping()
-                self._health.ok("postgres")
-                await self.sweep_once()
-            except DependencyUnavailable as exc:
-                self._health.fail("postgres", exc.message)
-            await asyncio.sleep(self._interval)
+                await self._round()
+                failures = 0
+            except Exception:
+                failures += 1
+                ERRORS.inc()
+                delay = min(self._interval * 2**failures, self._max_backoff)
+                logger.exception(
+                    "meter sweep failed (%d in a row); trying again in %.1f s", failures, delay
+                )
+            await asyncio.sleep(delay)
 
     def start(self) -> None:
         if self._task is None:

@@ -1,0 +1,97 @@
+"""The sweeper keeps going whatever one round throws at it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+
+import pytest
+from prometheus_client import REGISTRY
+
+from tollgate_core.errors import DependencyUnavailable
+from tollgate_core.health import Health
+from tollgate_meter.sweeper import Sweeper
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+
+
+class FlakyLedger:
+    """Fails its first ``failures`` releases with an unexpected error, then works."""
+
+    def __init__(self, failures: int = 1) -> None:
+        self.failures = failures
+        self.releases = 0
+        self.prunes = 0
+        self.swept = asyncio.Event()
+
+    async def release_expired(self, cutoff: datetime, limit: int = 500) -> int:
+        self.releases += 1
+        if self.releases <= self.failures:
+            raise RuntimeError("a bug, not an outage")
+        return 0
+
+    async def prune(self, now: datetime) -> int:
+        self.prunes += 1
+        self.swept.set()
+        return 0
+
+
+def sweep_errors() -> float:
+    return REGISTRY.get_sample_value("tollgate_meter_sweep_errors_total") or 0.0
+
+
+async def ok() -> None:
+    return None
+
+
+def sweeper(ledger: FlakyLedger, health: Health, ping: object = ok) -> Sweeper:
+    return Sweeper(
+        ledger,  # type: ignore[arg-type]
+        health,
+        lambda: NOW,
+        ping,  # type: ignore[arg-type]
+        ttl_s=900,
+        interval_s=0.01,
+        max_backoff_s=0.05,
+    )
+
+
+async def test_an_unexpected_error_is_logged_and_the_sweeper_carries_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ledger, health = FlakyLedger(failures=1), Health()
+    health.register("postgres")
+    errors_before = sweep_errors()
+    sweep = sweeper(ledger, health)
+    with caplog.at_level(logging.ERROR, logger="tollgate_meter.sweeper"):
+        sweep.start()
+        try:
+            await asyncio.wait_for(ledger.swept.wait(), timeout=5)
+        finally:
+            await sweep.stop()
+    assert ledger.releases >= 2 and ledger.prunes >= 1  # the round after the failure ran
+    assert sweep_errors() == errors_before + 1
+    [record] = [r for r in caplog.records if "meter sweep failed" in r.getMessage()]
+    assert record.exc_info is not None and "a bug, not an outage" in str(record.exc_info[1])
+    assert health.ready
+
+
+async def test_postgres_down_marks_it_not_ready_until_a_round_succeeds() -> None:
+    ledger, health = FlakyLedger(failures=0), Health()
+    health.register("postgres")
+    pings = 0
+
+    async def ping() -> None:
+        nonlocal pings
+        pings += 1
+        if pings == 1:
+            raise DependencyUnavailable("Postgres unreachable: refused")
+
+    sweep = sweeper(ledger, health, ping)
+    sweep.start()
+    try:
+        await asyncio.wait_for(ledger.swept.wait(), timeout=5)
+    finally:
+        await sweep.stop()
+    assert pings >= 2 and health.ready
