@@ -17,6 +17,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 from starlette.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
 
 from tollgate_auth.apikeys import InMemoryApiKeyStore
 from tollgate_auth.app import build, create_app
@@ -162,15 +163,45 @@ def test_a_valid_cognito_token_publishes_with_its_groups(world: World) -> None:
 
 
 @pytest.mark.parametrize("case", BAD)
+def test_a_bad_token_on_the_connection_is_refused_with_connection_error(
+    world: World, case: str
+) -> None:
+    with world.socket(bad_tokens(world)[case]) as ws:
+        ws.send_json({"type": "connection_init"})
+        refused = ws.receive_json()
+        with pytest.raises(WebSocketDisconnect):
+            ws.receive_json()  # and the socket is closed
+    assert refused["type"] == "connection_error"
+    [error] = refused["errors"]
+    assert (error["errorType"], error["errorCode"]) == ("UnauthorizedException", 401), error
+    assert refused["payload"] == {"errors": refused["errors"]}
+
+
+@pytest.mark.parametrize("case", BAD)
 def test_bad_tokens_are_refused_on_subscribe_and_publish(world: World, case: str) -> None:
     token = bad_tokens(world)[case]
-    with world.socket(token) as ws:
+    bad = {"Authorization": token, "host": "edge"}
+    # no credential on the connection: every message brings its own
+    with world.socket() as ws:
         ws.send_json({"type": "connection_init"})
-        ws.receive_json()
-        ws.send_json({"type": "subscribe", "id": "s", "channel": "/Outbound-Messages/alice"})
+        assert ws.receive_json()["type"] == "connection_ack"
+        ws.send_json(
+            {
+                "type": "subscribe",
+                "id": "s",
+                "channel": "/Outbound-Messages/alice",
+                "authorization": bad,
+            }
+        )
         sub = ws.receive_json()
         ws.send_json(
-            {"type": "publish", "id": "p", "channel": "/Inbound-Messages/alice", "events": [chat()]}
+            {
+                "type": "publish",
+                "id": "p",
+                "channel": "/Inbound-Messages/alice",
+                "events": [chat()],
+                "authorization": bad,
+            }
         )
         pub = ws.receive_json()
         # the connection stays usable: a good token in the message's authorization works
@@ -282,3 +313,22 @@ def test_a_revoked_api_key(world: World) -> None:
         ws.send_json({"type": "publish", "id": "p", **body})
         assert ws.receive_json()["errors"][0]["errorType"] == "UnauthorizedException"
     assert len(world.requests) == 1  # only the call made before the revocation
+
+
+def test_credentials_on_the_upgrade_request_itself_are_read_too(world: World) -> None:
+    # as the Swift client sends them: plain headers, no header-<b64> subprotocol
+    good = world.dev_token("alice")
+    with world.edge.websocket_connect(
+        "/event/realtime", subprotocols=["aws-appsync-event-ws"], headers={"Authorization": good}
+    ) as ws:
+        ws.send_json({"type": "connection_init"})
+        assert ws.receive_json()["type"] == "connection_ack"
+        ws.send_json({"type": "subscribe", "id": "s", "channel": "/Outbound-Messages/alice"})
+        assert ws.receive_json() == {"type": "subscribe_success", "id": "s"}
+    with world.edge.websocket_connect(
+        "/event/realtime",
+        subprotocols=["aws-appsync-event-ws"],
+        headers={"Authorization": bad_tokens(world)["expired"]},
+    ) as ws:
+        ws.send_json({"type": "connection_init"})
+        assert ws.receive_json()["type"] == "connection_error"

@@ -26,8 +26,8 @@ CHAT = json.dumps(
 
 
 class Edge:
-    def __init__(self) -> None:
-        self.settings = StreamSettings(keepalive_interval_s=3600)
+    def __init__(self, settings: StreamSettings | None = None) -> None:
+        self.settings = settings or StreamSettings(keepalive_interval_s=3600)
         self.publisher = InMemoryPublisher()
         self.subscriptions = Subscriptions()
         gateway = Gateway(
@@ -179,6 +179,11 @@ def test_publish_subscribe_and_delivery(edge: Edge) -> None:
             "publish_error",
             "BadRequestException",
         ),
+        (
+            {"type": "publish", "channel": "/Inbound-Messages/alice", "events": [CHAT]},
+            "publish_error",
+            "BadRequestException",
+        ),
         ({"type": "unsubscribe", "id": "never"}, "unsubscribe_error", "UnknownOperationError"),
         ({"type": "teleport", "id": "x"}, "error", "UnsupportedOperation"),
     ],
@@ -204,8 +209,41 @@ def test_malformed_frames_are_errors_not_disconnects(edge: Edge) -> None:
         assert socket.receive_json()["errors"][0]["errorType"] == "BadRequestException"
         socket.send_text("[1, 2]")
         assert socket.receive_json()["type"] == "error"
+        socket.send_bytes(b'{"type": "connection_init"}')
+        binary = socket.receive_json()
+        assert binary["type"] == "error"
+        assert binary["errors"][0]["errorType"] == "BadRequestException"
+        assert "binary" in binary["errors"][0]["message"]
         socket.send_json({"type": "connection_init"})
         assert socket.receive_json()["type"] == "connection_ack"
+
+
+def test_at_most_max_subscriptions_per_connection() -> None:
+    edge = Edge(StreamSettings(keepalive_interval_s=3600, max_subscriptions=3))
+    with edge.client, ws(edge) as socket:
+        socket.send_json({"type": "connection_init"})
+        socket.receive_json()
+        for n in range(3):
+            socket.send_json(
+                {"type": "subscribe", "id": f"s{n}", "channel": f"/Outbound-Messages/alice/c{n}"}
+            )
+            assert socket.receive_json() == {"type": "subscribe_success", "id": f"s{n}"}
+        socket.send_json({"type": "subscribe", "id": "s3", "channel": "/Outbound-Messages/alice"})
+        refused = socket.receive_json()
+        assert refused["type"] == "subscribe_error" and refused["id"] == "s3"
+        assert refused["errors"][0]["errorType"] == "LimitExceededException"
+        socket.send_json({"type": "unsubscribe", "id": "s0"})
+        assert socket.receive_json() == {"type": "unsubscribe_success", "id": "s0"}
+        socket.send_json({"type": "subscribe", "id": "s4", "channel": "/Outbound-Messages/alice"})
+        assert socket.receive_json() == {"type": "subscribe_success", "id": "s4"}
+
+
+def test_keep_alives_come_periodically_after_the_ack() -> None:
+    edge = Edge(StreamSettings(keepalive_interval_s=0.05))
+    with edge.client, ws(edge) as socket:
+        socket.send_json({"type": "connection_init"})
+        assert socket.receive_json()["type"] == "connection_ack"
+        assert [socket.receive_json() for _ in range(3)] == [{"type": "ka"}] * 3
 
 
 def test_per_event_failures_are_reported_and_reach_no_topic(edge: Edge) -> None:

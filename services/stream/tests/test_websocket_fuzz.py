@@ -9,7 +9,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from starlette.websockets import WebSocketDisconnect, WebSocketState
+from starlette.websockets import WebSocketState
 
 from tollgate_core import topics
 from tollgate_core.bus import InMemoryPublisher
@@ -32,15 +32,20 @@ REPLIES = {
 
 
 class FakeSocket:
-    def __init__(self, inbox: list[str]) -> None:
+    """Starlette's WebSocket as the connection uses it: ASGI receive messages, text or bytes."""
+
+    def __init__(self, inbox: list[str | bytes]) -> None:
         self.inbox = list(inbox)
         self.sent: list[str] = []
         self.application_state = WebSocketState.CONNECTED
 
-    async def receive_text(self) -> str:
+    async def receive(self) -> dict[str, Any]:
         if not self.inbox:
-            raise WebSocketDisconnect(1000)
-        return self.inbox.pop(0)
+            return {"type": "websocket.disconnect", "code": 1000}
+        frame = self.inbox.pop(0)
+        if isinstance(frame, bytes):
+            return {"type": "websocket.receive", "bytes": frame}
+        return {"type": "websocket.receive", "text": frame}
 
     async def send_text(self, text: str) -> None:
         self.sent.append(text)
@@ -90,11 +95,16 @@ protocol_messages = st.fixed_dictionaries(
     },
 ).map(json.dumps)
 inputs = st.lists(
-    protocol_messages | json_values.map(json.dumps) | st.text(max_size=50), max_size=12
+    protocol_messages
+    | json_values.map(json.dumps)
+    | st.text(max_size=50)
+    | protocol_messages.map(str.encode)
+    | st.binary(max_size=20),
+    max_size=12,
 )
 
 
-async def drive(messages: list[str]) -> tuple[list[dict[str, Any]], InMemoryPublisher]:
+async def drive(messages: list[str | bytes]) -> tuple[list[dict[str, Any]], InMemoryPublisher]:
     settings = StreamSettings(keepalive_interval_s=3600)
     publisher = InMemoryPublisher()
     subscriptions = Subscriptions()
@@ -112,7 +122,7 @@ async def drive(messages: list[str]) -> tuple[list[dict[str, Any]], InMemoryPubl
 )
 @given(inputs)
 def test_every_message_gets_one_typed_answer_and_the_connection_survives(
-    messages: list[str],
+    messages: list[str | bytes],
 ) -> None:
     replies, publisher = asyncio.run(drive(messages))
     assert len(replies) == len(messages) + 1

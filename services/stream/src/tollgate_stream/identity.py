@@ -53,6 +53,12 @@ class Authorizer(Protocol):
         :class:`AppSyncError`."""
         ...
 
+    async def connect(self, headers: dict[str, str]) -> None:
+        """Refuse a connection whose own credential (header subprotocol or upgrade request)
+        is bad with an ``UnauthorizedException``; one that brings none is accepted, and each
+        of its messages must then carry an ``authorization``."""
+        ...
+
 
 class ChannelOwnerAuthorizer:
     """Development authorizer: trusts the ``<sub>`` segment of the channel as the caller.
@@ -65,6 +71,9 @@ class ChannelOwnerAuthorizer:
         if len(channel.segments) < 2:
             raise AppSyncError.forbidden(f"{channel.path}: the second segment must be your sub")
         return Identity(principal=channel.segments[1])
+
+    async def connect(self, headers: dict[str, str]) -> None:
+        return None
 
 
 Operation = Literal["publish", "subscribe", "invoke"]
@@ -100,6 +109,17 @@ class AuthServiceAuthorizer:
         if operation is None:
             raise AppSyncError.forbidden(f"no operation is allowed on {channel.namespace}")
         return await self._decide(headers, operation, channel.path, None)
+
+    async def connect(self, headers: dict[str, str]) -> None:
+        if not any(k in headers for k in _CREDENTIAL_HEADERS):
+            return
+        try:
+            await self.authenticate(headers)
+        except AppSyncError as exc:
+            if exc.code == 401:
+                raise
+            # a policy denial or an auth service outage decides no message of this
+            # connection yet: each is authorized on its own when it comes
 
     async def authenticate(self, headers: dict[str, str], *, model: str | None = None) -> Identity:
         """The caller of a channel-less request (e.g. the HTTP chat API)."""

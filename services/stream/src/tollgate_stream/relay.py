@@ -25,6 +25,9 @@ class OpenAuthorizer:
     async def for_channel(self, channel: Channel, headers: dict[str, str]) -> Identity:
         return Identity(principal="relay")
 
+    async def connect(self, headers: dict[str, str]) -> None:
+        return None
+
 
 class Relay(Gateway):
     def __init__(self, settings: StreamSettings, subscriptions: Subscriptions) -> None:

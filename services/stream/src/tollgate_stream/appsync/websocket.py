@@ -90,14 +90,30 @@ class Connection:
         keepalive: asyncio.Task[None] | None = None
         try:
             while not self._closing:
-                text = await self._ws.receive_text()
+                received = await self._ws.receive()
+                if received["type"] == "websocket.disconnect":
+                    break
+                text = received.get("text")
+                if text is None:
+                    self.send(
+                        {
+                            "type": "error",
+                            "errors": [
+                                AppSyncError.bad_request(
+                                    "binary frames are not supported: send JSON as text"
+                                ).as_error()
+                            ],
+                        }
+                    )
+                    continue
                 message = self._parse(text)
                 if message is None:
                     continue
                 kind = message.get("type")
                 MESSAGES.labels(kind if isinstance(kind, str) and len(kind) < 32 else "?").inc()
                 if kind == "connection_init":
-                    self._ack()
+                    if not await self._connection_init():
+                        break
                     if keepalive is None:
                         keepalive = asyncio.create_task(self._keepalive())
                 elif kind == "subscribe":
@@ -147,6 +163,20 @@ class Connection:
             )
             return None
         return message
+
+    async def _connection_init(self) -> bool:
+        """Acknowledge, or refuse with ``connection_error`` and close when the connection's
+        own credential is bad (as AppSync does); False when refused."""
+        try:
+            await self._gateway.authorizer.connect(self._headers)
+        except AppSyncError as exc:
+            errors = [exc.as_error()]
+            # at top level as AppSync Events sends it, under payload as older clients read it
+            self.send({"type": "connection_error", "errors": errors, "payload": {"errors": errors}})
+            self._close()
+            return False
+        self._ack()
+        return True
 
     def _ack(self) -> None:
         timeout = self._settings.connection_timeout_ms
