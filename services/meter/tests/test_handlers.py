@@ -3,7 +3,8 @@ means fail closed (or open, when chosen) and recovery by itself."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,10 +22,11 @@ from tollgate_core.contracts import (
     RequestLogV1,
     TextBlock,
 )
+from tollgate_core.errors import DependencyUnavailable
 from tollgate_core.health import Health
 from tollgate_core.settings import DatabaseSettings
 from tollgate_dev.platform import EmbeddedPostgres
-from tollgate_meter.adapters.ledger import PostgresLedger
+from tollgate_meter.adapters.ledger import PostgresLedger, create_engine
 from tollgate_meter.handlers import AdmissionHandler
 from tollgate_meter.main import MIGRATIONS
 
@@ -94,35 +96,78 @@ def stoppable_postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
         yield postgres
 
 
-async def test_postgres_down_fails_closed_then_recovers(
-    stoppable_postgres: EmbeddedPostgres, tmp_path: Path
-) -> None:
+@pytest.fixture
+async def stoppable_ledger(
+    stoppable_postgres: EmbeddedPostgres,
+) -> AsyncIterator[PostgresLedger]:
+    """A ledger on the meter's own engine (no ping before each use) over a Postgres that
+    tests stop and start."""
     settings = DatabaseSettings(database_url=SecretStr(stoppable_postgres.url))
     await db.migrate(settings, MIGRATIONS)
-    engine = db.create_engine(settings, application_name="test")
-    ledger = PostgresLedger(engine, TEST_TIERS, bucket_seconds=600)
-    publisher, health = InMemoryPublisher(), Health()
-    health.register("postgres")
-    admit = handler(ledger, publisher, health)
+    engine = create_engine(settings, application_name="test")
     try:
-        await admit(request(max_tokens=10))
-        assert len(publisher.on(topics.ADMITTED)) == 1 and health.ready
-
-        stoppable_postgres.stop()
-        await admit(request(max_tokens=10))
-        [refusal] = publisher.on(topics.REPLIES)
-        assert isinstance(refusal, ReplyErrorV1)
-        assert refusal.error.type == "service_unavailable" and refusal.error.retriable
-        assert len(publisher.on(topics.ADMITTED)) == 1  # nothing slipped through
-        assert not health.ready
-        assert "Postgres unavailable" in health.report()["postgres"]["reason"]  # type: ignore[operator]
-
-        stoppable_postgres.start()
-        await engine.dispose()  # drop connections to the old server process
-        await admit(request(max_tokens=10))
-        assert len(publisher.on(topics.ADMITTED)) == 2 and health.ready
+        yield PostgresLedger(engine, TEST_TIERS, bucket_seconds=600)
     finally:
         await engine.dispose()
+
+
+async def test_postgres_down_fails_closed_then_recovers(
+    stoppable_postgres: EmbeddedPostgres, stoppable_ledger: PostgresLedger
+) -> None:
+    publisher, health = InMemoryPublisher(), Health()
+    health.register("postgres")
+    admit = handler(stoppable_ledger, publisher, health)
+    await admit(request(max_tokens=10))
+    assert len(publisher.on(topics.ADMITTED)) == 1 and health.ready
+
+    stoppable_postgres.stop()
+    await admit(request(max_tokens=10))
+    [refusal] = publisher.on(topics.REPLIES)
+    assert isinstance(refusal, ReplyErrorV1)
+    assert refusal.error.type == "service_unavailable" and refusal.error.retriable
+    assert len(publisher.on(topics.ADMITTED)) == 1  # nothing slipped through
+    assert not health.ready
+    assert "Postgres unavailable" in health.report()["postgres"]["reason"]  # type: ignore[operator]
+
+    stoppable_postgres.start()  # nothing else: no restart, no reconnect by hand
+    await admit(request(max_tokens=10))
+    assert len(publisher.on(topics.ADMITTED)) == 2 and health.ready
+    assert len(publisher.on(topics.REPLIES)) == 1
+
+
+async def test_a_postgres_restart_between_requests_refuses_none(
+    stoppable_postgres: EmbeddedPostgres, stoppable_ledger: PostgresLedger
+) -> None:
+    """Every pooled connection dies with the old server; the next requests must not be
+    refused for it, and the readiness check must not flap."""
+    publisher, health = InMemoryPublisher(), Health()
+    health.register("postgres")
+    admit = handler(stoppable_ledger, publisher, health)
+
+    async def burst(principal: str) -> None:  # several connections in use, then pooled
+        await asyncio.gather(*(admit(request(principal, max_tokens=10)) for _ in range(4)))
+
+    await burst("alice")
+    stoppable_postgres.stop()
+    stoppable_postgres.start()
+    await burst("bob")
+    assert publisher.on(topics.REPLIES) == []
+    assert len(publisher.on(topics.ADMITTED)) == 8 and health.ready
+
+    stoppable_postgres.stop()
+    stoppable_postgres.start()
+    await db.ping(stoppable_ledger._engine)  # the sweeper's readiness check, likewise
+
+
+async def test_while_postgres_stays_down_the_retry_fails_as_unavailable(
+    stoppable_postgres: EmbeddedPostgres, stoppable_ledger: PostgresLedger
+) -> None:
+    await handler(stoppable_ledger, InMemoryPublisher(), Health())(request())
+    stoppable_postgres.stop()
+    with pytest.raises(DependencyUnavailable):
+        await db.ping(stoppable_ledger._engine)
+    with pytest.raises(DependencyUnavailable):
+        await stoppable_ledger.get("anything")
 
 
 async def test_fail_open_admits_while_postgres_is_down(tmp_path: Path) -> None:

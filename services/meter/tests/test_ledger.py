@@ -14,7 +14,7 @@ from tollgate_core import db
 from tollgate_core.contracts import Usage, UsageRecordV1
 from tollgate_core.errors import DependencyUnavailable
 from tollgate_core.settings import DatabaseSettings
-from tollgate_meter.adapters.ledger import PostgresLedger
+from tollgate_meter.adapters.ledger import PostgresLedger, create_engine
 from tollgate_meter.domain import Estimate
 from tollgate_meter.limits import TierSpec, WindowSpec
 
@@ -162,7 +162,7 @@ async def test_old_buckets_are_pruned(ledger: PostgresLedger, inspect: Any) -> N
 
 async def test_unreachable_postgres_is_a_retriable_error() -> None:
     settings = DatabaseSettings(database_url=SecretStr("postgresql://nobody@127.0.0.1:1/none"))
-    engine = db.create_engine(settings, application_name="test")
+    engine = create_engine(settings, application_name="test")
     from tollgate_meter.limits import TierConfig
 
     try:

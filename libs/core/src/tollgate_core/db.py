@@ -24,11 +24,22 @@ from tollgate_core.settings import DatabaseSettings
 logger = logging.getLogger(__name__)
 
 
-def create_engine(settings: DatabaseSettings, *, application_name: str) -> AsyncEngine:
+def create_engine(
+    settings: DatabaseSettings, *, application_name: str, pre_ping: bool = True
+) -> AsyncEngine:
+    """An asyncpg engine with a pool of ``database_pool_size`` connections.
+
+    ``pre_ping`` tests each connection with a round trip before handing it out, so one that
+    died while pooled (Postgres restarted) is replaced silently. Without it a dead connection
+    fails on its first statement with a ``DBAPIError`` whose ``connection_invalidated`` is
+    true; SQLAlchemy then discards it and every connection pooled before it, so a caller that
+    runs its (idempotent) work once more gets a fresh connection. The meter does that to save
+    the round trip on its hot path.
+    """
     return create_async_engine(
         settings.async_url,
         pool_size=settings.database_pool_size,
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
         connect_args={
             "server_settings": {"application_name": f"tollgate-{application_name}"},
             "timeout": 5,
@@ -38,12 +49,19 @@ def create_engine(settings: DatabaseSettings, *, application_name: str) -> Async
 
 
 async def ping(engine: AsyncEngine) -> None:
-    """Raise :class:`DependencyUnavailable` unless Postgres answers."""
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
-    except (OSError, OperationalError, DBAPIError, TimeoutError) as exc:
-        raise DependencyUnavailable(f"Postgres unreachable: {exc}") from exc
+    """Raise :class:`DependencyUnavailable` unless Postgres answers (asking twice when the
+    first connection turns out to have died in the pool)."""
+    for attempt in (1, 2):
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+            return
+        except DBAPIError as exc:
+            if attempt == 1 and exc.connection_invalidated:
+                continue
+            raise DependencyUnavailable(f"Postgres unreachable: {exc}") from exc
+        except (OSError, TimeoutError) as exc:
+            raise DependencyUnavailable(f"Postgres unreachable: {exc}") from exc
 
 
 def _alembic_config(migrations: Path, url: str) -> Config:

@@ -17,8 +17,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from tollgate_core import db
-from tollgate_meter.adapters.ledger import PostgresLedger
+from tollgate_meter.adapters.ledger import PostgresLedger, create_engine
 from tollgate_meter.api import report_json
 from tollgate_meter.limits import TierConfig, TierSpec, WindowSpec
 from tollgate_meter.settings import MeterSettings
@@ -46,7 +45,7 @@ def parse_window(text: str) -> WindowSpec:
 
 async def _run(args: argparse.Namespace) -> Any:
     settings = MeterSettings()
-    engine = db.create_engine(settings.database, application_name="meter-admin")
+    engine = create_engine(settings.database, application_name="meter-admin")
     ledger = PostgresLedger(
         engine, TierConfig.load(settings.tiers_file), bucket_seconds=settings.bucket_seconds
     )

@@ -15,7 +15,7 @@ from tollgate_core.contracts import ChatRequestV1, UsageRecordV1
 from tollgate_core.health import Health
 from tollgate_core.http import HttpServer, ops_app
 from tollgate_core.runtime import run_service, start_with_retry
-from tollgate_meter.adapters.ledger import PostgresLedger
+from tollgate_meter.adapters.ledger import PostgresLedger, create_engine
 from tollgate_meter.api import AuthServiceIdentity, UsageApi
 from tollgate_meter.handlers import AdmissionHandler, SettlementHandler
 from tollgate_meter.limits import TierConfig
@@ -34,7 +34,7 @@ async def serve(settings: MeterSettings, stop: asyncio.Event) -> None:
     health = Health()
     for check in ("postgres", "kafka"):
         health.register(check)
-    engine = db.create_engine(settings.database, application_name="meter")
+    engine = create_engine(settings.database)
     ledger = PostgresLedger(
         engine, TierConfig.load(settings.tiers_file), bucket_seconds=settings.bucket_seconds
     )

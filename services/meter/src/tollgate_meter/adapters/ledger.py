@@ -5,25 +5,35 @@ Admission runs in one transaction that first locks the principal's row
 any other replica — are decided one after the other against committed sums: no
 check-then-write race and no per-process counters. Settlement and release change the
 counters with single atomic ``UPDATE … SET x = x + …`` statements.
+
+The engine does not ping connections before use (a round trip per admission). A pooled
+connection that died — Postgres restarted — fails on its first statement; SQLAlchemy then
+discards the pool's older connections and the ledger runs the operation once more on a fresh
+one (:meth:`PostgresLedger._run`). That is safe because every write here is idempotent by
+request id: an admission whose commit did land is found as the earlier decision, a settlement
+as already settled. While Postgres stays down the second attempt fails too, and the caller
+gets :class:`DependencyUnavailable`.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import text
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from tollgate_core import db
 from tollgate_core.contracts import UsageRecordV1
 from tollgate_core.errors import DependencyUnavailable
+from tollgate_core.settings import DatabaseSettings
 from tollgate_meter.domain import Estimate
 from tollgate_meter.limits import (
     Bucket,
@@ -39,6 +49,13 @@ from tollgate_meter.limits import (
     oldest_bucket_needed,
     window_usage,
 )
+
+T = TypeVar("T")
+
+
+def create_engine(settings: DatabaseSettings, *, application_name: str = "meter") -> AsyncEngine:
+    """The meter's engine: no ping on checkout; the ledger retries a dead connection once."""
+    return db.create_engine(settings, application_name=application_name, pre_ping=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +219,7 @@ class PostgresLedger:
         estimate: Estimate,
         now: datetime,
     ) -> Decision:
-        async with _translated(), self._engine.begin() as conn:
+        async def admit(conn: AsyncConnection) -> Decision:
             overrides = await self._tier_overrides(conn)
             oldest = oldest_bucket_needed(
                 [w for t in {**self._config.tiers, **overrides}.values() for w in t.windows],
@@ -252,6 +269,29 @@ class PostgresLedger:
                 },
             )
             return Decision(violation is None, tier, violation)
+
+        return await self._run(admit)
+
+    async def _run(
+        self, body: Callable[[AsyncConnection], Awaitable[T]], *, write: bool = True
+    ) -> T:
+        """``body`` in a transaction (on a plain connection when it only reads), run once more
+        on a fresh connection if the pooled one turns out to be dead. Postgres trouble
+        becomes :class:`DependencyUnavailable`."""
+        async with _translated():
+            try:
+                return await self._attempt(body, write)
+            except DBAPIError as exc:
+                if not exc.connection_invalidated:
+                    raise
+            return await self._attempt(body, write)
+
+    async def _attempt(self, body: Callable[[AsyncConnection], Awaitable[T]], write: bool) -> T:
+        if write:
+            async with self._engine.begin() as conn:
+                return await body(conn)
+        async with self._engine.connect() as conn:
+            return await body(conn)
 
     def _resolve(
         self, owner: Any, groups: Sequence[str], overrides: dict[str, TierSpec]
@@ -312,7 +352,8 @@ class PostgresLedger:
 
     async def settle(self, usage: UsageRecordV1, now: datetime) -> bool:
         actual_in, actual_out = usage.usage.input_tokens, usage.usage.output_tokens
-        async with _translated(), self._engine.begin() as conn:
+
+        async def settle(conn: AsyncConnection) -> bool:
             row = (
                 await conn.execute(
                     text(
@@ -376,10 +417,13 @@ class PostgresLedger:
             )
             return True
 
+        return await self._run(settle)
+
     async def release_expired(self, cutoff: datetime, limit: int = 500) -> int:
         """Give back the reservations of requests that never settled (their router died and
         the request was never redelivered, say)."""
-        async with _translated(), self._engine.begin() as conn:
+
+        async def release(conn: AsyncConnection) -> int:
             rows = (
                 await conn.execute(
                     text(
@@ -411,10 +455,13 @@ class PostgresLedger:
                 )
             return len(rows)
 
+        return await self._run(release)
+
     async def prune(self, now: datetime) -> int:
         """Delete buckets no window can reach any more (and month periods over a year old)."""
-        windows = [w for t in self._config.tiers.values() for w in t.windows]
-        async with _translated(), self._engine.begin() as conn:
+
+        async def prune(conn: AsyncConnection) -> int:
+            windows = [w for t in self._config.tiers.values() for w in t.windows]
             windows += [w for t in (await self._tier_overrides(conn)).values() for w in t.windows]
             rows = (
                 await conn.execute(
@@ -436,10 +483,12 @@ class PostgresLedger:
             )
             return int(deleted.rowcount)
 
+        return await self._run(prune)
+
     # --- reading -------------------------------------------------------------------------
 
     async def report(self, principal: str, groups: Sequence[str], now: datetime) -> UsageReport:
-        async with _translated(), self._engine.connect() as conn:
+        async def report(conn: AsyncConnection) -> UsageReport:
             owner = (
                 await conn.execute(
                     text("SELECT tier, windows FROM meter.principals WHERE principal = :p"),
@@ -461,20 +510,22 @@ class PostgresLedger:
                     {"p": principal, "m": month_start(now)},
                 )
             ).all()
-        by_model = [
-            {
-                "model": r.model,
-                "requests": r.requests,
-                "input_tokens": int(r.input_tokens),
-                "output_tokens": int(r.output_tokens),
-                "cost_usd": str(Decimal(r.cost_usd)),
-            }
-            for r in rows
-        ]
-        return UsageReport(principal, tier, usages, by_model)
+            by_model = [
+                {
+                    "model": r.model,
+                    "requests": r.requests,
+                    "input_tokens": int(r.input_tokens),
+                    "output_tokens": int(r.output_tokens),
+                    "cost_usd": str(Decimal(r.cost_usd)),
+                }
+                for r in rows
+            ]
+            return UsageReport(principal, tier, usages, by_model)
+
+        return await self._run(report, write=False)
 
     async def get(self, request_id: str) -> Reservation | None:
-        async with _translated(), self._engine.connect() as conn:
+        async def get(conn: AsyncConnection) -> Reservation | None:
             row = (
                 await conn.execute(
                     text(
@@ -484,17 +535,21 @@ class PostgresLedger:
                     {"r": request_id},
                 )
             ).first()
-        return None if row is None else Reservation(*row)
+            return None if row is None else Reservation(*row)
+
+        return await self._run(get, write=False)
 
     # --- administration ------------------------------------------------------------------
 
     async def tiers(self) -> dict[str, TierSpec]:
-        async with _translated(), self._engine.connect() as conn:
+        async def tiers(conn: AsyncConnection) -> dict[str, TierSpec]:
             self._tiers = (0.0, {})
             return {**self._config.tiers, **await self._tier_overrides(conn)}
 
+        return await self._run(tiers, write=False)
+
     async def set_tier(self, name: str, spec: TierSpec) -> None:
-        async with _translated(), self._engine.begin() as conn:
+        async def set_tier(conn: AsyncConnection) -> None:
             await conn.execute(
                 text(
                     "INSERT INTO meter.tiers (name, spec) VALUES (:n, CAST(:s AS jsonb))"
@@ -502,15 +557,22 @@ class PostgresLedger:
                 ),
                 {"n": name, "s": spec.model_dump_json()},
             )
+
+        await self._run(set_tier)
         self._tiers = (0.0, {})
 
     async def delete_tier(self, name: str) -> bool:
-        async with _translated(), self._engine.begin() as conn:
+        async def delete_tier(conn: AsyncConnection) -> bool:
             result = await conn.execute(
                 text("DELETE FROM meter.tiers WHERE name = :n"), {"n": name}
             )
+            return bool(result.rowcount)
+
+        # run twice after a lost commit, it answers False for a tier it did delete: rare, and
+        # the tier is gone either way
+        deleted = await self._run(delete_tier)
         self._tiers = (0.0, {})
-        return bool(result.rowcount)
+        return deleted
 
     async def set_principal(
         self, principal: str, tier: str | None, windows: Sequence[WindowSpec] | None
@@ -520,7 +582,8 @@ class PostgresLedger:
             if windows is None
             else json.dumps([w.model_dump(exclude_none=True) for w in windows])
         )
-        async with _translated(), self._engine.begin() as conn:
+
+        async def set_principal(conn: AsyncConnection) -> None:
             await conn.execute(
                 text(
                     "INSERT INTO meter.principals (principal, tier, windows)"
@@ -530,15 +593,19 @@ class PostgresLedger:
                 {"p": principal, "t": tier, "w": payload},
             )
 
+        await self._run(set_principal)
+
     async def principal_limits(self, principal: str) -> dict[str, Any] | None:
-        async with _translated(), self._engine.connect() as conn:
+        async def limits(conn: AsyncConnection) -> dict[str, Any] | None:
             row = (
                 await conn.execute(
                     text("SELECT tier, windows FROM meter.principals WHERE principal = :p"),
                     {"p": principal},
                 )
             ).first()
-        return None if row is None else {"tier": row.tier, "windows": row.windows}
+            return None if row is None else {"tier": row.tier, "windows": row.windows}
+
+        return await self._run(limits, write=False)
 
 
 class _NoOwner:
