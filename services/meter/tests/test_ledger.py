@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from pydantic import SecretStr
+from sqlalchemy import text
 
 from tollgate_core import db
 from tollgate_core.contracts import Usage, UsageRecordV1
@@ -172,3 +173,42 @@ async def test_unreachable_postgres_is_a_retriable_error() -> None:
             )
     finally:
         await engine.dispose()
+
+
+async def test_late_usage_without_a_reservation_is_booked_when_it_happened(
+    ledger: PostgresLedger, inspect: Any
+) -> None:
+    # the meter's clock says 22 November; the usage happened just before October ended
+    late = usage("late", "lena", 3, 7).model_copy(
+        update={"occurred_at": datetime(2026, 10, 31, 23, 55, tzinfo=UTC)}
+    )
+    assert await ledger.settle(late, NOW)
+    ahead = usage("ahead", "lena", 1, 1).model_copy(
+        update={"occurred_at": NOW + timedelta(hours=3)}
+    )
+    assert await ledger.settle(ahead, NOW)
+    async with inspect.engine.connect() as conn:
+        periods = (
+            await conn.execute(
+                text(
+                    "SELECT period_start, input_tokens, output_tokens FROM meter.periods"
+                    " WHERE principal = 'lena' ORDER BY 1"
+                )
+            )
+        ).all()
+        buckets = (
+            await conn.execute(
+                text(
+                    "SELECT bucket_start, output_tokens FROM meter.buckets"
+                    " WHERE principal = 'lena' ORDER BY 1"
+                )
+            )
+        ).all()
+    assert [tuple(p) for p in periods] == [(date(2026, 10, 1), 3, 7), (date(2026, 11, 1), 1, 1)]
+    assert [tuple(b) for b in buckets] == [
+        (datetime(2026, 10, 31, 23, 50, tzinfo=UTC), 7),
+        (NOW, 1),  # a record from the future counts now, not later
+    ]
+    report = await ledger.report("lena", (), NOW)
+    monthly = next(w for w in report.windows if w.spec.name == "monthly")
+    assert (monthly.used.input, monthly.used.output) == (1, 1)

@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any, Protocol, TypeVar
 
@@ -375,8 +375,10 @@ class PostgresLedger:
             }
             if row is None:
                 # usage for a request this ledger never admitted (admitted while it failed
-                # open, say): record it so the ledger still equals the usage stream
-                bucket, period = bucket_start(now, self._bucket_seconds), month_start(now)
+                # open, say): record it so the ledger still equals the usage stream, in the
+                # bucket and month it happened in (never later than now)
+                at = _when(usage.occurred_at, now)
+                bucket, period = bucket_start(at, self._bucket_seconds), month_start(at)
                 counters["requests"] = 1
                 await conn.execute(
                     text(
@@ -619,6 +621,14 @@ def _bucket(start: datetime, row: Any) -> Bucket:
         used=Totals(int(row.input_tokens), int(row.output_tokens), int(row.requests)),
         reserved=Totals(int(row.reserved_input), int(row.reserved_output), 0),
     )
+
+
+def _when(occurred_at: datetime, now: datetime) -> datetime:
+    """When usage happened, as far as the windows go: its own time (UTC when it names no
+    zone), but never in the future, so a fast clock elsewhere cannot book ahead."""
+    if occurred_at.tzinfo is None:
+        occurred_at = occurred_at.replace(tzinfo=UTC)
+    return min(occurred_at, now)
 
 
 def _violation(raw: Any) -> Violation | None:
