@@ -32,6 +32,35 @@ def test_the_example_catalog_is_valid_and_documents_bedrock_and_openai() -> None
     assert haiku.max_tokens(None) == 1024 and haiku.max_tokens(100_000) == 8192
 
 
+def test_a_cost_is_rounded_half_even_to_8_decimal_places() -> None:
+    catalog = Catalog.model_validate(
+        {
+            "default_model": "cheap",
+            "providers": {"l": {"type": "local"}},
+            "models": [
+                {
+                    "id": "cheap",
+                    "provider": "l",
+                    "input_price_per_mtok": "0.075",
+                    "output_price_per_mtok": "0.3",
+                }
+            ],
+        }
+    )
+    cheap = catalog.get("cheap")
+    assert cheap is not None
+    # 1 x 0.075/M = 0.000000075: half-even rounds ...7|5 up to ...8
+    assert cheap.cost(Usage(input_tokens=1, output_tokens=0)) == Decimal("0.00000008")
+    # 17 x 0.075/M = 0.000001275: ...7|5 goes up; 7 x 0.075/M = 0.000000525: ...2|5 stays
+    assert cheap.cost(Usage(input_tokens=17, output_tokens=0)) == Decimal("0.00000128")
+    assert cheap.cost(Usage(input_tokens=7, output_tokens=0)) == Decimal("0.00000052")
+    cost = cheap.cost(Usage(input_tokens=123_457, output_tokens=3))
+    assert cost == Decimal("0.00926018")  # 0.009259275 + 0.0000009 = 0.009260175
+    assert -cost.as_tuple().exponent <= 8  # fits decimal(18, 8) exactly
+    # a cost that needs no rounding is left as it was
+    assert str(cheap.cost(Usage(input_tokens=1_000_000, output_tokens=0))) == "0.075"
+
+
 def test_json_works_too_and_inconsistencies_are_refused(tmp_path: Path) -> None:
     good = {
         "default_model": "m",

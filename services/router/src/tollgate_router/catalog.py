@@ -8,7 +8,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -21,6 +21,10 @@ from tollgate_core.errors import ConfigurationError
 logger = logging.getLogger(__name__)
 
 _MTOK = Decimal(1_000_000)
+#: costs are kept to 8 decimal places: the meter's ledger and the analytics dataset store
+#: them as decimal(18, 8)
+_COST_PLACES = 8
+_COST_QUANTUM = Decimal(1).scaleb(-_COST_PLACES)
 
 
 class _Frozen(BaseModel):
@@ -83,10 +87,16 @@ class ModelSpec(_Frozen):
         return self.upstream or self.id
 
     def cost(self, usage: Usage) -> Decimal:
-        return (
+        """USD, rounded half-even to 8 decimal places (a price such as 0.075 per million
+        tokens gives nine or more)."""
+        cost = (
             usage.input_tokens * self.input_price_per_mtok
             + usage.output_tokens * self.output_price_per_mtok
         ) / _MTOK
+        exponent = cost.as_tuple().exponent  # prices are finite: an int
+        if isinstance(exponent, int) and exponent < -_COST_PLACES:
+            return cost.quantize(_COST_QUANTUM, rounding=ROUND_HALF_EVEN)
+        return cost
 
     def allows(self, groups: tuple[str, ...]) -> bool:
         return not self.groups or bool(set(self.groups) & set(groups))
