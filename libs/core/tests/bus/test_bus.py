@@ -11,6 +11,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+from prometheus_client import REGISTRY
 
 from tollgate_core.bus import Decoder, Delivered, EventConsumer, EventProducer
 from tollgate_core.bus import headers as h
@@ -161,6 +162,13 @@ async def test_poison_records_go_to_the_dead_letter_topic_and_the_partition_move
     finally:
         await consumer.stop()
     assert [d.event.request_id for d in collector.items] == ["good"]
+
+    def dead_lettered(reason: str) -> float | None:
+        labels = {"topic": topic, "consumer": "test", "reason": reason}
+        return REGISTRY.get_sample_value("tollgate_kafka_dead_lettered_total", labels)
+
+    assert dead_lettered("ContractError") == 1
+    assert dead_lettered("UnsupportedSchemaError") == 2
     dead = await dead_letters_for(kafka_settings, topic, 3)
     reasons = sorted(h.to_dict(r.headers)[h.DLQ_REASON].split(":")[0] for r in dead)
     assert reasons == ["ContractError", "UnsupportedSchemaError", "UnsupportedSchemaError"]
@@ -265,3 +273,62 @@ async def test_unreachable_kafka_is_a_typed_retriable_error() -> None:
     with pytest.raises(DependencyUnavailable) as info:
         await producer.start()
     assert info.value.retriable
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+async def test_stop_is_bounded_by_the_drain_timeout_and_the_unfinished_work_comes_back(
+    kafka_settings: KafkaSettings,
+    producer: EventProducer,
+    topic_factory: TopicFactory,
+    unique: Callable[[str], str],
+    concurrency: int,
+) -> None:
+    # every handler hangs: with concurrency 1 the consumer's own loop is inside one, with 2
+    # both slots are taken and the loop waits for a third
+    topic = await topic_factory()
+    group = unique("group")
+    started: list[str] = []
+
+    async def hang(delivered: Delivered[UsageRecordV1]) -> None:
+        started.append(delivered.event.request_id)
+        await asyncio.Event().wait()
+
+    stuck = EventConsumer(
+        kafka_settings,
+        name="stuck",
+        topics=[topic],
+        group_id=group,
+        decoder=Decoder.of(UsageRecordV1),
+        handler=hang,
+        dead_letter=producer,
+        concurrency=concurrency,
+    )
+    for request_id in ("a", "b", "c"):
+        await producer.publish(topic, usage(request_id))
+    await stuck.start()
+    async with asyncio.timeout(30):
+        while len(started) < concurrency:
+            await asyncio.sleep(0.05)
+    stopping = asyncio.create_task(stuck.stop(drain_timeout_s=0.5))
+    done, _ = await asyncio.wait({stopping}, timeout=30)  # unbounded, it would never end
+    if not done:
+        stopping.cancel()
+    assert stopping in done
+    stopping.result()
+
+    collector = Collector()
+    after = EventConsumer(
+        kafka_settings,
+        name="after",
+        topics=[topic],
+        group_id=group,
+        decoder=Decoder.of(UsageRecordV1),
+        handler=collector,
+        dead_letter=producer,
+    )
+    await after.start()
+    try:
+        await collector.wait_for(3)
+    finally:
+        await after.stop()
+    assert [d.event.request_id for d in collector.items] == ["a", "b", "c"]

@@ -196,12 +196,25 @@ class EventConsumer(Generic[T]):
         if consumer is None:
             return
         self._stopping.set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + drain_timeout_s
         if self._loop_task is not None:
+            # the loop itself may be busy: running a handler (concurrency 1) or waiting for
+            # a free slot; past the deadline that handler is cancelled and redelivered later
+            task, self._loop_task = self._loop_task, None
+            _, pending = await asyncio.wait({task}, timeout=drain_timeout_s)
+            if pending:
+                logger.warning(
+                    "%s: the handler in progress did not finish in %.1fs; it will be redelivered",
+                    self.name,
+                    drain_timeout_s,
+                )
+                task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
-            self._loop_task = None
+                await task
         if self._tasks:
-            _, unfinished = await asyncio.wait(self._tasks, timeout=drain_timeout_s)
+            remaining = max(0.0, deadline - loop.time())
+            _, unfinished = await asyncio.wait(self._tasks, timeout=remaining)
             for task in unfinished:
                 task.cancel()
             if unfinished:
