@@ -1,6 +1,7 @@
 """The Parquet sink against the in-memory store: commits only after durability, deterministic
-segments on replay, storage failures that stop and report instead of losing, and streams that
-repeat or skip records."""
+segments on replay, storage failures that stop and report instead of losing, streams that
+repeat or skip records, gaps accepted only when the log start proves them deleted, and rows
+their columns cannot hold."""
 
 from __future__ import annotations
 
@@ -8,16 +9,24 @@ import asyncio
 import io
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
+from prometheus_client import REGISTRY
 
 from tollgate_analytics import dataset
 from tollgate_analytics.adapters.storage import LocalStore, MemoryStore
-from tollgate_analytics.errors import StorageUnavailable
-from tollgate_analytics.sink import MAX_SEEKS, SEEK_WAIT_S, ParquetSink, SinkSettings
+from tollgate_analytics.errors import RowNotRepresentable, StorageUnavailable
+from tollgate_analytics.sink import (
+    REPORT_EVERY_SEEKS,
+    SEEK_WAIT_S,
+    ParquetSink,
+    SinkSettings,
+)
+from tollgate_core.errors import DependencyUnavailable
 from tollgate_core.health import Health
 
 TOPIC = "tollgate.logs"
@@ -37,6 +46,8 @@ class Harness:
         self.clock = Clock()
         self.commits: list[int] = []
         self.make_request = make_request
+        #: the partition's earliest offset in Kafka; None: it cannot be read
+        self.log_start: int | None = 0
         self.sink = ParquetSink(
             store,
             SinkSettings(
@@ -44,12 +55,19 @@ class Harness:
             ),
             self.health,
             self.commit,
+            log_start=self.read_log_start,
             clock=self.clock,
         )
 
     async def commit(self, topic: str, partition: int, next_offset: int) -> None:
         assert (topic, partition) == (TOPIC, 0)
         self.commits.append(next_offset)
+
+    async def read_log_start(self, topic: str, partition: int) -> int:
+        assert (topic, partition) == (TOPIC, 0)
+        if self.log_start is None:
+            raise DependencyUnavailable("broker unreachable")
+        return self.log_start
 
     async def feed(
         self, offsets: Any, *, when: Callable[[int], datetime] | None = None
@@ -153,17 +171,211 @@ async def test_repeated_records_are_ignored_and_skipped_ones_are_fetched_again(
     assert h.commits == [3, 6, 9]
 
 
-async def test_a_gap_that_stays_after_several_seeks_is_accepted(
+def awaiting() -> float | None:
+    return REGISTRY.get_sample_value("tollgate_analytics_partitions_awaiting_offsets")
+
+
+def deleted() -> float:
+    value = REGISTRY.get_sample_value("tollgate_analytics_offsets_deleted_total", {"topic": TOPIC})
+    return value or 0.0
+
+
+async def test_a_gap_the_log_still_holds_is_never_accepted(
+    make_request: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    store = MemoryStore()
+    h = Harness(store, make_request, max_records=2)
+    await h.feed([0, 1])
+    h.log_start = 0  # nothing was deleted: offsets 2..8 must come
+    assert await h.feed([9]) == [2]
+    for _ in range(3 * REPORT_EVERY_SEEKS):
+        # records that come meanwhile were buffered before the seek: refused
+        assert await h.feed([9, 10]) == [None, None]
+        assert await h.sink.due_seeks() == []  # not yet due
+        h.clock.now += SEEK_WAIT_S
+        assert await h.sink.due_seeks() == [(TOPIC, 0, 2)]
+    assert awaiting() == 1
+    assert h.commits == [2] and rows_in(store) == [0, 1]
+    assert "offset 2 still missing" in caplog.text and "was not deleted" in caplog.text
+    await h.feed(range(2, 11))
+    assert awaiting() == 0
+    assert await h.sink.due_seeks() == []
+    assert rows_in(store) == list(range(10))  # 10 is in the open segment
+    assert h.commits == [2, 4, 6, 8, 10]
+
+
+async def test_a_gap_before_the_log_start_is_accepted_as_deleted(
     make_request: Callable[..., Any],
 ) -> None:
     store = MemoryStore()
     h = Harness(store, make_request, max_records=2)
     await h.feed([0, 1])
-    for _ in range(MAX_SEEKS):
-        assert await h.feed([9]) == [2]
-        h.clock.now += SEEK_WAIT_S
-    assert await h.feed([9, 10]) == [None, None]  # offsets 2..8 were deleted by retention
+    before = deleted()
+    assert await h.feed([9]) == [2]
+    h.log_start = 9  # retention deleted 2..8 before they were read
+    h.clock.now += SEEK_WAIT_S
+    assert await h.sink.due_seeks() == [(TOPIC, 0, 9)]
+    assert await h.feed([9, 10]) == [None, None]
     assert rows_in(store) == [0, 1, 9, 10]
+    assert h.commits == [2, 11]
+    assert deleted() - before == 7
+    assert awaiting() == 0
+
+
+async def test_a_log_start_inside_the_gap_is_where_the_sink_resumes(
+    make_request: Callable[..., Any],
+) -> None:
+    store = MemoryStore()
+    h = Harness(store, make_request, max_records=2)
+    await h.feed([0, 1])
+    before = deleted()
+    assert await h.feed([9]) == [2]
+    h.log_start = 5  # 2..4 are gone, 5..8 are still there
+    h.clock.now += SEEK_WAIT_S
+    assert await h.sink.due_seeks() == [(TOPIC, 0, 5)]
+    assert await h.feed([9]) == [None]  # fetched before that seek
+    assert await h.feed([5, 6, 7, 8, 9]) == [None] * 5
+    assert rows_in(store) == [0, 1, 5, 6, 7, 8]  # 9 is in the open segment
+    assert deleted() - before == 3
+
+
+async def test_a_log_start_that_cannot_be_read_keeps_the_sink_waiting(
+    make_request: Callable[..., Any],
+) -> None:
+    store = MemoryStore()
+    h = Harness(store, make_request, max_records=2)
+    await h.feed([0, 1])
+    h.log_start = None
+    assert await h.feed([9]) == [2]
+    for _ in range(2 * REPORT_EVERY_SEEKS):
+        h.clock.now += SEEK_WAIT_S
+        assert await h.sink.due_seeks() == [(TOPIC, 0, 2)]
+        assert await h.feed([9]) == [None]
+    assert rows_in(store) == [0, 1] and awaiting() == 1
+    h.log_start = 9
+    h.clock.now += SEEK_WAIT_S
+    assert await h.sink.due_seeks() == [(TOPIC, 0, 9)]
+    assert await h.feed([9]) == [None]
+    assert awaiting() == 0
+
+
+async def test_a_sink_without_a_log_start_never_accepts_a_gap(
+    make_request: Callable[..., Any],
+) -> None:
+    store = MemoryStore()
+    commits: list[int] = []
+
+    async def commit(topic: str, partition: int, next_offset: int) -> None:
+        commits.append(next_offset)
+
+    sink = ParquetSink(store, SinkSettings(max_records=2), Health(), commit, clock=lambda: now)
+    now = 0.0
+    for offset in (0, 1):
+        log, _ = make_request(offset)
+        await sink.add(TOPIC, 0, offset, dataset.log_row(log, 0, offset), size=1)
+    log, _ = make_request(9)
+    assert await sink.add(TOPIC, 0, 9, dataset.log_row(log, 0, 9), size=1) == 2
+    for _ in range(3 * REPORT_EVERY_SEEKS):
+        now += SEEK_WAIT_S
+        assert await sink.due_seeks() == [(TOPIC, 0, 2)]
+    assert commits == [2]
+
+
+async def test_a_cost_is_rounded_half_even_and_a_value_out_of_range_is_rejected(
+    make_request: Callable[..., Any],
+) -> None:
+    store = MemoryStore()
+    h = Harness(store, make_request, max_records=6)
+    accepted: list[int] = []
+    rejected: list[tuple[int, str]] = []
+    log, usage = make_request(0)
+    records = [
+        dataset.log_row(log.model_copy(update={"cost_usd": Decimal("0.000000085")}), 0, 0),
+        dataset.log_row(log.model_copy(update={"cost_usd": Decimal("0.000000075")}), 0, 1),
+        dataset.log_row(log.model_copy(update={"retries": 2**31}), 0, 2),
+        dataset.usage_row(usage.model_copy(update={"cost_usd": Decimal("1.2345678949")}), 0, 3),
+        dataset.usage_row(usage.model_copy(update={"cost_usd": Decimal("1E+10")}), 0, 4),
+        dataset.log_row(log.model_copy(update={"time_to_first_token_ms": 2**63}), 0, 5),
+    ]
+    for offset, row in enumerate(records):
+
+        async def reject(exc: RowNotRepresentable, offset: int = offset) -> None:
+            rejected.append((offset, exc.message))
+
+        assert (
+            await h.sink.add(
+                TOPIC,
+                0,
+                offset,
+                row,
+                size=100,
+                on_accept=lambda offset=offset: accepted.append(offset),
+                on_reject=reject,
+            )
+            is None
+        )
+    assert h.commits == [6]  # the rejected records are committed with their segment
+    assert accepted == [0, 1, 3]
+    assert [o for o, _ in rejected] == [2, 4, 5]
+    assert "retries = 2147483648" in rejected[0][1]
+    assert "cost_usd = 1E+10" in rejected[1][1]
+    costs: dict[int, Decimal] = {}
+    for key, data in store.objects.items():
+        if key.endswith(".parquet"):
+            table = pq.read_table(io.BytesIO(data))
+            costs |= dict(
+                zip(
+                    table.column("kafka_offset").to_pylist(),
+                    table.column("cost_usd").to_pylist(),
+                    strict=True,
+                )
+            )
+    # half-even: ...8|5 stays 8, ...7|5 goes to 8; 1.23456789|49 rounds down
+    assert costs == {0: Decimal("0.00000008"), 1: Decimal("0.00000008"), 3: Decimal("1.23456789")}
+
+
+async def test_a_segment_that_cannot_be_encoded_is_kept_and_retried(
+    make_request: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = MemoryStore()
+    h = Harness(store, make_request)
+    broken = True
+    encode = dataset.to_parquet
+
+    def flaky(table: dataset.Table, rows: list[dict[str, Any]]) -> bytes:
+        if broken:
+            raise RuntimeError("encoder bug")
+        return encode(table, rows)
+
+    monkeypatch.setattr(dataset, "to_parquet", flaky)
+    task = asyncio.create_task(h.feed(range(10)))
+    async with asyncio.timeout(10):
+        while "segments" not in h.health.report():
+            await asyncio.sleep(0.01)
+    assert "encoder bug" in str(h.health.report()["segments"]["reason"])
+    assert not h.health.ready
+    await asyncio.sleep(0.1)
+    assert not task.done() and h.commits == []
+    assert store.objects == {}  # not even the marker: nothing announces the segment
+    broken = False
+    await asyncio.wait_for(task, 10)
+    assert h.commits == [5, 10]
+    assert rows_in(store) == list(range(10))
+    assert h.health.ready
+
+
+async def test_a_segment_rolls_when_its_input_reaches_max_bytes(
+    make_request: Callable[..., Any],
+) -> None:
+    store = MemoryStore()
+    h = Harness(store, make_request, max_records=1000, max_bytes=250, max_age_s=30)
+    await h.feed(range(7))  # 100 bytes each: 3 records reach 250
+    assert h.commits == [3, 6]
+    assert rows_in(store) == list(range(6))
+    assert sorted(k for k in store.objects if k.startswith("_segments")) == [
+        dataset.marker_key(TOPIC, 0, 0, 2),
+        dataset.marker_key(TOPIC, 0, 3, 5),
+    ]
 
 
 async def test_an_unwritable_store_stops_committing_and_reports_not_ready(
@@ -244,9 +456,9 @@ async def test_a_seek_whose_records_do_not_come_is_repeated(
     h = Harness(store, make_request)
     await h.feed([0, 1])
     assert await h.feed([3]) == [2]
-    assert h.sink.due_seeks() == []
+    assert await h.sink.due_seeks() == []
     h.clock.now += SEEK_WAIT_S
-    assert h.sink.due_seeks() == [(TOPIC, 0, 2)]
+    assert await h.sink.due_seeks() == [(TOPIC, 0, 2)]
     await h.feed([2, 3, 4])
-    assert h.sink.due_seeks() == []
+    assert await h.sink.due_seeks() == []
     assert rows_in(store) == list(range(5))

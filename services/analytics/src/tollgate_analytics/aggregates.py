@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from tollgate_analytics import dataset
 from tollgate_analytics.sketch import Sketch
 from tollgate_core.contracts import RequestLogV1
 
@@ -55,7 +56,7 @@ class Aggregate:
         self.requests += 1
         self.input_tokens += record.input_tokens
         self.output_tokens += record.output_tokens
-        self.cost_usd += record.cost_usd
+        self.cost_usd += dataset.usd(record.cost_usd)  # rounded as in the dataset
         if record.status != "ok":
             kind = record.error_type or record.status
             self.errors[kind] = self.errors.get(kind, 0) + 1

@@ -32,7 +32,7 @@ from tollgate_analytics.sink import ParquetSink, SinkSettings
 from tollgate_core.bus import Decoder
 from tollgate_core.bus import headers as h
 from tollgate_core.contracts import RequestLogV1, UsageRecordV1
-from tollgate_core.errors import ContractError
+from tollgate_core.errors import ContractError, DependencyUnavailable
 from tollgate_core.health import Health
 
 logger = logging.getLogger(__name__)
@@ -99,6 +99,18 @@ def create_app(settings: AnalyticsSettings, store: ObjectStore | None = None) ->
         except Exception as exc:  # noqa: BLE001 - a later segment commits past it again
             logger.warning("cannot commit %s/%d@%d: %s", topic, partition, next_offset, exc)
 
+    async def log_start(topic: str, partition: int) -> int:
+        """The partition's earliest offset still in Kafka (ListOffsets(earliest)); what the
+        sink needs to tell records deleted by retention from records the stream skipped."""
+        tp = TP(topic, partition)
+        try:
+            offsets = await app.consumer.earliest_offsets(tp)
+            return int(offsets[tp])
+        except Exception as exc:  # translated: the sink does not accept the gap, it waits
+            raise DependencyUnavailable(
+                f"cannot list offsets of {topic}/{partition}: {exc}"
+            ) from exc
+
     sink = ParquetSink(
         store or create_store(settings),
         SinkSettings(
@@ -108,6 +120,7 @@ def create_app(settings: AnalyticsSettings, store: ObjectStore | None = None) ->
         ),
         health,
         commit,
+        log_start=log_start,
     )
     catalog = Catalog(settings.location, settings.pyarrow_s3_options())
     logs_topic = app.topic(
@@ -127,33 +140,36 @@ def create_app(settings: AnalyticsSettings, store: ObjectStore | None = None) ->
     log_decoder: Decoder[RequestLogV1] = Decoder.of(RequestLogV1)
     usage_decoder: Decoder[UsageRecordV1] = Decoder.of(UsageRecordV1)
 
-    async def decode_or_dead_letter(event: Any, decoder: Decoder[Any]) -> Any:
+    async def send_dead_letter(event: Any, exc: ContractError) -> None:
         raw_headers = list((event.headers or {}).items())
-        headers = h.to_dict(raw_headers)
         message = event.message
+        DEAD_LETTERED.labels(message.topic, type(exc).__name__).inc()
+        logger.warning(
+            "dead-lettering %s/%d@%d: %s",
+            message.topic,
+            message.partition,
+            message.offset,
+            exc.message,
+        )
+        await dead_letter.send(
+            key=event.key,
+            value=event.value,
+            headers=[
+                *raw_headers,
+                (h.DLQ_REASON, f"{type(exc).__name__}: {exc.message}"[:1000].encode()),
+                (h.DLQ_TOPIC, message.topic.encode()),
+                (h.DLQ_PARTITION, str(message.partition).encode()),
+                (h.DLQ_OFFSET, str(message.offset).encode()),
+                (h.DLQ_GROUP, settings.app_id.encode()),
+            ],
+        )
+
+    async def decode_or_dead_letter(event: Any, decoder: Decoder[Any]) -> Any:
+        headers = h.to_dict(list((event.headers or {}).items()))
         try:
             return decoder.decode(event.value, headers.get(h.SCHEMA))
         except ContractError as exc:
-            DEAD_LETTERED.labels(message.topic, type(exc).__name__).inc()
-            logger.warning(
-                "dead-lettering %s/%d@%d: %s",
-                message.topic,
-                message.partition,
-                message.offset,
-                exc.message,
-            )
-            await dead_letter.send(
-                key=event.key,
-                value=event.value,
-                headers=[
-                    *raw_headers,
-                    (h.DLQ_REASON, f"{type(exc).__name__}: {exc.message}"[:1000].encode()),
-                    (h.DLQ_TOPIC, message.topic.encode()),
-                    (h.DLQ_PARTITION, str(message.partition).encode()),
-                    (h.DLQ_OFFSET, str(message.offset).encode()),
-                    (h.DLQ_GROUP, settings.app_id.encode()),
-                ],
-            )
+            await send_dead_letter(event, exc)
             return None
 
     async def to_sink(
@@ -167,6 +183,8 @@ def create_app(settings: AnalyticsSettings, store: ObjectStore | None = None) ->
             row,
             size=len(event.value or b""),
             on_accept=on_accept,
+            # a valid record whose row a column cannot hold: dead-lettered like a malformed one
+            on_reject=functools.partial(send_dead_letter, event),
         )
         if seek is not None:
             await app.consumer.seek(TP(message.topic, message.partition), seek)
@@ -221,7 +239,7 @@ def create_app(settings: AnalyticsSettings, store: ObjectStore | None = None) ->
     @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
     async def roll_segments() -> None:
         await sink.flush_due()
-        for topic, partition, offset in sink.due_seeks():
+        for topic, partition, offset in await sink.due_seeks():
             await app.consumer.seek(TP(topic, partition), offset)
 
     @app.timer(interval=60.0)  # type: ignore[untyped-decorator]

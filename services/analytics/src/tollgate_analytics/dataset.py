@@ -12,20 +12,32 @@ its files is written, its marker under ``_segments/`` records the range, so a re
 re-reads those offsets closes the segment at the same offset and rewrites the same names
 (see ``docs/analytics.md``). Underscore-prefixed paths are ignored by Hive, Athena and the
 DuckDB views.
+
+A row is checked against its table's Arrow schema when the sink takes it (:func:`conform`),
+not when its segment is written: a value the column cannot hold would otherwise fail the
+whole file. Decimals are rounded half-even to the column's scale (a cost with nine decimals
+is a representational limit, not an error); a value out of its column's range (an int32
+overflow, a cost of 10^10 USD) makes the record :class:`RowNotRepresentable`, and the
+caller dead-letters it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 import pyarrow as pa
 
+from tollgate_analytics.errors import RowNotRepresentable
 from tollgate_core.contracts import RequestLogV1, UsageRecordV1
 
 MARKERS = "_segments"
 _OFFSET_WIDTH = 20
+#: the type of every ``cost_usd`` column (and of the meter's ledger, ``Numeric(18, 8)``)
+COST = pa.decimal128(18, 8)
 
 LOGS_SCHEMA = pa.schema(
     [
@@ -38,7 +50,7 @@ LOGS_SCHEMA = pa.schema(
         ("error_type", pa.string()),
         ("input_tokens", pa.int64()),
         ("output_tokens", pa.int64()),
-        ("cost_usd", pa.decimal128(18, 8)),
+        ("cost_usd", COST),
         ("cache_hit", pa.bool_()),
         ("retries", pa.int32()),
         ("fallback_used", pa.bool_()),
@@ -62,7 +74,7 @@ USAGE_SCHEMA = pa.schema(
         ("status", pa.string()),
         ("input_tokens", pa.int64()),
         ("output_tokens", pa.int64()),
-        ("cost_usd", pa.decimal128(18, 8)),
+        ("cost_usd", COST),
         ("occurred_at", pa.timestamp("us", tz="UTC")),
         ("kafka_partition", pa.int32()),
         ("kafka_offset", pa.int64()),
@@ -73,10 +85,63 @@ USAGE_SCHEMA = pa.schema(
 PARTITION_COLUMNS = ("year", "month", "day", "hour")
 
 
+Fit = Callable[[Any], Any]
+
+
+def _decimal_fit(column: str, type_: pa.Decimal128Type) -> Fit:
+    quantum = Decimal(1).scaleb(-type_.scale)
+    limit = Decimal(10) ** (type_.precision - type_.scale)
+
+    def fit(value: Any) -> Any:
+        if value is None:
+            return None
+        number = value if isinstance(value, Decimal) else Decimal(value)
+        if number.is_finite() and abs(number) < limit:
+            rounded = number.quantize(quantum, rounding=ROUND_HALF_EVEN)
+            if abs(rounded) < limit:
+                return rounded
+        raise RowNotRepresentable(f"{column} = {value} does not fit {type_}")
+
+    return fit
+
+
+def _integer_fit(column: str, type_: pa.DataType) -> Fit:
+    bits = type_.bit_width
+    low, high = (
+        (-(1 << (bits - 1)), (1 << (bits - 1)) - 1)
+        if pa.types.is_signed_integer(type_)
+        else (0, (1 << bits) - 1)
+    )
+
+    def fit(value: Any) -> Any:
+        if value is not None and not low <= value <= high:
+            raise RowNotRepresentable(f"{column} = {value} is outside the range of {type_}")
+        return value
+
+    return fit
+
+
+def _fits(schema: pa.Schema) -> dict[str, Fit]:
+    """The columns whose values can fall outside their Arrow type, with their check. The
+    other types (strings, booleans, lists of strings, timestamps in microseconds) hold every
+    value the contracts admit."""
+    fits: dict[str, Fit] = {}
+    for column in schema:
+        if pa.types.is_decimal(column.type):
+            fits[column.name] = _decimal_fit(column.name, column.type)
+        elif pa.types.is_integer(column.type):
+            fits[column.name] = _integer_fit(column.name, column.type)
+    return fits
+
+
 @dataclass(frozen=True, slots=True)
 class Table:
     name: str
     schema: pa.Schema
+    fits: dict[str, Fit] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fits", _fits(self.schema))
 
 
 LOGS = Table("logs", LOGS_SCHEMA)
@@ -91,6 +156,21 @@ class Row:
     table: Table
     hour: datetime
     values: dict[str, Any]
+
+
+def usd(value: Decimal) -> Decimal:
+    """``value`` rounded half-even to the cost columns' 8 decimal places."""
+    fit: Decimal = LOGS.fits["cost_usd"](value)
+    return fit
+
+
+def conform(row: Row) -> Row:
+    """``row`` with every value its column can hold: decimals rounded half-even to their
+    scale. Raises RowNotRepresentable for a value out of its column's range."""
+    values = dict(row.values)
+    for column, fit in row.table.fits.items():
+        values[column] = fit(values.get(column))
+    return Row(row.table, row.hour, values)
 
 
 def _hour(ts: datetime) -> datetime:
