@@ -212,3 +212,36 @@ async def test_late_usage_without_a_reservation_is_booked_when_it_happened(
     report = await ledger.report("lena", (), NOW)
     monthly = next(w for w in report.windows if w.spec.name == "monthly")
     assert (monthly.used.input, monthly.used.output) == (1, 1)
+
+
+async def test_old_finished_reservations_are_pruned_in_batches(ledger: PostgresLedger) -> None:
+    # longest window of TEST_TIERS: the month (31 days); with a 14-day margin rows finished
+    # before NOW - 45 days go
+    margin, old, late = timedelta(days=14), NOW - timedelta(days=60), NOW - timedelta(days=40)
+    for rid in ("settled", "late", "released", "open"):
+        assert (await ledger.admit(rid, "olga", "m", (), Estimate(1, 10), old)).admitted
+    assert not (await ledger.admit("rejected", "olga", "m", (), Estimate(1, 5_000), old)).admitted
+    await ledger.settle(usage("settled", "olga"), old)
+    await ledger.settle(usage("late", "olga"), late)  # its usage arrived 20 days on
+    assert await ledger.release_expired(old + timedelta(minutes=1), limit=1) == 1  # "released"
+    await ledger.admit("recent", "olga", "m", (), Estimate(1, 10), late)
+    await ledger.settle(usage("recent", "olga"), late)
+
+    assert await ledger.prune_reservations(NOW, margin, limit=2) == 2
+    assert await ledger.prune_reservations(NOW, margin, limit=2) == 1
+    assert await ledger.prune_reservations(NOW, margin, limit=2) == 0
+    rows = ("settled", "late", "released", "open", "rejected", "recent")
+    assert [rid for rid in rows if await ledger.get(rid) is not None] == ["late", "open", "recent"]
+    # a replayed usage record whose row is kept is still recognised
+    assert await ledger.settle(usage("late", "olga"), NOW) is False
+
+
+async def test_a_longer_window_keeps_reservations_longer(ledger: PostgresLedger) -> None:
+    old = NOW - timedelta(days=60)
+    await ledger.admit("q1", "quinn", "m", (), Estimate(1, 10), old)
+    await ledger.settle(usage("q1", "quinn"), old)
+    await ledger.set_principal(
+        "rita", None, (WindowSpec(name="quarter", kind="trailing", seconds=90 * 86_400),)
+    )
+    assert await ledger.prune_reservations(NOW, timedelta(days=14)) == 0
+    assert await ledger.prune_reservations(NOW + timedelta(days=45), timedelta(days=14)) == 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from prometheus_client import REGISTRY
@@ -24,6 +24,8 @@ class FlakyLedger:
         self.releases = 0
         self.prunes = 0
         self.swept = asyncio.Event()
+        self.finished = 0  # old finished reservations left to prune
+        self.margins: list[timedelta] = []
 
     async def release_expired(self, cutoff: datetime, limit: int = 500) -> int:
         self.releases += 1
@@ -33,12 +35,22 @@ class FlakyLedger:
 
     async def prune(self, now: datetime) -> int:
         self.prunes += 1
-        self.swept.set()
         return 0
+
+    async def prune_reservations(self, now: datetime, margin: timedelta, limit: int) -> int:
+        self.margins.append(margin)
+        deleted = min(limit, self.finished)
+        self.finished -= deleted
+        self.swept.set()
+        return deleted
+
+
+def sample(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0
 
 
 def sweep_errors() -> float:
-    return REGISTRY.get_sample_value("tollgate_meter_sweep_errors_total") or 0.0
+    return sample("tollgate_meter_sweep_errors_total")
 
 
 async def ok() -> None:
@@ -95,3 +107,26 @@ async def test_postgres_down_marks_it_not_ready_until_a_round_succeeds() -> None
     finally:
         await sweep.stop()
     assert pings >= 2 and health.ready
+
+
+async def test_old_reservations_are_pruned_in_bounded_batches() -> None:
+    ledger = FlakyLedger(failures=0)
+    ledger.finished = 2_500
+    sweep = Sweeper(
+        ledger,  # type: ignore[arg-type]
+        Health(),
+        lambda: NOW,
+        ok,
+        ttl_s=900,
+        interval_s=15,
+        margin_s=86_400,
+        prune_batch=1_000,
+        prune_batches=2,
+    )
+    before = sample("tollgate_meter_reservations_pruned_total")
+    await sweep.sweep_once()
+    assert ledger.finished == 500  # two batches a round, the rest next round
+    await sweep.sweep_once()
+    assert ledger.finished == 0
+    assert sample("tollgate_meter_reservations_pruned_total") == before + 2_500
+    assert set(ledger.margins) == {timedelta(days=1)}

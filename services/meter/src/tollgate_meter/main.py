@@ -82,6 +82,7 @@ async def serve(settings: MeterSettings, stop: asyncio.Event) -> None:
         lambda: db.ping(engine),
         ttl_s=settings.reservation_ttl_s,
         interval_s=settings.sweep_interval_s,
+        margin_s=settings.reservation_margin_s,
     )
 
     async def start_postgres() -> None:

@@ -25,6 +25,11 @@ class MeterSettings(BaseSettings):
     #: a reservation not settled after this long is released by the sweeper
     reservation_ttl_s: int = Field(default=900, ge=1)
     sweep_interval_s: float = Field(default=15.0, gt=0)
+    #: finished reservation rows are kept this long beyond the longest window (at least a
+    #: month): a replayed usage record is recognised only while its row exists. 14 days covers
+    #: the usage topic's 7-day retention plus Kafka's default 7-day segment roll (a record is
+    #: deleted with its segment, so it can be read up to about 14 days after it was written)
+    reservation_margin_s: int = Field(default=14 * 86_400, ge=0)
     #: admit without a reservation while Postgres is unreachable (default: refuse)
     fail_open: bool = False
     #: the auth service, asked who calls /v1/usage/me

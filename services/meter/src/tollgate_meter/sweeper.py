@@ -1,5 +1,5 @@
-"""Background upkeep: release reservations that never settled, prune old buckets, and keep
-the Postgres readiness check current while no traffic flows.
+"""Background upkeep: release reservations that never settled, prune old buckets and old
+finished reservations, and keep the Postgres readiness check current while no traffic flows.
 
 The loop must outlive any one failure: if it stopped, expired reservations would hold their
 principals' budgets for ever. Postgres being down is expected (readiness says so and the next
@@ -26,6 +26,9 @@ logger = logging.getLogger(__name__)
 
 RELEASED = Counter("tollgate_meter_reservations_released_total", "Reservations never settled")
 PRUNED = Counter("tollgate_meter_buckets_pruned_total", "Old buckets deleted")
+PRUNED_RESERVATIONS = Counter(
+    "tollgate_meter_reservations_pruned_total", "Finished reservation rows deleted"
+)
 ERRORS = Counter("tollgate_meter_sweep_errors_total", "Sweeper rounds that failed unexpectedly")
 
 
@@ -39,7 +42,10 @@ class Sweeper:
         *,
         ttl_s: int,
         interval_s: float,
+        margin_s: int = 14 * 86_400,
         max_backoff_s: float = 300.0,
+        prune_batch: int = 1000,
+        prune_batches: int = 20,
     ) -> None:
         self._ledger = ledger
         self._health = health
@@ -48,6 +54,9 @@ class Sweeper:
         self._ttl = timedelta(seconds=ttl_s)
         self._interval = interval_s
         self._max_backoff = max(max_backoff_s, interval_s)
+        self._margin = timedelta(seconds=margin_s)
+        self._prune_batch = prune_batch
+        self._prune_batches = prune_batches
         self._task: asyncio.Task[None] | None = None
 
     async def sweep_once(self) -> int:
@@ -58,7 +67,22 @@ class Sweeper:
         PRUNED.inc(pruned)
         if released:
             logger.info("released %d reservations that never settled", released)
+        await self._prune_reservations(now)
         return released
+
+    async def _prune_reservations(self, now: datetime) -> int:
+        """Old finished reservations, in short transactions of ``prune_batch`` rows, at most
+        ``prune_batches`` of them a round (a backlog drains over the next rounds)."""
+        total = 0
+        for _ in range(self._prune_batches):
+            deleted = await self._ledger.prune_reservations(now, self._margin, self._prune_batch)
+            PRUNED_RESERVATIONS.inc(deleted)
+            total += deleted
+            if deleted < self._prune_batch:
+                break
+        if total:
+            logger.info("pruned %d finished reservations", total)
+        return total
 
     async def _round(self) -> None:
         try:

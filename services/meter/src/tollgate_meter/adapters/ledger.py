@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol, TypeVar
 
@@ -51,6 +51,9 @@ from tollgate_meter.limits import (
 )
 
 T = TypeVar("T")
+
+#: a calendar-month window (and the month's by-model report) reaches back at most this far
+LONGEST_MONTH = timedelta(days=31)
 
 
 def create_engine(settings: DatabaseSettings, *, application_name: str = "meter") -> AsyncEngine:
@@ -100,6 +103,10 @@ class Ledger(Protocol):
     async def release_expired(self, cutoff: datetime, limit: int = 500) -> int: ...
 
     async def prune(self, now: datetime) -> int: ...
+
+    async def prune_reservations(
+        self, now: datetime, margin: timedelta, limit: int = 1000
+    ) -> int: ...
 
     async def report(self, principal: str, groups: Sequence[str], now: datetime) -> UsageReport: ...
 
@@ -459,19 +466,24 @@ class PostgresLedger:
 
         return await self._run(release)
 
+    async def _all_windows(self, conn: AsyncConnection) -> list[WindowSpec]:
+        """Every window any principal may be limited by: the file's tiers, admin-set tiers and
+        per-principal windows."""
+        windows = [w for t in self._config.tiers.values() for w in t.windows]
+        windows += [w for t in (await self._tier_overrides(conn)).values() for w in t.windows]
+        rows = (
+            await conn.execute(
+                text("SELECT windows FROM meter.principals WHERE windows IS NOT NULL")
+            )
+        ).all()
+        windows += [WindowSpec.model_validate(w) for r in rows for w in r.windows]
+        return windows
+
     async def prune(self, now: datetime) -> int:
         """Delete buckets no window can reach any more (and month periods over a year old)."""
 
         async def prune(conn: AsyncConnection) -> int:
-            windows = [w for t in self._config.tiers.values() for w in t.windows]
-            windows += [w for t in (await self._tier_overrides(conn)).values() for w in t.windows]
-            rows = (
-                await conn.execute(
-                    text("SELECT windows FROM meter.principals WHERE windows IS NOT NULL")
-                )
-            ).all()
-            windows += [WindowSpec.model_validate(w) for r in rows for w in r.windows]
-            oldest = oldest_bucket_needed(windows, now, self._bucket_seconds)
+            oldest = oldest_bucket_needed(await self._all_windows(conn), now, self._bucket_seconds)
             deleted = await conn.execute(
                 text(
                     "DELETE FROM meter.buckets WHERE bucket_start < :oldest AND"
@@ -482,6 +494,35 @@ class PostgresLedger:
             await conn.execute(
                 text("DELETE FROM meter.periods WHERE period_start < :year_ago"),
                 {"year_ago": date(now.year - 1, now.month, 1)},
+            )
+            return int(deleted.rowcount)
+
+        return await self._run(prune)
+
+    async def prune_reservations(self, now: datetime, margin: timedelta, limit: int = 1000) -> int:
+        """Delete up to ``limit`` finished reservation rows (settled, released or rejected)
+        older than the longest window — at least a month, which the by-model usage report
+        reads — plus ``margin``; return how many went.
+
+        These rows are what makes redeliveries harmless: a request is decided once and a usage
+        record settled once *because its row is still there*. A replayed usage record whose
+        row is gone would count again, so ``margin`` must exceed how long Kafka may still hand
+        a record out. A row's age runs from its settlement if it was settled, else from its
+        creation. Open reservations are never pruned (the sweeper releases them first).
+        """
+
+        async def prune(conn: AsyncConnection) -> int:
+            oldest = oldest_bucket_needed(await self._all_windows(conn), now, self._bucket_seconds)
+            cutoff = min(oldest, now - LONGEST_MONTH) - margin
+            deleted = await conn.execute(
+                text(
+                    "DELETE FROM meter.reservations WHERE request_id IN ("
+                    " SELECT request_id FROM meter.reservations"
+                    " WHERE status <> 'reserved' AND created_at < :cutoff"
+                    " AND (settled_at IS NULL OR settled_at < :cutoff)"
+                    " ORDER BY created_at LIMIT :limit FOR UPDATE SKIP LOCKED)"
+                ),
+                {"cutoff": cutoff, "limit": limit},
             )
             return int(deleted.rowcount)
 
