@@ -180,6 +180,13 @@ env:
   - name: TOLLGATE_ANALYTICS_S3_REGION
     value: {{ .s3Region | quote }}
 {{- end }}
+{{- if .adminTokenSecret }}
+  - name: TOLLGATE_ANALYTICS_ADMIN_TOKEN
+    valueFrom:
+      secretKeyRef:
+        name: {{ .adminTokenSecret }}
+        key: ADMIN_TOKEN
+{{- end }}
 {{- end }}
 {{- end }}
 {{- range $key, $value := $spec.env }}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from importlib import resources
@@ -16,7 +17,7 @@ import pytest
 
 from tollgate_analytics import cli, dataset, reports
 from tollgate_analytics.adapters.storage import LocalStore
-from tollgate_analytics.query import Catalog, QueryError
+from tollgate_analytics.query import Catalog, Limits, QueryError, QueryTimeout, ResultTooLarge
 from tollgate_analytics.sink import ParquetSink, SinkSettings
 from tollgate_core.health import Health
 
@@ -105,6 +106,33 @@ async def test_query_command_and_errors(
     assert "error: query failed" in capsys.readouterr().err
     with pytest.raises(QueryError):
         Catalog(str(root)).query("DROP TABLE logs")
+
+
+def test_a_query_past_its_timeout_is_interrupted(tmp_path: Path) -> None:
+    catalog = Catalog(str(tmp_path / "nothing"))
+    started = time.monotonic()
+    with pytest.raises(QueryTimeout) as timed_out:
+        catalog.query(
+            "SELECT sum(a.range * b.range) FROM range(10000000000) a, range(9) b",
+            limits=Limits(timeout_s=0.5),
+        )
+    assert time.monotonic() - started < 10
+    assert timed_out.value.http_status == 504
+    # a quick one is not disturbed by its timer, before or after it would fire
+    assert catalog.query("SELECT 1", limits=Limits(timeout_s=0.5)).rows == [(1,)]
+    time.sleep(0.6)
+    assert catalog.query("SELECT 2", limits=Limits(timeout_s=0.5)).rows == [(2,)]
+
+
+def test_a_result_past_the_row_cap_is_refused_not_cut(tmp_path: Path) -> None:
+    catalog = Catalog(str(tmp_path / "nothing"))
+    capped = Limits(max_rows=100)
+    assert len(catalog.query("SELECT * FROM range(100)", limits=capped).rows) == 100
+    with pytest.raises(ResultTooLarge) as refused:
+        catalog.query("SELECT * FROM range(1000000000)", limits=capped)
+    assert refused.value.error_type == "result_too_large"
+    assert refused.value.details == {"max_rows": 100}
+    assert len(catalog.query("SELECT * FROM range(1000)").rows) == 1000  # the CLI: no cap
 
 
 def test_an_empty_dataset_answers_with_no_rows(tmp_path: Path) -> None:

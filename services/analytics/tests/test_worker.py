@@ -1,5 +1,6 @@
 """The worker end to end on a real Kafka: Parquet files in the right partitions, DuckDB totals
-equal to the usage records, dead letters, restarts that lose and duplicate nothing."""
+equal to the usage records, dead letters, restarts that lose and duplicate nothing, and data
+endpoints that take the admin token and bound a query."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ from tollgate_core.bus import EventProducer
 from tollgate_core.bus import headers as h
 from tollgate_core.settings import KafkaSettings
 
+ADMIN_TOKEN = "analytics-admin-test-token"
+ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+
 
 def count(catalog: Catalog, table: str) -> int:
     return int(catalog.query(f"SELECT count(*) FROM {table}").rows[0][0])  # noqa: S608
@@ -32,7 +36,7 @@ async def test_records_land_in_hour_partitions_and_totals_match_the_usage_record
     kafka_settings: KafkaSettings,
     tmp_path: Path,
 ) -> None:
-    worker = worker_factory()
+    worker = worker_factory(admin_token=ADMIN_TOKEN, query_max_rows="100", query_timeout_s="3")
     worker.start()
     await worker.wait_ready()
     now = datetime.now(UTC)
@@ -102,25 +106,56 @@ async def test_records_land_in_hour_partitions_and_totals_match_the_usage_record
         )
         assert "tollgate_analytics_tokens_total" in text
 
-        # the HTTP side: SQL, a canned report, the live aggregates
-        rows = (
-            await client.get(
-                f"{worker.url}/query", params={"sql": "SELECT count(*) AS n FROM usage"}
-            )
-        ).json()
+        # the HTTP side: SQL, a canned report, the live aggregates, for the admin token only
+        count_sql = {"sql": "SELECT count(*) AS n FROM usage"}
+        for path, params in (
+            ("/query", count_sql),
+            ("/reports/usage-by-model", {}),
+            ("/aggregates", {}),
+        ):
+            for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": ADMIN_TOKEN}):
+                refused = await client.get(f"{worker.url}{path}", params=params, headers=headers)
+                assert refused.status_code == 401, (path, headers)
+                assert refused.json()["error"]["type"] == "unauthorized"
+                assert refused.headers["www-authenticate"] == "Bearer"
+        rows = (await client.get(f"{worker.url}/query", params=count_sql, headers=ADMIN)).json()
         assert rows == [{"n": 30}]
-        by_model = (await client.get(f"{worker.url}/reports/usage-by-model")).json()
+        posted = await client.post(
+            f"{worker.url}/query?format=csv", content="SELECT 1 AS one", headers=ADMIN
+        )
+        assert posted.text == "one\n1\n"
+        by_model = (await client.get(f"{worker.url}/reports/usage-by-model", headers=ADMIN)).json()
         today = [p for p in pairs if p[0].finished_at.date() == now.date()]
         assert sum(r["requests"] for r in by_model) == len(today)
         live = (
             await client.get(
-                f"{worker.url}/aggregates", params={"dimension": "model", "minutes": 120}
+                f"{worker.url}/aggregates",
+                params={"dimension": "model", "minutes": 120},
+                headers=ADMIN,
             )
         ).json()
         assert sum(a["requests"] for a in live.values()) == 30
         assert sum(a["input_tokens"] for a in live.values()) == want[0]
-        bad = await client.get(f"{worker.url}/query", params={"sql": "SELEC nonsense"})
+        bad = await client.get(
+            f"{worker.url}/query", params={"sql": "SELEC nonsense"}, headers=ADMIN
+        )
         assert bad.status_code == 400 and bad.json()["error"]["type"] == "validation_error"
+        # the row cap (100) and the statement timeout (3 s)
+        big = await client.get(
+            f"{worker.url}/query", params={"sql": "SELECT * FROM range(101)"}, headers=ADMIN
+        )
+        assert big.status_code == 400 and big.json()["error"]["type"] == "result_too_large"
+        fits = await client.get(
+            f"{worker.url}/query", params={"sql": "SELECT * FROM range(100)"}, headers=ADMIN
+        )
+        assert len(fits.json()) == 100
+        slow = await client.get(
+            f"{worker.url}/query",
+            params={"sql": "SELECT sum(a.range * b.range) FROM range(10000000000) a, range(9) b"},
+            headers=ADMIN,
+            timeout=30,
+        )
+        assert slow.status_code == 504 and slow.json()["error"]["type"] == "query_timeout"
 
 
 async def test_a_worker_killed_mid_file_loses_and_duplicates_nothing(
@@ -134,6 +169,15 @@ async def test_a_worker_killed_mid_file_loses_and_duplicates_nothing(
     first = worker_factory(roll_max_records="7", roll_max_age_s="1000", session_timeout_s="6")
     first.start()
     await first.wait_ready()
+    async with httpx.AsyncClient() as client:
+        # no admin token configured: the data endpoints are off
+        for path in ("/query?sql=SELECT%201", "/reports/usage-by-model", "/aggregates"):
+            disabled = await client.get(
+                f"{first.url}{path}", headers={"authorization": "Bearer anything"}
+            )
+            assert disabled.status_code == 403, path
+            assert disabled.json()["error"]["type"] == "admin_disabled"
+            assert "TOLLGATE_ANALYTICS_ADMIN_TOKEN" in disabled.json()["error"]["message"]
     for i in range(40):
         log, _ = make_request(i)
         await producer.publish(analytics_topics.logs, log, key=log.principal)
@@ -147,6 +191,7 @@ async def test_a_worker_killed_mid_file_loses_and_duplicates_nothing(
         await producer.publish(analytics_topics.logs, log, key=log.principal)
 
     second = worker_factory(
+        admin_token=ADMIN_TOKEN,
         app_id=first.env["TOLLGATE_ANALYTICS_APP_ID"],
         roll_max_records="7",
         roll_max_age_s="1",
@@ -173,7 +218,9 @@ async def test_a_worker_killed_mid_file_loses_and_duplicates_nothing(
     async with httpx.AsyncClient() as client:
         live = (
             await client.get(
-                f"{second.url}/aggregates", params={"dimension": "principal", "minutes": 60}
+                f"{second.url}/aggregates",
+                params={"dimension": "principal", "minutes": 60},
+                headers=ADMIN,
             )
         ).json()
     assert sum(a["requests"] for a in live.values()) == 80

@@ -20,19 +20,22 @@ from typing import Any
 
 import faust
 from faust.types import TP
+from faust.web import View
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
 from tollgate_analytics import aggregates, dataset, metrics, reports
+from tollgate_analytics.access import AdminAccess
 from tollgate_analytics.adapters.storage import LocalStore, ObjectStore, S3Store
-from tollgate_analytics.query import Catalog, QueryError, render
+from tollgate_analytics.errors import QueryError, Unauthorized
+from tollgate_analytics.query import Catalog, Limits, render
 from tollgate_analytics.settings import AnalyticsSettings
 from tollgate_analytics.sink import ParquetSink, SinkSettings
 from tollgate_core.bus import Decoder
 from tollgate_core.bus import headers as h
 from tollgate_core.contracts import RequestLogV1, UsageRecordV1
-from tollgate_core.errors import ContractError, DependencyUnavailable
+from tollgate_core.errors import ContractError, DependencyUnavailable, RequestError, TollgateError
 from tollgate_core.health import Health
 
 logger = logging.getLogger(__name__)
@@ -272,8 +275,28 @@ def create_app(settings: AnalyticsSettings, store: ObjectStore | None = None) ->
 
     # --- HTTP ---------------------------------------------------------------------------
 
-    def json_response(view: Any, body: Any, status: int = 200) -> Any:
-        return view.json(body, status=status)
+    access = AdminAccess(settings.admin_token)
+    limits = Limits(timeout_s=settings.query_timeout_s, max_rows=settings.query_max_rows)
+
+    def error_response(view: Any, exc: TollgateError) -> Any:
+        body: dict[str, Any] = {"type": exc.error_type, "message": exc.message}
+        if exc.details:
+            body["details"] = exc.details
+        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+        return view.json({"error": body}, status=exc.http_status, headers=headers)
+
+    def refused(view: Any, request: Any) -> Any | None:
+        """An error response unless the caller gave the admin token."""
+        try:
+            access.check(request.headers.get("Authorization"))
+        except RequestError as exc:
+            return error_response(view, exc)
+        return None
+
+    def bad_format(view: Any, fmt: str) -> Any | None:
+        if fmt in ("json", "csv", "table"):
+            return None
+        return error_response(view, RequestError("format is json, csv or table"))
 
     @app.page("/healthz")
     async def healthz(self: Any, request: Any) -> Any:
@@ -289,41 +312,44 @@ def create_app(settings: AnalyticsSettings, store: ObjectStore | None = None) ->
         return self.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
     async def answer(self: Any, fmt: str, run: Callable[[], Any]) -> Any:
+        """Run a query in a thread (DuckDB blocks); ``limits`` interrupt it and cap it."""
         try:
             result = await asyncio.to_thread(run)
         except QueryError as exc:
-            return json_response(
-                self, {"error": {"type": exc.error_type, "message": exc.message}}, 400
-            )
+            return error_response(self, exc)
         if fmt == "json":
             return self.json(_jsonable(result))
         text = render(result, fmt)
         return self.text(text, content_type="text/csv" if fmt == "csv" else "text/plain")
 
-    @app.page("/query")
-    async def query(self: Any, request: Any) -> Any:
-        sql = request.query.get("sql")
-        if request.method == "POST":
-            sql = (await request.text()) or sql
+    async def run_sql(view: Any, request: Any, body: str | None) -> Any:
+        if (denied := refused(view, request)) is not None:
+            return denied
+        sql = body or request.query.get("sql")
         fmt = request.query.get("format", "json")
         if not sql:
-            return json_response(
-                self, {"error": {"type": "validation_error", "message": "give sql"}}, 400
-            )
-        if fmt not in ("json", "csv", "table"):
-            return json_response(
-                self,
-                {"error": {"type": "validation_error", "message": "format is json, csv or table"}},
-                400,
-            )
-        return await answer(self, fmt, lambda: catalog.query(sql))
+            return error_response(view, RequestError("give sql"))
+        if (bad := bad_format(view, fmt)) is not None:
+            return bad
+        return await answer(view, fmt, lambda: catalog.query(sql, limits=limits))
+
+    @app.page("/query")
+    class Query(View):
+        """GET with ``?sql=``, or POST with the SQL as the body."""
+
+        async def get(self, request: Any) -> Any:
+            return await run_sql(self, request, None)
+
+        async def post(self, request: Any) -> Any:
+            return await run_sql(self, request, await request.text())
 
     @app.page("/reports/{name}")
     async def report(self: Any, request: Any, name: str) -> Any:
+        if (denied := refused(self, request)) is not None:
+            return denied
         canned = reports.REPORTS.get(name)
         if canned is None:
-            return json_response(
-                self,
+            return self.json(
                 {
                     "error": {
                         "type": "not_found",
@@ -331,21 +357,26 @@ def create_app(settings: AnalyticsSettings, store: ObjectStore | None = None) ->
                         "details": {"reports": sorted(reports.REPORTS)},
                     }
                 },
-                404,
+                status=404,
             )
         fmt = request.query.get("format", "json")
+        if (bad := bad_format(self, fmt)) is not None:
+            return bad
         try:
             params = reports.window(request.query.get("day"), int(request.query.get("days", "1")))
         except ValueError as exc:
-            return json_response(
-                self, {"error": {"type": "validation_error", "message": str(exc)}}, 400
-            )
-        return await answer(self, fmt, lambda: catalog.query(canned.sql, params))
+            return error_response(self, RequestError(str(exc)))
+        return await answer(self, fmt, lambda: catalog.query(canned.sql, params, limits))
 
     @app.page("/aggregates")
     async def live_aggregates(self: Any, request: Any) -> Any:
+        if (denied := refused(self, request)) is not None:
+            return denied
         dimension = request.query.get("dimension", "model")
-        minutes = int(request.query.get("minutes", "60"))
+        try:
+            minutes = int(request.query.get("minutes", "60"))
+        except ValueError:
+            return error_response(self, RequestError("minutes is a whole number"))
         since = int(time.time()) // 60 * 60 - (minutes - 1) * 60
         items = [(k, v) for k, v in list(table.items()) if v]
         merged = aggregates.rollup(items, dimension, since)

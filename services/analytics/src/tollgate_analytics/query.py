@@ -1,12 +1,15 @@
 """SQL over the Parquet dataset with DuckDB: views ``logs`` and ``usage`` (plus the Hive
 columns ``year, month, day, hour``) over a local directory or an S3 bucket, read through
-pyarrow datasets (no DuckDB extension to download)."""
+pyarrow datasets (no DuckDB extension to download). :class:`Limits` bound a query taken
+from a caller: a statement timeout (the connection is interrupted from a timer thread) and
+a cap on the rows of its result."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import threading
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -18,13 +21,23 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
 from tollgate_analytics import dataset
-from tollgate_core.errors import RequestError
+from tollgate_analytics.errors import QueryError, QueryTimeout, ResultTooLarge
+
+__all__ = ["Catalog", "Limits", "QueryError", "QueryTimeout", "Result", "ResultTooLarge"]
 
 _HIVE = pa.schema([(c, pa.int32()) for c in dataset.PARTITION_COLUMNS])
 
 
-class QueryError(RequestError):
-    """A query DuckDB refuses (syntax, unknown column, ...)."""
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """``timeout_s``: interrupt a query still running after this long; ``max_rows``: refuse
+    a result with more rows (rather than cut it short). None: no limit."""
+
+    timeout_s: float | None = None
+    max_rows: int | None = None
+
+
+NO_LIMITS = Limits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,16 +93,48 @@ class Catalog:
         con.execute("SET lock_configuration = true")
         return con
 
-    def query(self, sql: str, params: dict[str, Any] | None = None) -> Result:
+    def query(
+        self, sql: str, params: dict[str, Any] | None = None, limits: Limits = NO_LIMITS
+    ) -> Result:
+        """Run ``sql`` (blocking: call it in a thread from async code)."""
         con = self.connect()
+        closing = threading.Lock()
+        closed = False
+
+        def interrupt() -> None:
+            with closing:
+                if not closed:
+                    con.interrupt()
+
+        timer = threading.Timer(limits.timeout_s, interrupt) if limits.timeout_s else None
         try:
+            if timer is not None:
+                timer.start()
             cursor = con.execute(sql, params or {})
             columns = [d[0] for d in cursor.description or []]
-            return Result(columns, cursor.fetchall())
+            if limits.max_rows is None:
+                return Result(columns, cursor.fetchall())
+            rows = cursor.fetchmany(limits.max_rows + 1)
+            if len(rows) > limits.max_rows:
+                raise ResultTooLarge(
+                    f"the result has more than {limits.max_rows} rows:"
+                    " aggregate, filter or add a LIMIT",
+                    details={"max_rows": limits.max_rows},
+                )
+            return Result(columns, rows)
+        except duckdb.InterruptException as exc:
+            raise QueryTimeout(
+                f"the query ran longer than {limits.timeout_s}s and was stopped",
+                details={"timeout_s": limits.timeout_s},
+            ) from exc
         except duckdb.Error as exc:
             raise QueryError(f"query failed: {exc}") from exc
         finally:
-            con.close()
+            if timer is not None:
+                timer.cancel()
+            with closing:
+                closed = True
+                con.close()
 
 
 # --- output -------------------------------------------------------------------------------

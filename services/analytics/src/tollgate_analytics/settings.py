@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tollgate_core import topics
@@ -16,6 +16,12 @@ class AnalyticsSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8084
+    #: Bearer token for the data endpoints (/query, /reports, /aggregates); unset: they
+    #: answer 403 admin_disabled
+    admin_token: SecretStr | None = None
+    #: a query over HTTP is interrupted after this long, and refused past this many rows
+    query_timeout_s: float = Field(default=30.0, gt=0)
+    query_max_rows: int = Field(default=10_000, ge=1)
     app_id: str = "tollgate-analytics"
     #: the dataset's root when no S3 bucket is configured
     data_dir: str = "var/analytics"
