@@ -97,6 +97,18 @@ async def test_fifty_concurrent_admissions_never_pass_the_limit(
     assert await inspect.buckets("carol") == (0, 0, 50, 1_000)
 
 
+async def test_fifty_concurrent_admissions_of_a_known_principal_never_pass_the_limit(
+    ledger: PostgresLedger, inspect: Any
+) -> None:
+    # the principal's row exists, so every admission takes the lock with SELECT … FOR UPDATE
+    assert (await ledger.admit("k", "kim", None, (), Estimate(5, 100), NOW)).admitted
+    results = await asyncio.gather(
+        *(ledger.admit(f"k{i}", "kim", None, (), Estimate(5, 100), NOW) for i in range(50))
+    )
+    assert sum(r.admitted for r in results) == 9
+    assert await inspect.buckets("kim") == (0, 0, 50, 1_000)
+
+
 async def test_the_window_rolls_and_the_principal_is_admitted_again(ledger: PostgresLedger) -> None:
     for i in range(10):
         await ledger.admit(f"d{i}", "dora", None, (), Estimate(5, 100), NOW)

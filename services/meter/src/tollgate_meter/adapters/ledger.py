@@ -1,10 +1,12 @@
 """The meter's Postgres ledger: reservations, time buckets and monthly periods.
 
 Admission runs in one transaction that first locks the principal's row
-(``SELECT … FOR UPDATE``), so concurrent admissions for one principal — in this process or
-any other replica — are decided one after the other against committed sums: no
-check-then-write race and no per-process counters. Settlement and release change the
-counters with single atomic ``UPDATE … SET x = x + …`` statements.
+(``SELECT … FOR UPDATE`` in ``meter.admission_state()``, which then reads the counters with a
+fresh snapshot), so concurrent admissions for one principal — in this process or any other
+replica — are decided one after the other against committed sums: no check-then-write race
+and no per-process counters. An admission is four round trips: BEGIN, that function, one
+statement writing the reservation (or the refusal) and both counters, COMMIT. Settlement
+and release change the counters with single atomic ``UPDATE … SET x = x + …`` statements.
 
 The engine does not ping connections before use (a round trip per admission). A pooled
 connection that died — Postgres restarted — fails on its first statement; SQLAlchemy then
@@ -138,28 +140,9 @@ ON CONFLICT (principal, {key}) DO UPDATE SET
 _BUMP_BUCKET = text(_BUMP.format(table="buckets", key="bucket_start"))
 _BUMP_PERIOD = text(_BUMP.format(table="periods", key="period_start"))
 
-# Taking the lock and reading the counters must be two statements: under READ COMMITTED a
-# statement that waited for the lock still reads with the snapshot it started with.
-_LOCK = text("""
-INSERT INTO meter.principals AS p (principal) VALUES (:p)
-ON CONFLICT (principal) DO UPDATE SET principal = EXCLUDED.principal
-RETURNING p.tier, p.windows
-""")
-_READ = text("""
-SELECT
-  (SELECT json_build_object('tier', r.tier, 'rejection', r.rejection)
-     FROM meter.reservations r WHERE r.request_id = :r) AS previous,
-  (SELECT json_agg(json_build_object(
-       'bucket_start', b.bucket_start, 'input_tokens', b.input_tokens,
-       'output_tokens', b.output_tokens, 'reserved_input', b.reserved_input,
-       'reserved_output', b.reserved_output, 'requests', b.requests))
-     FROM meter.buckets b WHERE b.principal = :p AND b.bucket_start >= :oldest) AS buckets,
-  (SELECT json_build_object(
-       'input_tokens', m.input_tokens, 'output_tokens', m.output_tokens,
-       'reserved_input', m.reserved_input, 'reserved_output', m.reserved_output,
-       'requests', m.requests)
-     FROM meter.periods m WHERE m.principal = :p AND m.period_start = :m) AS period
-""")
+# The principal's row lock, then the earlier decision and the counters read with a fresh
+# snapshot (two statements in one function: see migration 0004).
+_STATE = text("SELECT * FROM meter.admission_state(:p, :r, :oldest, :m)")
 
 _RECORD_REJECTION = text("""
 INSERT INTO meter.reservations (request_id, principal, model, reserved_input, reserved_output,
@@ -235,10 +218,9 @@ class PostgresLedger:
             )
             # Take the principal's row lock (creating the row if need be) with its limits,
             # then read an earlier decision for this request and the counters.
-            owner = (await conn.execute(_LOCK, {"p": principal})).one()
             state = (
                 await conn.execute(
-                    _READ,
+                    _STATE,
                     {"p": principal, "r": request_id, "oldest": oldest, "m": month_start(now)},
                 )
             ).one()
@@ -246,7 +228,7 @@ class PostgresLedger:
                 violation = _violation(state.previous.get("rejection"))
                 tier_name = state.previous.get("tier") or ""
                 return Decision(violation is None, tier_name, violation, repeated=True)
-            tier, windows = self._resolve(owner, groups, overrides)
+            tier, windows = self._resolve(state, groups, overrides)
             if oldest_bucket_needed(windows, now, self._bucket_seconds) < oldest:
                 usages = await self._usages(conn, principal, windows, now)  # unusually long
             else:
