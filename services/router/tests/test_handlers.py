@@ -3,6 +3,8 @@ from __future__ import annotations
 from datetime import timedelta
 from decimal import Decimal
 
+import pytest
+
 from tollgate_core import topics
 from tollgate_core.bus import Delivered, InMemoryPublisher
 from tollgate_core.contracts import (
@@ -18,6 +20,7 @@ from tollgate_core.contracts import (
     UsageRecordV1,
     utcnow,
 )
+from tollgate_core.errors import DependencyUnavailable
 from tollgate_router.catalog import Catalog, CatalogSource, LocalProviderConfig, ModelSpec
 from tollgate_router.errors import ProviderUnavailable
 from tollgate_router.handlers import TERMINAL_SEQ, GenerationHandler
@@ -265,7 +268,8 @@ async def test_a_request_that_died_while_settling_republishes_the_same_records()
     second = Rig()
     second.journal.rows["r-settling"] = ("settling", 1, records)
     await second.handler(delivered)
-    assert second.replies() == []
+    # the terminal reply goes again (same seq; the client may never have had it)
+    assert second.replies() == [first.replies()[-1]]
     assert second.one_usage() == first.one_usage()
     assert second.one_log() == first.one_log()
 
@@ -351,3 +355,36 @@ async def test_an_expired_or_other_model_prepared_answer_is_not_served() -> None
     await rig.handler(admission("priced", messages=convo))
     assert not rig.one_log().cache_hit
     assert await store.purge_expired(utcnow()) == 1
+
+
+class DiesOnTheDoneReply(InMemoryPublisher):
+    """A router that is killed as it sends the done reply (Kafka gone, SIGKILL…)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = True
+
+    async def publish(
+        self, topic: str, event: object, *, key: str | None = None, partition: int | None = None
+    ) -> None:
+        if self.armed and isinstance(event, ReplyDoneV1):
+            self.armed = False
+            raise DependencyUnavailable("killed")
+        await super().publish(topic, event, key=key, partition=partition)  # type: ignore[arg-type]
+
+
+async def test_a_crash_at_the_done_reply_is_settled_with_the_real_usage_on_redelivery() -> None:
+    rig = Rig()
+    rig.publisher = DiesOnTheDoneReply()
+    rig.handler._publisher = rig.publisher
+    delivered = admission("priced")
+    with pytest.raises(DependencyUnavailable):
+        await rig.handler(delivered)
+    assert rig.publisher.on(topics.USAGE) == []
+    await rig.handler(delivered)  # redelivered: the journal says settling
+    done = rig.replies()[-1]
+    assert isinstance(done, ReplyDoneV1) and done.usage.output_tokens == 3
+    usage = rig.one_usage()
+    assert usage.status == "ok" and usage.usage == done.usage and usage.cost_usd > 0
+    assert not any(isinstance(r, ReplyErrorV1) for r in rig.replies())
+    assert rig.journal.rows[delivered.event.request_id][0] == "settled"

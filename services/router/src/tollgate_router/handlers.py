@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
+from typing import TypeVar
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -46,6 +47,8 @@ from tollgate_router.providers.base import Finished, Provider, ProviderRequest, 
 from tollgate_router.providers.local import count_tokens
 from tollgate_router.resilience import Outcome, ResilientRouter, RetryPolicy, Timeouts
 from tollgate_router.streaming import ChunkWriter, Coalescing
+
+Reply = TypeVar("Reply", ReplyChunkV1, ReplyDoneV1, ReplyErrorV1)
 
 logger = logging.getLogger(__name__)
 tracer = trace.get_tracer("tollgate.router")
@@ -213,13 +216,6 @@ class GenerationHandler:
                     )
                 else:
                     usage = Usage()
-                await self.reply(
-                    request,
-                    ReplyErrorV1,
-                    seq=stream.seq,
-                    model=served.id,
-                    error=_error_info(error),
-                )
                 await self._settle(
                     request,
                     served,
@@ -231,21 +227,19 @@ class GenerationHandler:
                     ttft_ms=ttft_ms,
                     error_type=error.error_type,
                     outcome=outcome,
+                    terminal=self.event(
+                        request,
+                        ReplyErrorV1,
+                        seq=stream.seq,
+                        model=served.id,
+                        error=_error_info(error),
+                    ),
                 )
                 return
             assert usage is not None  # noqa: S101 - the router raises when usage is missing
             span.set_attribute("gen_ai.usage.input_tokens", usage.input_tokens)
             span.set_attribute("gen_ai.usage.output_tokens", usage.output_tokens)
             span.set_attribute("gen_ai.response.finish_reasons", [stop_reason])
-            await self.reply(
-                request,
-                ReplyDoneV1,
-                seq=stream.seq,
-                model=served.id,
-                usage=usage,
-                stop_reason=stop_reason,
-                latency_ms=int((time.perf_counter() - t0) * 1000),
-            )
             await self._settle(
                 request,
                 served,
@@ -256,6 +250,15 @@ class GenerationHandler:
                 t0,
                 ttft_ms=ttft_ms,
                 outcome=outcome,
+                terminal=self.event(
+                    request,
+                    ReplyDoneV1,
+                    seq=stream.seq,
+                    model=served.id,
+                    usage=usage,
+                    stop_reason=stop_reason,
+                    latency_ms=int((time.perf_counter() - t0) * 1000),
+                ),
             )
 
     async def _serve_prepared(
@@ -283,17 +286,25 @@ class GenerationHandler:
             await stream.writer.write(word if i == 0 else " " + word)
         await stream.writer.flush()
         CACHE_HITS.labels(spec.id).inc()
-        await self.reply(
-            request,
-            ReplyDoneV1,
-            seq=stream.seq,
-            model=spec.id,
-            usage=Usage(),
-            stop_reason="end_turn",
-            latency_ms=int((time.perf_counter() - t0) * 1000),
-        )
         await self._settle(
-            request, spec, "cache", "ok", Usage(), started_at, t0, ttft_ms=ttft_ms, cache_hit=True
+            request,
+            spec,
+            "cache",
+            "ok",
+            Usage(),
+            started_at,
+            t0,
+            ttft_ms=ttft_ms,
+            cache_hit=True,
+            terminal=self.event(
+                request,
+                ReplyDoneV1,
+                seq=stream.seq,
+                model=spec.id,
+                usage=Usage(),
+                stop_reason="end_turn",
+                latency_ms=int((time.perf_counter() - t0) * 1000),
+            ),
         )
         return True
 
@@ -305,10 +316,20 @@ class GenerationHandler:
         started_at: datetime,
         t0: float,
     ) -> None:
-        await self.reply(request, ReplyErrorV1, seq=0, model=model_id, error=_error_info(error))
         spec = ModelSpec(id=model_id, provider="none")
+        terminal = self.event(
+            request, ReplyErrorV1, seq=0, model=model_id, error=_error_info(error)
+        )
         await self._settle(
-            request, spec, "none", "error", Usage(), started_at, t0, error_type=error.error_type
+            request,
+            spec,
+            "none",
+            "error",
+            Usage(),
+            started_at,
+            t0,
+            error_type=error.error_type,
+            terminal=terminal,
         )
 
     async def _interrupted(self, request: ChatRequestV1) -> None:
@@ -321,7 +342,6 @@ class GenerationHandler:
             message="the router serving this request stopped mid-stream",
             retriable=True,
         )
-        await self.reply(request, ReplyErrorV1, seq=TERMINAL_SEQ, model=spec.id, error=error)
         await self._settle(
             request,
             spec,
@@ -331,6 +351,9 @@ class GenerationHandler:
             utcnow(),
             time.perf_counter(),
             error_type=error.type,
+            terminal=self.event(
+                request, ReplyErrorV1, seq=TERMINAL_SEQ, model=spec.id, error=error
+            ),
         )
 
     # -- publishing ------------------------------------------------------------------------
@@ -338,13 +361,24 @@ class GenerationHandler:
     async def reply(
         self,
         request: ChatRequestV1,
-        kind: type[ReplyChunkV1 | ReplyDoneV1 | ReplyErrorV1],
+        kind: type[Reply],
         *,
         seq: int,
         model: str,
         **fields: object,
     ) -> None:
-        event = kind(
+        await self._send_reply(request, self.event(request, kind, seq=seq, model=model, **fields))
+
+    @staticmethod
+    def event(
+        request: ChatRequestV1,
+        kind: type[Reply],
+        *,
+        seq: int,
+        model: str,
+        **fields: object,
+    ) -> Reply:
+        return kind(
             request_id=request.request_id,
             principal=request.principal,
             seq=seq,
@@ -353,6 +387,10 @@ class GenerationHandler:
             model=model,
             **fields,
         )
+
+    async def _send_reply(
+        self, request: ChatRequestV1, event: ReplyChunkV1 | ReplyDoneV1 | ReplyErrorV1
+    ) -> None:
         await self._publisher.publish(
             request.reply_to.topic,
             event,
@@ -374,7 +412,11 @@ class GenerationHandler:
         error_type: str | None = None,
         cache_hit: bool = False,
         outcome: Outcome | None = None,
+        terminal: ReplyDoneV1 | ReplyErrorV1,
     ) -> None:
+        """Journal the records and the terminal reply, then send that reply, then the
+        records: a crash anywhere after the journal write republishes exactly these on
+        redelivery, so an answer the client saw is never settled as interrupted."""
         latency_ms = int((time.perf_counter() - t0) * 1000)
         cost = Decimal(0) if cache_hit else spec.cost(usage)
         ok = status == "ok"
@@ -418,10 +460,16 @@ class GenerationHandler:
             started_at=started_at,
         )
         records = json.dumps(
-            {"usage": record.model_dump_json(), "log": log.model_dump_json()},
+            {
+                "usage": record.model_dump_json(),
+                "log": log.model_dump_json(),
+                "reply_kind": "done" if isinstance(terminal, ReplyDoneV1) else "error",
+                "reply": terminal.model_dump_json(),
+            },
             separators=(",", ":"),
         )
         await self._journal.settling(request.request_id, records)
+        await self._send_reply(request, terminal)
         await self._publish_records(request, record, log)
         await self._journal.settled(request.request_id)
         logger.info(
@@ -446,6 +494,9 @@ class GenerationHandler:
         data = json.loads(records)
         record = UsageRecordV1.model_validate_json(data["usage"])
         log = RequestLogV1.model_validate_json(data["log"])
+        if "reply" in data:  # the client may not have had it: at least once, same seq
+            kind = ReplyDoneV1 if data.get("reply_kind") == "done" else ReplyErrorV1
+            await self._send_reply(request, kind.model_validate_json(data["reply"]))
         await self._publish_records(request, record, log)
         await self._journal.settled(request.request_id)
 

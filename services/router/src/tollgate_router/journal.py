@@ -2,7 +2,8 @@
 admission never produces a second usage record.
 
 States, in order: ``started`` (claimed, nothing sent) → ``streaming`` (the first token went
-out) → ``settling`` (the usage and log records are written here, then published) →
+out) → ``settling`` (the usage and log records and the terminal reply are written here,
+then published) →
 ``settled`` (published). On redelivery:
 
 - ``started``: nothing reached the client; serve the request again (the provider call of the
@@ -10,8 +11,9 @@ out) → ``settling`` (the usage and log records are written here, then publishe
 - ``streaming``: the client saw part of an answer from a process that died; the provider's
   usage for it is unknowable. End the stream with ``stream_interrupted`` and settle what the
   journal recorded (zero provider-reported tokens), once; never call the provider again.
-- ``settling``: republish the stored records verbatim (same request_id; the meter settles a
-  request_id once), then mark settled.
+- ``settling``: republish the stored terminal reply and records verbatim (same request_id
+  and seq; the edge drops a reply it delivered, the meter settles a request_id once), then
+  mark settled.
 - ``settled``: nothing to do.
 """
 
