@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from decimal import Decimal
 
@@ -22,7 +23,7 @@ from tollgate_core.contracts import (
 )
 from tollgate_core.errors import DependencyUnavailable
 from tollgate_router.catalog import Catalog, CatalogSource, LocalProviderConfig, ModelSpec
-from tollgate_router.errors import ProviderUnavailable
+from tollgate_router.errors import ProviderUnavailable, RequestInProgress
 from tollgate_router.handlers import TERMINAL_SEQ, GenerationHandler
 from tollgate_router.journal import InMemoryJournal
 from tollgate_router.prepared import InMemoryPreparedStore, PreparedResponse, prepared_key
@@ -246,8 +247,8 @@ async def test_a_redelivered_finished_request_publishes_nothing_again() -> None:
 async def test_a_request_whose_router_died_mid_stream_is_ended_and_settled_once() -> None:
     rig = Rig()
     delivered = admission("priced", request_id="r-killed")
-    # what a router killed after its first token leaves behind
-    await rig.journal.claim("r-killed", "alice")
+    # what a router killed after its first token leaves behind: a lease it no longer renews
+    await rig.journal.claim("r-killed", "alice", owner="dead", lease_s=0)
     await rig.journal.streaming("r-killed")
     await rig.handler(delivered)
     await rig.handler(delivered)
@@ -274,9 +275,31 @@ async def test_a_request_that_died_while_settling_republishes_the_same_records()
     assert second.one_log() == first.one_log()
 
 
+async def test_a_request_still_streaming_elsewhere_is_neither_served_nor_interrupted() -> None:
+    # a rebalance hands the partition to a second router while the first still streams
+    journal = InMemoryJournal()
+    slow = ScriptedProvider("cloud", [Step(chunks=("a", " b", " c"), gap_s=0.2)])
+    first, second = Rig(slow), Rig()
+    first.journal = second.journal = journal
+    first.handler._journal = second.handler._journal = journal
+    delivered = admission("priced", request_id="r-moved")
+    streaming = asyncio.create_task(first.handler(delivered))
+    async with asyncio.timeout(10):
+        while journal.rows.get("r-moved", ("started",))[0] != "streaming":
+            await asyncio.sleep(0.01)
+    with pytest.raises(RequestInProgress) as raised:
+        await second.handler(delivered)
+    assert raised.value.retriable  # the consumer tries again later
+    assert second.publisher.events == [] and second.cloud.calls == []
+    await streaming
+    await second.handler(delivered)  # by then the first has settled: nothing to do
+    assert second.publisher.events == []
+    assert isinstance(first.replies()[-1], ReplyDoneV1) and first.one_usage().status == "ok"
+
+
 async def test_a_request_that_died_before_its_first_token_is_served_again() -> None:
     rig = Rig()
-    await rig.journal.claim("r-early", "alice")
+    await rig.journal.claim("r-early", "alice", owner="dead", lease_s=0)
     await rig.handler(admission(request_id="r-early"))
     assert isinstance(rig.replies()[-1], ReplyDoneV1)
     assert rig.one_usage().status == "ok"

@@ -84,3 +84,11 @@ def from_http_status(status: int, message: str) -> ProviderError:
     if status >= 500 or status == 529:
         return ProviderUnavailable(message, details={"status": status})
     return InvalidProviderRequest(message, details={"status": status})
+
+
+class RequestInProgress(TollgateError):
+    """A redelivered request another attempt still holds the lease of: try again later."""
+
+    retriable: ClassVar[bool] = True
+    error_type: ClassVar[str] = "request_in_progress"
+    http_status: ClassVar[int] = 409

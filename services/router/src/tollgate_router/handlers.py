@@ -11,9 +11,12 @@ it is always drained until its usage arrives.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
@@ -40,8 +43,13 @@ from tollgate_core.contracts import (
 from tollgate_core.errors import TollgateError
 from tollgate_core.telemetry import REQUEST_LATENCY_BUCKETS, TIME_TO_FIRST_TOKEN_BUCKETS
 from tollgate_router.catalog import CatalogSource, ModelSpec
-from tollgate_router.errors import ModelNotAllowed, ModelNotFound, ProviderError
-from tollgate_router.journal import InMemoryJournal, RequestJournal
+from tollgate_router.errors import (
+    ModelNotAllowed,
+    ModelNotFound,
+    ProviderError,
+    RequestInProgress,
+)
+from tollgate_router.journal import Claim, InMemoryJournal, RequestJournal
 from tollgate_router.prepared import PreparedStore, prepared_key
 from tollgate_router.providers.base import Finished, Provider, ProviderRequest, TextDelta
 from tollgate_router.providers.local import count_tokens
@@ -106,7 +114,9 @@ class GenerationHandler:
         prepared: PreparedStore | None = None,
         router: ResilientRouter | None = None,
         coalescing: Coalescing | None = None,
+        lease_s: float = 30.0,
     ) -> None:
+        self._lease_s = lease_s
         self._catalog = catalog
         self._publisher = publisher
         self._journal: RequestJournal = journal or InMemoryJournal()
@@ -118,7 +128,38 @@ class GenerationHandler:
 
     async def __call__(self, delivered: Delivered[AdmissionV1]) -> None:
         request = delivered.event.request
-        claim = await self._journal.claim(request.request_id, request.principal)
+        owner = uuid.uuid4().hex
+        claim = await self._journal.claim(
+            request.request_id, request.principal, owner=owner, lease_s=self._lease_s
+        )
+        if claim.held and claim.previous != "settled":
+            # the partition moved while another router still works on it (a rebalance):
+            # serving or interrupting now would answer twice or bill an answer at zero
+            REDELIVERED.labels("in_progress").inc()
+            raise RequestInProgress(
+                f"request {request.request_id} is in progress elsewhere (lease held)"
+            )
+        renewing = asyncio.create_task(self._keep_lease(request.request_id, owner))
+        try:
+            await self._handle(request, claim)
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
+            try:
+                await self._journal.release(request.request_id, owner)
+            except TollgateError as exc:  # it runs out by itself
+                logger.warning("lease of %s not released: %s", request.request_id, exc.message)
+
+    async def _keep_lease(self, request_id: str, owner: str) -> None:
+        while True:
+            await asyncio.sleep(self._lease_s / 3)
+            try:
+                await self._journal.renew(request_id, owner, self._lease_s)
+            except TollgateError as exc:
+                logger.warning("lease of %s not renewed: %s", request_id, exc.message)
+
+    async def _handle(self, request: ChatRequestV1, claim: Claim) -> None:
         if claim.previous is not None:
             REDELIVERED.labels(claim.previous).inc()
             logger.info(

@@ -45,6 +45,10 @@ class RouterSettings(BaseSettings):
     first_token_timeout_s: float = Field(default=30.0, gt=0)
     idle_timeout_s: float = Field(default=30.0, gt=0)
     total_timeout_s: float = Field(default=300.0, gt=0)
+    #: how long a request's journal lease outlives a router that stopped renewing it (it is
+    #: renewed every third of it): a redelivery waits that long before ending the stream of
+    #: a router that died
+    lease_s: float = Field(default=30.0, gt=0)
     max_retries: int = Field(default=2, ge=0)
     retry_base_delay_s: float = Field(default=0.2, ge=0)
     retry_max_delay_s: float = Field(default=2.0, ge=0)

@@ -3,6 +3,7 @@ service's own migrations; and a redelivery through the handler with the Postgres
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -73,6 +74,31 @@ async def test_the_journal_claims_once_and_reports_the_state_on_redelivery(
     await journal.settling("r1", '{"x":1}')
     await journal.settled("r1")
     assert await journal.claim("r1", "alice") == Claim("settled", 3, '{"x":1}')
+
+
+async def test_a_live_lease_of_another_attempt_is_reported_held_until_released(
+    engine: AsyncEngine,
+) -> None:
+    journal = PostgresJournal(engine)
+    assert await journal.claim("r-lease", "alice", owner="a", lease_s=30) == Claim(None)
+    await journal.streaming("r-lease")
+    # a second router while the first still works: held, and not counted as an attempt
+    held = await journal.claim("r-lease", "alice", owner="b", lease_s=30)
+    assert held == Claim("streaming", 1, None, held=True)
+    await journal.release("r-lease", "b")  # not b's to release
+    assert (await journal.claim("r-lease", "alice", owner="b", lease_s=30)).held
+    await journal.renew("r-lease", "a", 30)
+    await journal.release("r-lease", "a")
+    taken = await journal.claim("r-lease", "alice", owner="b", lease_s=30)
+    assert taken == Claim("streaming", 2, None)
+    assert (await journal.claim("r-lease", "alice", owner="c", lease_s=30)).held  # b's now
+
+
+async def test_an_expired_lease_passes_to_the_next_attempt(engine: AsyncEngine) -> None:
+    journal = PostgresJournal(engine)
+    await journal.claim("r-dead", "alice", owner="a", lease_s=0.01)
+    await asyncio.sleep(0.05)
+    assert await journal.claim("r-dead", "alice", owner="b", lease_s=30) == Claim("started", 2)
 
 
 async def test_prepared_lookup_prefers_own_then_public_and_isolates_principals(

@@ -26,14 +26,31 @@ async def _tx(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
         raise DependencyUnavailable(f"Postgres: {type(exc).__name__}: {exc}") from exc
 
 
+#: a live lease of another owner is left alone (and the attempt not counted); an expired or
+#: missing one (a row from before leases existed) passes to this attempt
 _CLAIM = text(
     """
-    INSERT INTO router.requests (request_id, principal, state)
-    VALUES (:rid, :principal, 'started')
-    ON CONFLICT (request_id) DO UPDATE
-        SET attempts = router.requests.attempts + 1, updated_at = now()
-    RETURNING state, attempts, records, (xmax = 0) AS inserted
+    INSERT INTO router.requests (request_id, principal, state, owner, lease_until)
+    VALUES (:rid, :principal, 'started', :owner, now() + make_interval(secs => :lease))
+    ON CONFLICT (request_id) DO UPDATE SET
+        attempts = router.requests.attempts
+            + CASE WHEN router.requests.lease_until > now()
+                    AND router.requests.owner <> EXCLUDED.owner THEN 0 ELSE 1 END,
+        updated_at = now(),
+        owner = CASE WHEN router.requests.lease_until > now() THEN router.requests.owner
+                     ELSE EXCLUDED.owner END,
+        lease_until = CASE WHEN router.requests.lease_until > now()
+                            AND router.requests.owner <> EXCLUDED.owner
+                           THEN router.requests.lease_until ELSE EXCLUDED.lease_until END
+    RETURNING state, attempts, records, (xmax = 0) AS inserted, owner <> :owner AS held
     """
+)
+_RENEW = text(
+    "UPDATE router.requests SET lease_until = now() + make_interval(secs => :lease)"
+    " WHERE request_id = :rid AND owner = :owner"
+)
+_RELEASE = text(
+    "UPDATE router.requests SET lease_until = now() WHERE request_id = :rid AND owner = :owner"
 )
 _SET = text(
     "UPDATE router.requests SET state = :state, records = COALESCE(:records, records),"
@@ -45,12 +62,23 @@ class PostgresJournal:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    async def claim(self, request_id: str, principal: str) -> Claim:
+    async def claim(
+        self, request_id: str, principal: str, *, owner: str = "", lease_s: float = 30.0
+    ) -> Claim:
+        params = {"rid": request_id, "principal": principal, "owner": owner, "lease": lease_s}
         async with _tx(self._engine) as conn:
-            row = (await conn.execute(_CLAIM, {"rid": request_id, "principal": principal})).one()
+            row = (await conn.execute(_CLAIM, params)).one()
         if row.inserted:
             return Claim(None)
-        return Claim(row.state, row.attempts, row.records)
+        return Claim(row.state, row.attempts, row.records, held=bool(row.held))
+
+    async def renew(self, request_id: str, owner: str, lease_s: float) -> None:
+        async with _tx(self._engine) as conn:
+            await conn.execute(_RENEW, {"rid": request_id, "owner": owner, "lease": lease_s})
+
+    async def release(self, request_id: str, owner: str) -> None:
+        async with _tx(self._engine) as conn:
+            await conn.execute(_RELEASE, {"rid": request_id, "owner": owner})
 
     async def _set(self, request_id: str, state: State, records: str | None = None) -> None:
         async with _tx(self._engine) as conn:
