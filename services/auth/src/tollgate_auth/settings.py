@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tollgate_core.settings import DatabaseSettings, KafkaSettings, TelemetrySettings
@@ -26,8 +26,11 @@ class AuthSettings(BaseSettings):
     #: where its keys are served; defaults to ``<issuer>/.well-known/jwks.json``
     jwks_url: str | None = None
     #: accepted ``aud`` (ID tokens) or ``client_id`` (Cognito access tokens), comma-separated;
-    #: empty accepts any
+    #: required with ``issuer`` unless ``allow_any_audience`` says otherwise
     audiences: str = ""
+    #: accept a token of ``issuer`` whatever app it was issued to (every client of the pool,
+    #: or of a public IdP): only when that is really meant
+    allow_any_audience: bool = False
     #: accepted ``token_use`` values, comma-separated (tokens without the claim pass)
     token_uses: str = "id,access"  # noqa: S105 - claim values, not a secret
     leeway_s: int = Field(default=30, ge=0, le=300)
@@ -50,6 +53,16 @@ class AuthSettings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+
+    @model_validator(mode="after")
+    def _audience_is_pinned(self) -> AuthSettings:
+        if self.issuer and not self.audience_list and not self.allow_any_audience:
+            raise ValueError(
+                "TOLLGATE_AUTH_ISSUER is set but TOLLGATE_AUTH_AUDIENCES is empty: any app's "
+                "token from that issuer would be accepted. Set the app client id(s), or "
+                "TOLLGATE_AUTH_ALLOW_ANY_AUDIENCE=true if that is really meant"
+            )
+        return self
 
     @property
     def audience_list(self) -> tuple[str, ...]:
