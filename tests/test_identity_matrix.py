@@ -30,8 +30,12 @@ from tollgate_core.health import Health
 from tollgate_stream.app import create_app as create_edge
 from tollgate_stream.gateway import Gateway
 from tollgate_stream.identity import AuthServiceAuthorizer
+from tollgate_stream.openai.api import OpenAIApi
+from tollgate_stream.openai.auth import AuthServiceBearerAuthenticator
+from tollgate_stream.openai.models import StaticModelCatalog
 from tollgate_stream.settings import StreamSettings
 from tollgate_stream.subscriptions import Subscriptions
+from tollgate_stream.waiters import ReplyWaiters
 
 ISS = "https://cognito-idp.us-east-1.amazonaws.com/us-east-1_test"
 POLICY = Path(__file__).parents[1] / "services" / "auth" / "policy.dev.toml"
@@ -81,7 +85,16 @@ class World:
             ttl_s=0,
         )
         gateway = Gateway(settings, self.publisher, authorizer, reply_partitions=[0])
-        self.edge = TestClient(create_edge(settings, Health(), gateway, Subscriptions()))
+        openai_api = OpenAIApi(
+            gateway,
+            ReplyWaiters(),
+            AuthServiceBearerAuthenticator(authorizer),
+            StaticModelCatalog(["tollgate-local", "claude-big"]),
+            reply_timeout_s=0.2,
+        )
+        self.edge = TestClient(
+            create_edge(settings, Health(), gateway, Subscriptions(), openai_api)
+        )
 
     @property
     def requests(self) -> list[ChatRequestV1]:
@@ -332,3 +345,46 @@ def test_credentials_on_the_upgrade_request_itself_are_read_too(world: World) ->
     ) as ws:
         ws.send_json({"type": "connection_init"})
         assert ws.receive_json()["type"] == "connection_error"
+
+
+# -- the OpenAI-compatible API: the same decisions, in OpenAI's shape -------------------------
+
+
+def openai_chat(model: str = "tollgate-local") -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_tokens_are_refused_by_the_openai_api(world: World, case: str) -> None:
+    headers = {"Authorization": f"Bearer {bad_tokens(world)[case]}"}
+    chat_reply = world.edge.post("/v1/chat/completions", headers=headers, json=openai_chat())
+    models = world.edge.get("/v1/models", headers=headers)
+    for response in (chat_reply, models):
+        assert response.status_code == 401, response.text
+        assert response.json()["error"]["code"] == "invalid_api_key"
+    assert world.requests == []
+
+
+def test_the_openai_api_takes_api_keys_and_refuses_them_once_revoked(world: World) -> None:
+    secret, key_id = world.edge.portal.call(_create_key, world, "svc")  # type: ignore[union-attr]
+    headers = {"Authorization": f"Bearer {secret}"}
+    assert world.edge.get("/v1/models", headers=headers).status_code == 200
+    # accepted and published; no router answers here, so the edge gives up waiting
+    answered = world.edge.post("/v1/chat/completions", headers=headers, json=openai_chat())
+    assert answered.status_code == 504, answered.text
+    assert [r.principal for r in world.requests] == ["svc"]
+    world.edge.portal.call(world.keys.revoke, key_id)  # type: ignore[union-attr]
+    refused = world.edge.post("/v1/chat/completions", headers=headers, json=openai_chat())
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
+    assert len(world.requests) == 1
+
+
+def test_a_model_the_groups_do_not_allow_is_a_403_on_the_openai_api(world: World) -> None:
+    headers = {"Authorization": f"Bearer {world.dev_token('alice')}"}
+    refused = world.edge.post(
+        "/v1/chat/completions", headers=headers, json=openai_chat("claude-big")
+    )
+    assert refused.status_code == 403, refused.text
+    error = refused.json()["error"]
+    assert (error["type"], error["code"]) == ("permission_error", "model_not_allowed")
+    assert world.requests == []
