@@ -15,6 +15,10 @@ concurrent-local-N   N streams at once from the in-process provider, 50 tokens p
                time, time-to-first-chunk p50/p99 and router CPU.
 concurrent-openai-N  the same through the OpenAI adapter and real HTTP against the fake server
                in another process, paced at 100 ms (~5.1 s per stream).
+cpu-bedrock    the Bedrock ConverseStream adapter: SigV4 signing with botocore, httpx, and
+               botocore's event-stream decoder, against the fake endpoint in another process.
+concurrent-bedrock-N  N Bedrock streams at once over one async httpx pool (no thread per
+               stream), paced at 100 ms like the OpenAI row.
 
 Kafka and Postgres are not in the loop: this measures the router's own work per stream.
 """
@@ -30,6 +34,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+from botocore.session import Session
 
 from tollgate_core import topics
 from tollgate_core.bus import Delivered
@@ -49,6 +55,7 @@ from tollgate_router.handlers import GenerationHandler
 from tollgate_router.journal import InMemoryJournal
 from tollgate_router.providers._http import ClientShards
 from tollgate_router.providers.base import Provider, ProviderRequest
+from tollgate_router.providers.bedrock import BedrockProvider
 from tollgate_router.providers.openai import OpenAIProvider
 from tollgate_router.resilience import ResilientRouter, RetryPolicy, Timeouts
 from tollgate_router.streaming import Coalescing
@@ -154,6 +161,14 @@ async def cpu_per_stream(
     }
 
 
+def bedrock(shards: ClientShards, url: str) -> BedrockProvider:
+    session = Session()
+    session.set_credentials("AKIDBENCH", "bench-secret")
+    return BedrockProvider(
+        shards, region="us-east-1", endpoint_url=url.removesuffix("/v1"), session=session
+    )
+
+
 def start_server(scenario: Scenario) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     spec = json.dumps(
@@ -177,7 +192,10 @@ async def concurrent(kind: str, n: int, timeout: float) -> dict[str, Any]:
     else:
         proc, url = start_server(Scenario(chunks=WORDS, first_delay_s=first, gap_s=gap))
         shards = ClientShards(connect_timeout_s=30, max_connections=n + 10)
-        provider = OpenAIProvider(shards, base_url=url)
+        if kind == "bedrock":
+            provider = bedrock(shards, url)
+        else:
+            provider = OpenAIProvider(shards, base_url=url)
     try:
         publisher = EncodingPublisher()
         h = handler(provider, publisher, Coalescing())
@@ -221,14 +239,14 @@ async def concurrent(kind: str, n: int, timeout: float) -> dict[str, Any]:
             proc.wait(10)
 
 
-async def cpu_openai(n: int) -> dict[str, Any]:
+async def cpu_http(kind: str, n: int) -> dict[str, Any]:
     proc, url = start_server(Scenario(chunks=WORDS))
     client = ClientShards(connect_timeout_s=30, max_connections=200)
+    provider: Provider = (
+        bedrock(client, url) if kind == "bedrock" else OpenAIProvider(client, base_url=url)
+    )
     try:
-        result = await cpu_per_stream(
-            "cpu-openai", OpenAIProvider(client, base_url=url), n, Coalescing(), False
-        )
-        return result
+        return await cpu_per_stream(f"cpu-{kind}", provider, n, Coalescing(), False)
     finally:
         await client.aclose()
         proc.terminate()
@@ -253,10 +271,12 @@ async def main(args: argparse.Namespace) -> None:
         results.append(
             await cpu_per_stream("cpu-local", local, args.streams, Coalescing(delay_s=delay), True)
         )
-    results.append(await cpu_openai(args.streams // 2))
+    results.append(await cpu_http("openai", args.streams // 2))
+    results.append(await cpu_http("bedrock", args.streams // 2))
     for n in args.concurrent:
         results.append(await concurrent("local", n, args.timeout))
     results.append(await concurrent("openai", args.concurrent[0], args.timeout))
+    results.append(await concurrent("bedrock", args.concurrent[0], args.timeout))
     for r in results:
         print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}))
 
