@@ -4,6 +4,7 @@ bridges it to the pipeline; a client that only talks to the remote gets its answ
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,15 +27,25 @@ BRIDGE_AUTH = {
 }
 
 
+#: the stand-in remote checks what AppSync would: the bridge's key or its SigV4 signature,
+#: and the client's own key
+CLIENT_KEY = {"x-api-key": "da2-clientkey"}
+RELAY_AUTH = {
+    "TOLLGATE_STREAM_MODE": "relay",
+    "TOLLGATE_STREAM_RELAY_API_KEYS": "da2-bridgekey,da2-clientkey",
+    "TOLLGATE_STREAM_RELAY_IAM_ACCESS_KEY_ID": "AKIDBRIDGE",
+    "TOLLGATE_STREAM_RELAY_IAM_SECRET_ACCESS_KEY": "bridge-secret",
+    "TOLLGATE_STREAM_RELAY_REGION": "eu-west-1",
+}
+
+
 @pytest.fixture(scope="module", params=sorted(BRIDGE_AUTH))
 def remote_and_bridge(
     request: pytest.FixtureRequest, stack: Stack, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Edge, Edge]]:
     auth: str = request.param
     log_dir = Path(tmp_path_factory.mktemp(f"bridge-{auth}"))
-    with edge_process(
-        stack, log_dir, name="remote", env={"TOLLGATE_STREAM_MODE": "relay"}
-    ) as remote:
+    with edge_process(stack, log_dir, name="remote", env=RELAY_AUTH) as remote:
         env = {
             "TOLLGATE_STREAM_MODE": "appsync",
             "TOLLGATE_STREAM_APPSYNC_ENDPOINT": f"{remote.url}/event",
@@ -50,7 +61,7 @@ async def test_a_conversation_through_the_remote_is_answered(
     remote_and_bridge: tuple[Edge, Edge],
 ) -> None:
     remote, _ = remote_and_bridge
-    async with connect(remote.url) as socket:
+    async with connect(remote.url, CLIENT_KEY) as socket:
         assert (await socket.subscribe("out", "/Outbound-Messages/uma/chat-1"))["type"] == (
             "subscribe_success"
         )
@@ -78,3 +89,27 @@ async def test_a_conversation_through_the_remote_is_answered(
             assert events[-1]["metadata"]["usage"]["outputTokens"] == 12
             assert {e["conversationId"] for e in events} == {"bridged"}
             assert len({e["requestId"] for e in events}) == 1
+
+
+async def test_the_remote_refuses_callers_without_its_credentials(
+    remote_and_bridge: tuple[Edge, Edge],
+) -> None:
+    import httpx
+    import websockets
+
+    from tests.appsync_client import header_subprotocol
+
+    remote, _ = remote_and_bridge
+    body = {"channel": "/Inbound-Messages/uma", "events": [chat_event("hi")]}
+    async with httpx.AsyncClient() as client:
+        anonymous = await client.post(f"{remote.url}/event", json=body)
+        wrong = await client.post(f"{remote.url}/event", json=body, headers={"x-api-key": "nope"})
+    assert anonymous.status_code == wrong.status_code == 401
+    host = remote.url.split("://", 1)[1]
+    protocols = ["aws-appsync-event-ws", header_subprotocol({"host": host, "x-api-key": "nope"})]
+    url = remote.url.replace("http://", "ws://") + "/event/realtime"
+    async with websockets.connect(url, subprotocols=protocols) as ws:  # type: ignore[arg-type]
+        await ws.send('{"type": "connection_init"}')
+        refused = json.loads(await ws.recv())
+    assert refused["type"] == "connection_error"
+    assert refused["errors"][0]["errorType"] == "UnauthorizedException"

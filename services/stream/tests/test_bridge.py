@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
 import pytest
 from botocore.credentials import Credentials
 
 from tollgate_core.errors import ConfigurationError
-from tollgate_stream.bridge.auth import ApiKeyAuth, IamAuth
+from tollgate_stream.bridge.auth import ApiKeyAuth, IamAuth, subscribe_body
 from tollgate_stream.bridge.remote import realtime_url
+from tollgate_stream.bridge.verify import verify_sigv4
+from tollgate_stream.errors import AppSyncError
 from tollgate_stream.settings import StreamSettings
 
 
@@ -47,3 +53,55 @@ def test_bridge_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="api_key"):
         StreamSettings(mode="appsync", appsync_endpoint="https://h/event")
     StreamSettings(mode="appsync", appsync_endpoint="https://h/event", appsync_auth="iam")
+
+
+# -- what relay mode checks of a signature ---------------------------------------------------
+
+
+def _signed(body: str, secret: str = "bridge-secret", token: str | None = "tok") -> dict[str, str]:  # noqa: S107
+    credentials = Credentials("AKIDBRIDGE", secret, token)
+    return IamAuth(credentials, "eu-west-1").headers("https://relay.example/event", body)
+
+
+def _verify(headers: dict[str, str], body: str, **kw: object) -> None:
+    verify_sigv4(
+        headers,
+        url="https://relay.example/event",
+        payload_sha256=hashlib.sha256(body.encode()).hexdigest(),
+        credentials=Credentials("AKIDBRIDGE", "bridge-secret"),
+        region="eu-west-1",
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_a_signature_of_the_bridge_verifies() -> None:
+    body = subscribe_body("/Inbound-Messages/*")
+    _verify(_signed(body), body)
+
+
+@pytest.mark.parametrize(
+    ("tamper", "message"),
+    [
+        (lambda h, b: (h, b + " "), "does not match"),
+        (lambda h, b: (_signed(b, secret="wrong"), b), "does not match"),
+        (lambda h, b: ({**h, "content-type": "application/json"}, b), "does not match"),
+        (lambda h, b: ({k: v for k, v in h.items() if k != "x-amz-date"}, b), "malformed"),
+        (lambda h, b: ({**h, "authorization": "Bearer x"}, b), "no SigV4"),
+    ],
+    ids=["body", "secret", "signed-header", "no-date", "not-sigv4"],
+)
+def test_a_changed_request_or_a_wrong_key_is_unauthorized(
+    tamper: Callable[[dict[str, str], str], tuple[dict[str, str], str]], message: str
+) -> None:
+    body = '{"channel":"/Outbound-Messages/u","events":["{}"]}'
+    headers, sent = tamper(_signed(body), body)
+    with pytest.raises(AppSyncError, match=message) as raised:
+        _verify(headers, sent)
+    assert raised.value.code == 401
+
+
+def test_an_old_signature_is_unauthorized() -> None:
+    body = "{}"
+    later = datetime.now(UTC) + timedelta(minutes=10)
+    with pytest.raises(AppSyncError, match="expired"):
+        _verify(_signed(body), body, now=later)

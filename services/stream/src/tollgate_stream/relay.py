@@ -3,16 +3,24 @@
 What a remote AppSync Events API is to bridge mode, for development and tests: publishes are
 broadcast to the subscribers of the channel, and (as the ``onPublish`` handler bridge mode
 asks the remote to have) each event on the inbound namespace gets its ``channel`` added.
-It verifies no credential.
+It checks credentials as AppSync would when given some to check (see
+:class:`RelayAuthorizer`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+
+from botocore.credentials import Credentials
 
 from tollgate_core.bus import InMemoryPublisher
 from tollgate_core.errors import RequestError
+from tollgate_stream.appsync import auth_headers
 from tollgate_stream.appsync.channels import Channel, parse_channel
+from tollgate_stream.bridge.auth import subscribe_body
+from tollgate_stream.bridge.verify import verify_sigv4
 from tollgate_stream.chat import dumps
 from tollgate_stream.errors import AppSyncError
 from tollgate_stream.gateway import Gateway, PublishResult
@@ -21,17 +29,68 @@ from tollgate_stream.settings import StreamSettings
 from tollgate_stream.subscriptions import Subscriptions
 
 
-class OpenAuthorizer:
-    async def for_channel(self, channel: Channel, headers: dict[str, str]) -> Identity:
-        return Identity(principal="relay")
+class RelayAuthorizer:
+    """What an AppSync Events API checks of its callers: an API key it knows
+    (``TOLLGATE_STREAM_RELAY_API_KEYS``), or a SigV4 signature for service ``appsync`` by the
+    configured IAM credentials, over the body AppSync defines for each operation (``{}`` for
+    the connect, ``{"channel"}`` for a subscribe, the request body for a publish). With
+    neither configured, every caller is let in."""
+
+    def __init__(
+        self,
+        api_keys: tuple[str, ...] = (),
+        iam: Credentials | None = None,
+        region: str = "us-east-1",
+    ) -> None:
+        self._api_keys = api_keys
+        self._iam = iam
+        self._region = region
+
+    @classmethod
+    def from_settings(cls, settings: StreamSettings) -> RelayAuthorizer:
+        iam = None
+        if settings.relay_iam_access_key_id and settings.relay_iam_secret_access_key:
+            iam = Credentials(
+                settings.relay_iam_access_key_id,
+                settings.relay_iam_secret_access_key.get_secret_value(),
+            )
+        return cls(settings.relay_api_key_list, iam, settings.relay_region)
+
+    def check(self, headers: dict[str, str], payload_sha256: str) -> None:
+        if not self._api_keys and self._iam is None:
+            return
+        key = headers.get("x-api-key")
+        if key is not None and any(hmac.compare_digest(key, k) for k in self._api_keys):
+            return
+        if self._iam is not None and "authorization" in headers:
+            verify_sigv4(
+                headers,
+                url=f"https://{headers.get('host', '')}/event",
+                payload_sha256=payload_sha256,
+                credentials=self._iam,
+                region=self._region,
+            )
+            return
+        raise AppSyncError.unauthorized()
 
     async def connect(self, headers: dict[str, str]) -> None:
-        return None
+        if any(k in headers for k in ("authorization", "x-api-key")):
+            self.check(headers, _sha256("{}"))
+
+    async def for_channel(self, channel: Channel, headers: dict[str, str]) -> Identity:
+        # the relay calls this for subscribes only; its publish checks on its own
+        self.check(headers, _sha256(subscribe_body(channel.path)))
+        return Identity(principal="relay")
+
+
+def _sha256(body: str) -> str:
+    return hashlib.sha256(body.encode()).hexdigest()
 
 
 class Relay(Gateway):
     def __init__(self, settings: StreamSettings, subscriptions: Subscriptions) -> None:
-        super().__init__(settings, InMemoryPublisher(), OpenAuthorizer(), reply_partitions=[0])
+        self.relay_auth = RelayAuthorizer.from_settings(settings)
+        super().__init__(settings, InMemoryPublisher(), self.relay_auth, reply_partitions=[0])
         self._subscriptions = subscriptions
 
     def channel(self, path: object, *, subscribe: bool) -> Channel:
@@ -44,6 +103,11 @@ class Relay(Gateway):
         self, channel_path: object, events: object, headers: dict[str, str]
     ) -> PublishResult:
         channel = self.channel(channel_path, subscribe=False)
+        signed = headers.get(auth_headers.PAYLOAD_SHA256)  # an HTTP publish: its body's
+        if signed is None:  # over the WebSocket AppSync signs {"channel", "events"}
+            body = json.dumps({"channel": channel.path, "events": events}, separators=(",", ":"))
+            signed = _sha256(body)
+        self.relay_auth.check(headers, signed)
         if not isinstance(events, list) or not events:
             raise AppSyncError.bad_request("events must be a non-empty list of JSON strings")
         if len(events) > self._settings.max_events_per_publish:

@@ -58,6 +58,13 @@ class StreamSettings(BaseSettings):
     appsync_auth: Literal["api_key", "iam"] = "api_key"
     appsync_api_key: SecretStr | None = None
     appsync_region: str = "us-east-1"
+    #: relay mode: the API keys it accepts, comma-separated (with no key and no IAM
+    #: credentials it accepts every caller)
+    relay_api_keys: str = ""
+    #: relay mode: the IAM credentials whose SigV4 signatures (service appsync) it accepts
+    relay_iam_access_key_id: str | None = None
+    relay_iam_secret_access_key: SecretStr | None = None
+    relay_region: str = "us-east-1"
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
 
@@ -71,6 +78,10 @@ class StreamSettings(BaseSettings):
             if self.appsync_auth == "api_key" and self.appsync_api_key is None:
                 raise ValueError("bridge mode with api_key auth needs appsync_api_key")
         return self
+
+    @property
+    def relay_api_key_list(self) -> tuple[str, ...]:
+        return tuple(k.strip() for k in self.relay_api_keys.split(",") if k.strip())
 
     def model_list(self) -> list[str]:
         return [m.strip() for m in self.default_models.split(",") if m.strip()]

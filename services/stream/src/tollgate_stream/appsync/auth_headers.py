@@ -31,6 +31,20 @@ def normalize(headers: Mapping[str, object]) -> dict[str, str]:
     return {k.lower(): v for k, v in headers.items() if isinstance(v, str)}
 
 
+#: set by the edge itself on an HTTP publish (clients cannot send it through :func:`pick`):
+#: the SHA-256 of the request body, for SigV4 verification
+PAYLOAD_SHA256 = "x-tollgate-payload-sha256"
+
+
 def pick(headers: Mapping[str, str]) -> dict[str, str]:
-    """The auth-related subset of HTTP request headers."""
-    return {k: headers[k] for k in _AUTH_KEYS if k in headers}
+    """The auth-related subset of HTTP request headers: the credentials, and for a SigV4
+    signature every header it signs."""
+    keys = set(_AUTH_KEYS)
+    auth = headers.get("authorization", "")
+    if auth.startswith("AWS4-HMAC-SHA256 "):
+        for part in auth.split(","):
+            name, _, value = part.strip().partition("=")
+            if name == "SignedHeaders":
+                keys.update(value.split(";"))
+    keys.discard(PAYLOAD_SHA256)
+    return {k: headers[k] for k in keys if k in headers}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 from starlette.requests import Request
@@ -30,6 +31,7 @@ async def publish_endpoint(request: Request) -> Response:
     if not isinstance(payload, dict):
         return _error(AppSyncError.bad_request("body must be a JSON object"))
     headers = auth_headers.pick({k.lower(): v for k, v in request.headers.items()})
+    headers[auth_headers.PAYLOAD_SHA256] = hashlib.sha256(body).hexdigest()
     try:
         result = await gateway.publish(payload.get("channel"), payload.get("events"), headers)
     except AppSyncError as exc:

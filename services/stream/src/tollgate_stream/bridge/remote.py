@@ -206,9 +206,10 @@ class RemoteChannels:
     async def _publish(self, channel: str, events: list[str]) -> None:
         body = json.dumps({"channel": channel, "events": events}, separators=(",", ":"))
         for attempt in range(5):
+            # the signed headers are sent as signed: SigV4 covers content-type too
             headers = {
-                **self._auth.headers(self._endpoint, body),
                 "content-type": "application/json",
+                **self._auth.headers(self._endpoint, body),
             }
             try:
                 response = await self._client.post(self._endpoint, content=body, headers=headers)
