@@ -122,6 +122,33 @@ async def test_the_meter_ledger_settles_the_request(
     assert row.principal == "carol"
 
 
+async def test_a_websocket_client_leaving_mid_stream_is_still_metered(
+    stack: Stack, embedded_postgres: EmbeddedPostgres
+) -> None:
+    edge = stack.url("stream")
+    token = await dev_token(stack.url("auth"), "ivan")
+    async with connect(edge, {"Authorization": token}) as socket:
+        await socket.subscribe("s", "/Outbound-Messages/ivan")
+        await socket.send(
+            {
+                "type": "publish",
+                "id": "p",
+                "channel": "/Inbound-Messages/ivan",
+                "events": [chat_event("I will not wait")],
+                "authorization": {},
+            }
+        )
+        ack = await socket.receive()
+        request_id = ack["successful"][0]["identifier"]
+        async with asyncio.timeout(30):
+            async for event in socket.events("s"):
+                if "contentBlockDelta" in event:
+                    break  # one token seen: the socket closes here
+    # the answer runs to its end upstream and the whole of it is metered
+    row = await wait_settled(embedded_postgres.url, request_id, timeout=20)
+    assert (row.status, row.output_tokens, row.principal) == ("settled", 12, "ivan")
+
+
 async def test_stream_meter_and_router_spans_share_one_trace(stack: Stack, otlp: SpanLog) -> None:
     edge = stack.url("stream")
     token = await dev_token(stack.url("auth"), "dave")
