@@ -4,18 +4,29 @@ translation of httpx's exceptions into the router's error tree."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import ssl
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
 from tollgate_router.errors import ProviderTimeout, ProviderUnavailable
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One verifying TLS context for every provider client: building one loads the CA bundle
+    (~20 ms), and a provider has a client per shard."""
+    return httpx.create_ssl_context()
+
+
 def make_client(*, connect_timeout_s: float, max_connections: int) -> httpx.AsyncClient:
     """Connect timeout only: time to first token, idle gap and total are enforced above."""
     return httpx.AsyncClient(
+        verify=_tls_context(),
         timeout=httpx.Timeout(None, connect=connect_timeout_s, pool=connect_timeout_s),
         limits=httpx.Limits(
             max_connections=max_connections, max_keepalive_connections=max_connections
@@ -24,25 +35,37 @@ def make_client(*, connect_timeout_s: float, max_connections: int) -> httpx.Asyn
 
 
 class ClientShards:
-    """Several pooled clients used in turn. httpcore scans its whole pool (every connection's
+    """Several small pooled clients. httpcore scans its whole pool (every connection's
     idle/expiry state, with a socket poll) each time a request is assigned or released, so one
-    pool of N connections costs O(N) per request; N/k-sized shards keep that cost flat when a
-    provider carries a thousand concurrent streams (measured in bench/router.md)."""
+    pool of N connections costs O(N) per request; pools of ``shard_size`` keep that cost flat
+    when a provider carries a thousand concurrent streams (measured in bench/router.md). Each
+    request goes to the shard with the fewest requests in flight, so a full shard never makes
+    a request wait while another has room."""
 
     def __init__(
-        self, *, connect_timeout_s: float, max_connections: int, shard_size: int = 64
+        self, *, connect_timeout_s: float, max_connections: int, shard_size: int = 8
     ) -> None:
         count = max(1, -(-max_connections // shard_size))
         self._clients = [
             make_client(connect_timeout_s=connect_timeout_s, max_connections=shard_size)
             for _ in range(count)
         ]
-        self._next = 0
+        self._busy = [0] * count
 
-    def get(self) -> httpx.AsyncClient:
-        client = self._clients[self._next]
-        self._next = (self._next + 1) % len(self._clients)
-        return client
+    @contextlib.asynccontextmanager
+    async def stream(self, method: str, url: str, **kwargs: Any) -> AsyncIterator[httpx.Response]:
+        busy = self._busy
+        index = busy.index(min(busy))
+        busy[index] += 1
+        try:
+            async with self._clients[index].stream(method, url, **kwargs) as response:
+                yield response
+        finally:
+            busy[index] -= 1
+
+    @property
+    def in_flight(self) -> int:
+        return sum(self._busy)
 
     async def aclose(self) -> None:
         for client in self._clients:
@@ -52,8 +75,11 @@ class ClientShards:
 Clients = httpx.AsyncClient | ClientShards
 
 
-def pick(clients: Clients) -> httpx.AsyncClient:
-    return clients.get() if isinstance(clients, ClientShards) else clients
+def open_stream(
+    clients: Clients, method: str, url: str, **kwargs: Any
+) -> contextlib.AbstractAsyncContextManager[httpx.Response]:
+    """``clients.stream(…)`` on a plain client or on the least busy shard."""
+    return clients.stream(method, url, **kwargs)
 
 
 @contextlib.contextmanager

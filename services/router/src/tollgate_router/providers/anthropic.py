@@ -16,7 +16,13 @@ from tollgate_router.errors import (
     ProviderUnavailable,
     from_http_status,
 )
-from tollgate_router.providers._http import Clients, error_message, iter_sse, pick, translate_httpx
+from tollgate_router.providers._http import (
+    Clients,
+    error_message,
+    iter_sse,
+    open_stream,
+    translate_httpx,
+)
 from tollgate_router.providers.base import Finished, ProviderEvent, ProviderRequest, TextDelta
 
 _ERRORS: dict[str, type[ProviderError]] = {
@@ -69,8 +75,8 @@ class AnthropicProvider:
         stop_reason = "end_turn"
         stopped = False
         with translate_httpx(self.name):
-            async with pick(self._client).stream(
-                "POST", self._url, json=self.body(request), headers=self._headers
+            async with open_stream(
+                self._client, "POST", self._url, json=self.body(request), headers=self._headers
             ) as response:
                 if response.status_code >= 400:
                     body = await response.aread()

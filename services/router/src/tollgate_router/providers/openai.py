@@ -9,7 +9,13 @@ from typing import Any
 
 from tollgate_core.contracts import Usage
 from tollgate_router.errors import ProviderError, ProviderUnavailable, from_http_status
-from tollgate_router.providers._http import Clients, error_message, iter_sse, pick, translate_httpx
+from tollgate_router.providers._http import (
+    Clients,
+    error_message,
+    iter_sse,
+    open_stream,
+    translate_httpx,
+)
 from tollgate_router.providers.base import Finished, ProviderEvent, ProviderRequest, TextDelta
 
 _STOP = {"stop": "end_turn", "length": "max_tokens", "content_filter": "content_filtered"}
@@ -59,8 +65,8 @@ class OpenAIProvider:
         usage: Usage | None = None
         stop_reason = "end_turn"
         with translate_httpx(self.name):
-            async with pick(self._client).stream(
-                "POST", self._url, json=self.body(request), headers=self._headers
+            async with open_stream(
+                self._client, "POST", self._url, json=self.body(request), headers=self._headers
             ) as response:
                 if response.status_code >= 400:
                     body = await response.aread()
