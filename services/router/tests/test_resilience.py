@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -232,3 +233,30 @@ async def test_an_adapter_that_breaks_mid_stream_surfaces_as_a_typed_unavailable
     )
     with pytest.raises(ProviderUnavailable, match="unexpected provider failure: TypeError"):
         await run(r)
+
+
+async def test_time_the_consumer_spends_on_an_event_is_not_an_idle_gap() -> None:
+    # the provider answers at once, the consumer (Kafka, a slow client) takes its time
+    r = router(
+        {"p1": ScriptedProvider("p1"), "p2": ScriptedProvider("p2")},
+        timeouts=Timeouts(first_token_s=0.05, idle_s=0.05, total_s=10),
+    )
+    chain = CATALOG.chain("primary")
+    outcome = Outcome(model=chain[0])
+    seen: list[ProviderEvent] = []
+    async for event in r.stream(chain, REQUEST, outcome):
+        seen.append(event)
+        await asyncio.sleep(0.15)  # three idle limits per event
+    assert isinstance(seen[-1], Finished) and outcome.model.id == "primary"
+
+
+async def test_a_cancelled_consumer_is_cancelled_not_timed_out() -> None:
+    r = router(
+        {"p1": ScriptedProvider("p1", [Step(first_delay_s=5)]), "p2": ScriptedProvider("p2")},
+        timeouts=Timeouts(first_token_s=10, idle_s=10, total_s=10),
+    )
+    task = asyncio.create_task(run(r))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task

@@ -10,6 +10,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from tollgate_router.catalog import ModelSpec
 from tollgate_router.errors import (
@@ -91,29 +92,75 @@ class CircuitBreaker:
             self._opened_at, self._trial = self._clock(), False
 
 
+class _Watchdog:
+    """One timer per stream instead of a timeout context per event: waiting for an event
+    only moves a float; the timer, when it fires early, re-arms itself at the deadline. It
+    cancels ``task`` only while that task waits for the provider, never while the consumer
+    works on an event."""
+
+    __slots__ = ("_handle", "_loop", "_task", "deadline", "expired", "waiting")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> None:
+        self._loop = loop
+        self._task = task
+        self._handle: asyncio.TimerHandle | None = None
+        self.deadline = 0.0
+        self.waiting = False
+        self.expired = False
+
+    def wait_until(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.waiting = True
+        if self._handle is None or self._handle.when() > deadline:
+            if self._handle is not None:
+                self._handle.cancel()
+            self._handle = self._loop.call_at(deadline, self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        if self.waiting and self._loop.time() >= self.deadline:
+            self.expired = True
+            self._task.cancel()
+        elif self.waiting:
+            self._handle = self._loop.call_at(self.deadline, self._fire)
+        # not waiting: the next wait_until arms it again
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
 async def guarded(
     events: AsyncIterator[ProviderEvent], timeouts: Timeouts
 ) -> AsyncIterator[ProviderEvent]:
     """Re-yield ``events``, raising ProviderTimeout on a late first token, idle gap or total."""
     loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None  # noqa: S101 - always iterated from a task
+    watchdog = _Watchdog(loop, task)
+    cancelling = task.cancelling()
     deadline = loop.time() + timeouts.total_s
     waiting_first = True
     try:
         while True:
-            remaining = deadline - loop.time()
+            now = loop.time()
+            remaining = deadline - now
             limit = min(timeouts.first_token_s if waiting_first else timeouts.idle_s, remaining)
+            watchdog.wait_until(now + max(limit, 0))
             try:
-                async with asyncio.timeout(max(limit, 0)):
-                    event = await anext(events)
+                event = await anext(events)
             except StopAsyncIteration:
                 return
-            except TimeoutError as exc:
-                what = (
-                    "total"
-                    if limit == remaining
-                    else ("time to first token" if waiting_first else "idle gap")
-                )
-                raise ProviderTimeout(f"{what} timeout after {limit:.1f}s") from exc
+            except asyncio.CancelledError as exc:
+                if watchdog.expired and task.uncancel() <= cancelling:
+                    what = (
+                        "total"
+                        if limit == remaining
+                        else ("time to first token" if waiting_first else "idle gap")
+                    )
+                    raise ProviderTimeout(f"{what} timeout after {limit:.1f}s") from exc
+                raise
             except ProviderError:
                 raise
             except Exception as exc:
@@ -123,10 +170,13 @@ async def guarded(
                 raise ProviderUnavailable(
                     f"unexpected provider failure: {type(exc).__name__}: {exc}"
                 ) from exc
+            finally:
+                watchdog.waiting = False
             if waiting_first and isinstance(event, TextDelta):
                 waiting_first = False
             yield event
     finally:
+        watchdog.close()
         aclose = getattr(events, "aclose", None)
         if aclose is not None:
             await aclose()
