@@ -26,12 +26,15 @@ class FlakyLedger:
         self.swept = asyncio.Event()
         self.finished = 0  # old finished reservations left to prune
         self.margins: list[timedelta] = []
+        self.expired = 0  # reservations past their ttl, left to release
 
     async def release_expired(self, cutoff: datetime, limit: int = 500) -> int:
         self.releases += 1
         if self.releases <= self.failures:
             raise RuntimeError("a bug, not an outage")
-        return 0
+        released = min(limit, self.expired)
+        self.expired -= released
+        return released
 
     async def prune(self, now: datetime) -> int:
         self.prunes += 1
@@ -130,3 +133,34 @@ async def test_old_reservations_are_pruned_in_bounded_batches() -> None:
     assert ledger.finished == 0
     assert sample("tollgate_meter_reservations_pruned_total") == before + 2_500
     assert set(ledger.margins) == {timedelta(days=1)}
+
+
+async def test_a_backlog_of_expired_reservations_drains_in_one_round() -> None:
+    # a router outage leaves thousands unsettled; 500 per 15 s round would take minutes
+    ledger = FlakyLedger(failures=0)
+    ledger.expired = 2_300
+    sweep = Sweeper(
+        ledger,  # type: ignore[arg-type]
+        Health(),
+        lambda: NOW,
+        ok,
+        ttl_s=900,
+        interval_s=15,
+        release_batch=500,
+        prune_batches=20,
+    )
+    before = sample("tollgate_meter_reservations_released_total")
+    assert await sweep.sweep_once() == 2_300
+    assert ledger.expired == 0 and ledger.releases == 5
+    assert sample("tollgate_meter_reservations_released_total") == before + 2_300
+
+
+def test_the_meter_pool_is_20_unless_database_pool_size_says_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tollgate_meter.settings import MeterSettings
+
+    monkeypatch.delenv("DATABASE_POOL_SIZE", raising=False)
+    assert MeterSettings().database.database_pool_size == 20
+    monkeypatch.setenv("DATABASE_POOL_SIZE", "7")
+    assert MeterSettings().database.database_pool_size == 7

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -39,7 +40,13 @@ class MeterSettings(BaseSettings):
     admin_token: SecretStr | None = None
     migrate_on_start: bool = True
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
-    database: DatabaseSettings = Field(
-        default_factory=lambda: DatabaseSettings(database_pool_size=20)
-    )
+    #: a larger pool than the other services' (it takes up to 32 admissions at once), unless
+    #: DATABASE_POOL_SIZE says otherwise
+    database: DatabaseSettings = Field(default_factory=lambda: _meter_database())
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+
+
+def _meter_database() -> DatabaseSettings:
+    if any(k.upper() == "DATABASE_POOL_SIZE" for k in os.environ):
+        return DatabaseSettings()
+    return DatabaseSettings(database_pool_size=20)

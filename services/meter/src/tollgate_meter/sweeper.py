@@ -46,7 +46,9 @@ class Sweeper:
         max_backoff_s: float = 300.0,
         prune_batch: int = 1000,
         prune_batches: int = 20,
+        release_batch: int = 500,
     ) -> None:
+        self._release_batch = release_batch
         self._ledger = ledger
         self._health = health
         self._clock = clock
@@ -61,7 +63,12 @@ class Sweeper:
 
     async def sweep_once(self) -> int:
         now = self._clock()
-        released = await self._ledger.release_expired(now - self._ttl)
+        released = 0
+        for _ in range(self._prune_batches):  # a backlog (a router outage) drains in one round
+            batch = await self._ledger.release_expired(now - self._ttl, self._release_batch)
+            released += batch
+            if batch < self._release_batch:
+                break
         pruned = await self._ledger.prune(now)
         RELEASED.inc(released)
         PRUNED.inc(pruned)
