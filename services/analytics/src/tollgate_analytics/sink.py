@@ -428,10 +428,15 @@ class ParquetSink:
         delay = self._settings.retry_initial_s
         while True:
             try:
-                encoded = {
-                    path: dataset.to_parquet(segment.tables[table], rows)
-                    for path, (table, rows) in files.items()
-                }
+                # in a thread: a 64 MiB segment takes seconds to encode, and the event loop
+                # must keep heartbeating the group and answering /readyz meanwhile (the
+                # sink's lock keeps the segment's rows still until the flush ends)
+                encoded = await asyncio.to_thread(
+                    lambda: {
+                        path: dataset.to_parquet(segment.tables[table], rows)
+                        for path, (table, rows) in files.items()
+                    }
+                )
             except Exception as exc:  # anything but losing the segment
                 reason = (
                     f"cannot encode {segment.topic}/{segment.partition} offsets"
