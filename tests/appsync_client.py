@@ -37,6 +37,19 @@ class AppSyncSocket:
         )
         return await self.receive()
 
+    async def publish(self, pub_id: str, channel: str, *events: str) -> dict[str, Any]:
+        """Publish over the socket; the acknowledgement."""
+        await self.send(
+            {
+                "type": "publish",
+                "id": pub_id,
+                "channel": channel,
+                "events": list(events),
+                "authorization": {},
+            }
+        )
+        return await self.receive()
+
     async def events(self, sub_id: str) -> AsyncIterator[dict[str, Any]]:
         """The parsed events of ``data`` messages for one subscription."""
         while True:
@@ -79,3 +92,13 @@ def chat_event(text: str, conversation_id: str = "conv-1", **extra: Any) -> str:
             **extra,
         }
     )
+
+
+async def http_publish(edge_url: str, token: str, channel: str, *events: str) -> httpx.Response:
+    """``POST /event`` as the AppSync HTTP publish API takes it."""
+    async with httpx.AsyncClient() as client:
+        return await client.post(
+            f"{edge_url}/event",
+            headers={"Authorization": token},
+            json={"channel": channel, "events": list(events)},
+        )

@@ -16,7 +16,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.appsync_client import chat_event, connect, dev_token
+from tests.appsync_client import chat_event, connect, dev_token, http_publish
 from tollgate_dev.platform import free_port
 from tollgate_dev.stack import SERVICES, bin_path, wait_ready
 
@@ -53,12 +53,9 @@ async def one_request(stream_url: str, auth_url: str) -> list[str]:
     token = await dev_token(auth_url, "dave")
     async with connect(stream_url, {"Authorization": token}) as ws:
         await ws.subscribe("s", "/Outbound-Messages/dave")
-        async with httpx.AsyncClient() as client:
-            published = await client.post(
-                f"{stream_url}/event",
-                headers={"Authorization": token},
-                json={"channel": "/Inbound-Messages/dave", "events": [chat_event("hi")]},
-            )
+        published = await http_publish(
+            stream_url, token, "/Inbound-Messages/dave", chat_event("hi")
+        )
         assert published.status_code == 200, published.text
         kinds: list[str] = []
         async with asyncio.timeout(30):

@@ -6,10 +6,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import httpx
 import pytest
 
-from tests.appsync_client import AppSyncSocket, chat_event, connect, dev_token
+from tests.appsync_client import AppSyncSocket, chat_event, connect, dev_token, http_publish
 from tests.conftest import SpanLog
 from tests.ledger import wait_settled
 from tollgate_dev.platform import EmbeddedPostgres
@@ -54,12 +53,9 @@ async def test_http_publish_streams_the_answer_to_the_websocket_subscriber(stack
             "type": "subscribe_success",
             "id": "sub-1",
         }
-        async with httpx.AsyncClient() as client:
-            response = await client.post(
-                f"{edge}/event",
-                headers={"Authorization": token},
-                json={"channel": "/Inbound-Messages/alice", "events": [chat_event("Hello there")]},
-            )
+        response = await http_publish(
+            edge, token, "/Inbound-Messages/alice", chat_event("Hello there")
+        )
         assert response.status_code == 200, response.text
         body = response.json()
         assert body["failed"] == []
@@ -83,16 +79,7 @@ async def test_websocket_publish_and_a_subscriber_of_another_user_sees_nothing(
             "type"
         ] == "subscribe_success"
         assert (await bob.subscribe("b", "/Outbound-Messages/bob"))["type"] == "subscribe_success"
-        await alice.send(
-            {
-                "type": "publish",
-                "id": "pub-1",
-                "channel": "/Inbound-Messages/alice",
-                "events": [chat_event("Hi from the socket")],
-                "authorization": {},
-            }
-        )
-        ack = await alice.receive()
+        ack = await alice.publish("pub-1", "/Inbound-Messages/alice", chat_event("Hi there"))
         assert ack["type"] == "publish_success" and ack["id"] == "pub-1", ack
         request_id = ack["successful"][0]["identifier"]
         assert_streamed_answer(await collect_answer(alice, "a"), request_id)
@@ -108,12 +95,9 @@ async def test_the_meter_ledger_settles_the_request(
     token = await dev_token(stack.url("auth"), "carol")
     async with connect(edge, {"Authorization": token}) as socket:
         await socket.subscribe("s", "/Outbound-Messages/carol")
-        async with httpx.AsyncClient() as client:
-            response = await client.post(
-                f"{edge}/event",
-                headers={"Authorization": token},
-                json={"channel": "/Inbound-Messages/carol", "events": [chat_event("count me")]},
-            )
+        response = await http_publish(
+            edge, token, "/Inbound-Messages/carol", chat_event("count me")
+        )
         request_id = response.json()["successful"][0]["identifier"]
         events = await collect_answer(socket, "s")
     usage = events[-1]["metadata"]["usage"]
@@ -129,16 +113,7 @@ async def test_a_websocket_client_leaving_mid_stream_is_still_metered(
     token = await dev_token(stack.url("auth"), "ivan")
     async with connect(edge, {"Authorization": token}) as socket:
         await socket.subscribe("s", "/Outbound-Messages/ivan")
-        await socket.send(
-            {
-                "type": "publish",
-                "id": "p",
-                "channel": "/Inbound-Messages/ivan",
-                "events": [chat_event("I will not wait")],
-                "authorization": {},
-            }
-        )
-        ack = await socket.receive()
+        ack = await socket.publish("p", "/Inbound-Messages/ivan", chat_event("I will not wait"))
         request_id = ack["successful"][0]["identifier"]
         async with asyncio.timeout(30):
             async for event in socket.events("s"):
@@ -154,12 +129,7 @@ async def test_stream_meter_and_router_spans_share_one_trace(stack: Stack, otlp:
     token = await dev_token(stack.url("auth"), "dave")
     async with connect(edge, {"Authorization": token}) as socket:
         await socket.subscribe("s", "/Outbound-Messages/dave")
-        async with httpx.AsyncClient() as client:
-            response = await client.post(
-                f"{edge}/event",
-                headers={"Authorization": token},
-                json={"channel": "/Inbound-Messages/dave", "events": [chat_event("trace me")]},
-            )
+        response = await http_publish(edge, token, "/Inbound-Messages/dave", chat_event("trace me"))
         request_id = response.json()["successful"][0]["identifier"]
         await collect_answer(socket, "s")
 

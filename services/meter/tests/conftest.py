@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -55,6 +56,10 @@ class Inspect:
 
     def __init__(self, settings: DatabaseSettings) -> None:
         self.engine = db.create_engine(settings, application_name="inspect")
+
+    async def rows(self, sql: str, **params: object) -> list[tuple[Any, ...]]:
+        async with self.engine.connect() as conn:
+            return [tuple(r) for r in (await conn.execute(text(sql), params)).all()]
 
     async def buckets(self, principal: str) -> tuple[int, int, int, int]:
         async with self.engine.connect() as conn:

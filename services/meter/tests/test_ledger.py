@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 from pydantic import SecretStr
-from sqlalchemy import text
 
 from tollgate_core import db
 from tollgate_core.contracts import Usage, UsageRecordV1
@@ -199,25 +198,17 @@ async def test_late_usage_without_a_reservation_is_booked_when_it_happened(
         update={"occurred_at": NOW + timedelta(hours=3)}
     )
     assert await ledger.settle(ahead, NOW)
-    async with inspect.engine.connect() as conn:
-        periods = (
-            await conn.execute(
-                text(
-                    "SELECT period_start, input_tokens, output_tokens FROM meter.periods"
-                    " WHERE principal = 'lena' ORDER BY 1"
-                )
-            )
-        ).all()
-        buckets = (
-            await conn.execute(
-                text(
-                    "SELECT bucket_start, output_tokens FROM meter.buckets"
-                    " WHERE principal = 'lena' ORDER BY 1"
-                )
-            )
-        ).all()
-    assert [tuple(p) for p in periods] == [(date(2026, 10, 1), 3, 7), (date(2026, 11, 1), 1, 1)]
-    assert [tuple(b) for b in buckets] == [
+    periods = await inspect.rows(
+        "SELECT period_start, input_tokens, output_tokens FROM meter.periods"
+        " WHERE principal = :p ORDER BY 1",
+        p="lena",
+    )
+    buckets = await inspect.rows(
+        "SELECT bucket_start, output_tokens FROM meter.buckets WHERE principal = :p ORDER BY 1",
+        p="lena",
+    )
+    assert periods == [(date(2026, 10, 1), 3, 7), (date(2026, 11, 1), 1, 1)]
+    assert buckets == [
         (datetime(2026, 10, 31, 23, 50, tzinfo=UTC), 7),
         (NOW, 1),  # a record from the future counts now, not later
     ]

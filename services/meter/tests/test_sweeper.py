@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
@@ -60,15 +61,16 @@ async def ok() -> None:
     return None
 
 
-def sweeper(ledger: FlakyLedger, health: Health, ping: object = ok) -> Sweeper:
+def sweeper(ledger: FlakyLedger, health: Health, ping: object = ok, **options: Any) -> Sweeper:
+    options.setdefault("interval_s", 0.01)
+    options.setdefault("max_backoff_s", 0.05)
     return Sweeper(
         ledger,  # type: ignore[arg-type]
         health,
         lambda: NOW,
         ping,  # type: ignore[arg-type]
         ttl_s=900,
-        interval_s=0.01,
-        max_backoff_s=0.05,
+        **options,
     )
 
 
@@ -115,16 +117,8 @@ async def test_postgres_down_marks_it_not_ready_until_a_round_succeeds() -> None
 async def test_old_reservations_are_pruned_in_bounded_batches() -> None:
     ledger = FlakyLedger(failures=0)
     ledger.finished = 2_500
-    sweep = Sweeper(
-        ledger,  # type: ignore[arg-type]
-        Health(),
-        lambda: NOW,
-        ok,
-        ttl_s=900,
-        interval_s=15,
-        margin_s=86_400,
-        prune_batch=1_000,
-        prune_batches=2,
+    sweep = sweeper(
+        ledger, Health(), interval_s=15, margin_s=86_400, prune_batch=1_000, prune_batches=2
     )
     before = sample("tollgate_meter_reservations_pruned_total")
     await sweep.sweep_once()
@@ -139,16 +133,7 @@ async def test_a_backlog_of_expired_reservations_drains_in_one_round() -> None:
     # a router outage leaves thousands unsettled; 500 per 15 s round would take minutes
     ledger = FlakyLedger(failures=0)
     ledger.expired = 2_300
-    sweep = Sweeper(
-        ledger,  # type: ignore[arg-type]
-        Health(),
-        lambda: NOW,
-        ok,
-        ttl_s=900,
-        interval_s=15,
-        release_batch=500,
-        prune_batches=20,
-    )
+    sweep = sweeper(ledger, Health(), interval_s=15, release_batch=500, prune_batches=20)
     before = sample("tollgate_meter_reservations_released_total")
     assert await sweep.sweep_once() == 2_300
     assert ledger.expired == 0 and ledger.releases == 5

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -61,19 +61,35 @@ def consumer_for(
     kafka_settings: KafkaSettings,
     producer: EventProducer,
     topic: str,
-    handler: Collector,
+    handler: Callable[[Delivered[UsageRecordV1]], Awaitable[None]],
     **options: Any,
 ) -> EventConsumer[UsageRecordV1]:
     options.setdefault("partitions", [0])
+    options.setdefault("name", "test")
     return EventConsumer(
         kafka_settings,
-        name="test",
         topics=[topic],
         decoder=Decoder.of(UsageRecordV1),
         handler=handler,
         dead_letter=producer,
         **options,
     )
+
+
+async def redelivered(
+    kafka_settings: KafkaSettings, producer: EventProducer, topic: str, group: str, n: int
+) -> list[str]:
+    """The request ids the next consumer of ``group`` is handed, up to ``n``."""
+    collector = Collector()
+    consumer = consumer_for(
+        kafka_settings, producer, topic, collector, name="next", group_id=group, partitions=None
+    )
+    await consumer.start()
+    try:
+        await collector.wait_for(n)
+    finally:
+        await consumer.stop()
+    return [d.event.request_id for d in collector.items]
 
 
 async def dead_letters_for(kafka_settings: KafkaSettings, topic: str, n: int) -> list[Any]:
@@ -233,24 +249,8 @@ async def test_group_commits_only_finished_work_and_redelivers_the_rest(
         while len(seen) < 3:
             await asyncio.sleep(0.05)
     await first_run.stop(drain_timeout_s=0.2)
-
-    collector = Collector()
-    second_run = EventConsumer(
-        kafka_settings,
-        name="run-2",
-        topics=[topic],
-        group_id=group,
-        decoder=Decoder.of(UsageRecordV1),
-        handler=collector,
-        dead_letter=producer,
-    )
-    await second_run.start()
-    try:
-        await collector.wait_for(2)
-    finally:
-        await second_run.stop()
     # "first" was committed; "second" was not finished, so it and everything after it return.
-    assert [d.event.request_id for d in collector.items] == ["second", "third"]
+    assert await redelivered(kafka_settings, producer, topic, group, 2) == ["second", "third"]
 
 
 async def test_start_and_stop_are_idempotent(
@@ -293,14 +293,14 @@ async def test_stop_is_bounded_by_the_drain_timeout_and_the_unfinished_work_come
         started.append(delivered.event.request_id)
         await asyncio.Event().wait()
 
-    stuck = EventConsumer(
+    stuck = consumer_for(
         kafka_settings,
+        producer,
+        topic,
+        hang,
         name="stuck",
-        topics=[topic],
         group_id=group,
-        decoder=Decoder.of(UsageRecordV1),
-        handler=hang,
-        dead_letter=producer,
+        partitions=None,
         concurrency=concurrency,
     )
     for request_id in ("a", "b", "c"):
@@ -315,20 +315,4 @@ async def test_stop_is_bounded_by_the_drain_timeout_and_the_unfinished_work_come
         stopping.cancel()
     assert stopping in done
     stopping.result()
-
-    collector = Collector()
-    after = EventConsumer(
-        kafka_settings,
-        name="after",
-        topics=[topic],
-        group_id=group,
-        decoder=Decoder.of(UsageRecordV1),
-        handler=collector,
-        dead_letter=producer,
-    )
-    await after.start()
-    try:
-        await collector.wait_for(3)
-    finally:
-        await after.stop()
-    assert [d.event.request_id for d in collector.items] == ["a", "b", "c"]
+    assert await redelivered(kafka_settings, producer, topic, group, 3) == ["a", "b", "c"]

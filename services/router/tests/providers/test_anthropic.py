@@ -78,25 +78,6 @@ async def test_http_errors_are_translated(
         [e async for e in provider(fake_server, http_client).stream(request())]
 
 
-@pytest.mark.parametrize(
-    ("scenario", "message"),
-    [
-        (Scenario(garbage_after=1), "malformed response"),
-        (Scenario(truncate=True), "ended before message_stop"),
-    ],
-    ids=["not-an-object", "no-message-stop"],
-)
-async def test_a_malformed_or_truncated_stream_is_unavailable(
-    fake_server: FakeProviderServer,
-    http_client: httpx.AsyncClient,
-    scenario: Scenario,
-    message: str,
-) -> None:
-    fake_server.script = [scenario]
-    with pytest.raises(ProviderUnavailable, match=message):
-        [e async for e in provider(fake_server, http_client).stream(request())]
-
-
 async def test_an_unknown_model_is_not_found(
     fake_server: FakeProviderServer, http_client: httpx.AsyncClient
 ) -> None:

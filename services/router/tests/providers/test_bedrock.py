@@ -214,26 +214,3 @@ async def test_a_missing_region_is_a_configuration_error_and_missing_credentials
     with pytest.raises(ProviderUnavailable, match="credentials"):
         await collect(p)
     assert fake_server.received == []
-
-
-@pytest.mark.parametrize(
-    ("scenario", "message"),
-    [
-        (Scenario(garbage_after=2), "corrupt event stream"),
-        (Scenario(truncate=True), "without its metadata event"),
-    ],
-    ids=["bad-crc", "no-metadata"],
-)
-async def test_a_corrupt_or_truncated_stream_is_unavailable_after_the_text_before_it(
-    fake_server: FakeProviderServer,
-    http_client: httpx.AsyncClient,
-    scenario: Scenario,
-    message: str,
-) -> None:
-    fake_server.script = [scenario]
-    seen: list[str] = []
-    with pytest.raises(ProviderUnavailable, match=message):
-        async for event in provider(fake_server, http_client).stream(request()):
-            if isinstance(event, TextDelta):
-                seen.append(event.text)
-    assert seen == (["Hello", " from"] if scenario.garbage_after else list(scenario.chunks))
