@@ -4,8 +4,8 @@
 
 FROM python:3.11-slim AS build
 ARG SERVICE
-ARG UV_VERSION=0.13.8
-RUN test -n "$SERVICE" && pip install --no-cache-dir "uv==${UV_VERSION}"
+COPY tools/uv-requirements.txt /tmp/uv-requirements.txt
+RUN test -n "$SERVICE" && pip install --no-cache-dir --require-hashes -r /tmp/uv-requirements.txt
 WORKDIR /src
 ENV UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy UV_PYTHON_DOWNLOADS=never \
     UV_PROJECT_ENVIRONMENT=/app/.venv

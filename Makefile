@@ -3,18 +3,17 @@
 #   make test  - lint, type-check and every test (starts and stops what the tests need)
 
 PYTHON ?= python3.11
-UV_VERSION := 0.13.8
 TOOLS := .tools
 UV := $(TOOLS)/bin/uv
 VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install run test lint typecheck pytest bench clean
+.PHONY: install run test lint typecheck pytest clean
 
-$(UV):
+$(UV): tools/uv-requirements.txt
 	$(PYTHON) -m venv $(TOOLS)
-	$(TOOLS)/bin/python -m pip install --quiet uv==$(UV_VERSION)
+	$(TOOLS)/bin/python -m pip install --quiet --require-hashes -r tools/uv-requirements.txt
 
 $(VENV)/.synced: $(UV) uv.lock pyproject.toml libs/*/pyproject.toml services/*/pyproject.toml
 	$(UV) sync --frozen --python $(PYTHON)
