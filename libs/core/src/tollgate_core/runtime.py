@@ -11,6 +11,7 @@ import signal
 from collections.abc import Awaitable, Callable
 
 from tollgate_core import telemetry
+from tollgate_core.errors import ConfigurationError
 from tollgate_core.health import Health
 from tollgate_core.settings import TelemetrySettings
 
@@ -64,7 +65,8 @@ async def start_with_retry(
     """Call ``start`` until it succeeds or ``stop`` is set, with jittered exponential backoff.
 
     While it fails, readiness check ``name`` is not ready and says why. Returns whether the
-    dependency started.
+    dependency started. A :class:`ConfigurationError` is not retried: waiting cannot fix a
+    setting, so it ends the process with its message.
     """
     delay = initial_delay
     attempt = 0
@@ -72,6 +74,8 @@ async def start_with_retry(
         attempt += 1
         try:
             await start()
+        except ConfigurationError:
+            raise
         except Exception as exc:  # noqa: BLE001 - any start failure is retried and reported
             reason = f"{type(exc).__name__}: {exc}"
             health.fail(name, reason)

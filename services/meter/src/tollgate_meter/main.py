@@ -104,8 +104,8 @@ async def serve(settings: MeterSettings, stop: asyncio.Event) -> None:
             await stop.wait()
     finally:
         await sweeper.stop()
-        await admissions.stop()
-        await settlements.stop()
+        # both drain at once: one after the other they could outlast the pod's grace period
+        await asyncio.gather(admissions.stop(), settlements.stop())
         await producer.stop()
         await auth_client.aclose()
         await engine.dispose()
