@@ -117,6 +117,7 @@ class GenerationHandler:
         lease_s: float = 30.0,
     ) -> None:
         self._lease_s = lease_s
+        self._providers = providers
         self._catalog = catalog
         self._publisher = publisher
         self._journal: RequestJournal = journal or InMemoryJournal()
@@ -373,6 +374,14 @@ class GenerationHandler:
             terminal=terminal,
         )
 
+    def _provider_type(self, spec: ModelSpec) -> str:
+        """What records call the provider (``bedrock``, ``openai``…), as the serving path
+        does; the catalog key when no such provider is configured any more."""
+        try:
+            return self._providers(spec.provider).name
+        except (KeyError, TollgateError):
+            return spec.provider
+
     async def _interrupted(self, request: ChatRequestV1) -> None:
         """A router died mid-stream: end the client's stream and settle once, without calling
         the provider again (its usage for the dead stream is not knowable)."""
@@ -386,7 +395,7 @@ class GenerationHandler:
         await self._settle(
             request,
             spec,
-            spec.provider,
+            self._provider_type(spec),
             "error",
             Usage(),
             utcnow(),
