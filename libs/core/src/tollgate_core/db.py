@@ -9,19 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 from alembic import command, context
 from alembic.config import Config
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from tollgate_core.errors import DependencyUnavailable
 from tollgate_core.settings import DatabaseSettings
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def create_engine(
@@ -48,20 +52,41 @@ def create_engine(
     )
 
 
+async def run(
+    engine: AsyncEngine, body: Callable[[AsyncConnection], Awaitable[T]], *, write: bool = True
+) -> T:
+    """``body`` on a connection of ``engine`` — in a transaction when it writes — run once
+    more on a fresh connection if the pooled one turns out to have died (Postgres
+    restarted). For engines without ``pre_ping``, and bodies that are safe to run twice."""
+    try:
+        return await _attempt(engine, body, write)
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+    return await _attempt(engine, body, write)
+
+
+async def _attempt(
+    engine: AsyncEngine, body: Callable[[AsyncConnection], Awaitable[T]], write: bool
+) -> T:
+    if write:
+        async with engine.begin() as conn:
+            return await body(conn)
+    async with engine.connect() as conn:
+        return await body(conn)
+
+
 async def ping(engine: AsyncEngine) -> None:
     """Raise :class:`DependencyUnavailable` unless Postgres answers (asking twice when the
     first connection turns out to have died in the pool)."""
-    for attempt in (1, 2):
-        try:
-            async with engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
-            return
-        except DBAPIError as exc:
-            if attempt == 1 and exc.connection_invalidated:
-                continue
-            raise DependencyUnavailable(f"Postgres unreachable: {exc}") from exc
-        except (OSError, TimeoutError) as exc:
-            raise DependencyUnavailable(f"Postgres unreachable: {exc}") from exc
+
+    async def select(conn: AsyncConnection) -> None:
+        await conn.execute(text("SELECT 1"))
+
+    try:
+        await run(engine, select, write=False)
+    except (OSError, DBAPIError, TimeoutError) as exc:
+        raise DependencyUnavailable(f"Postgres unreachable: {exc}") from exc
 
 
 def _alembic_config(migrations: Path, url: str) -> Config:

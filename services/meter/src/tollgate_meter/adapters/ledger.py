@@ -264,23 +264,10 @@ class PostgresLedger:
     async def _run(
         self, body: Callable[[AsyncConnection], Awaitable[T]], *, write: bool = True
     ) -> T:
-        """``body`` in a transaction (on a plain connection when it only reads), run once more
-        on a fresh connection if the pooled one turns out to be dead. Postgres trouble
-        becomes :class:`DependencyUnavailable`."""
+        """``body`` through :func:`tollgate_core.db.run` (once more on a fresh connection
+        after a dead pooled one); Postgres trouble becomes :class:`DependencyUnavailable`."""
         async with _translated():
-            try:
-                return await self._attempt(body, write)
-            except DBAPIError as exc:
-                if not exc.connection_invalidated:
-                    raise
-            return await self._attempt(body, write)
-
-    async def _attempt(self, body: Callable[[AsyncConnection], Awaitable[T]], write: bool) -> T:
-        if write:
-            async with self._engine.begin() as conn:
-                return await body(conn)
-        async with self._engine.connect() as conn:
-            return await body(conn)
+            return await db.run(self._engine, body, write=write)
 
     def _resolve(
         self, owner: Any, groups: Sequence[str], overrides: dict[str, TierSpec]
