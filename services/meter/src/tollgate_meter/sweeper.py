@@ -63,32 +63,33 @@ class Sweeper:
 
     async def sweep_once(self) -> int:
         now = self._clock()
-        released = 0
-        for _ in range(self._prune_batches):  # a backlog (a router outage) drains in one round
-            batch = await self._ledger.release_expired(now - self._ttl, self._release_batch)
-            released += batch
-            if batch < self._release_batch:
-                break
+        cutoff = now - self._ttl
+        released = await self._in_batches(  # a backlog (a router outage) goes in one round
+            lambda size: self._ledger.release_expired(cutoff, size), self._release_batch
+        )
         pruned = await self._ledger.prune(now)
         RELEASED.inc(released)
         PRUNED.inc(pruned)
         if released:
             logger.info("released %d reservations that never settled", released)
-        await self._prune_reservations(now)
+        deleted = await self._in_batches(
+            lambda size: self._ledger.prune_reservations(now, self._margin, size),
+            self._prune_batch,
+        )
+        PRUNED_RESERVATIONS.inc(deleted)
+        if deleted:
+            logger.info("pruned %d finished reservations", deleted)
         return released
 
-    async def _prune_reservations(self, now: datetime) -> int:
-        """Old finished reservations, in short transactions of ``prune_batch`` rows, at most
-        ``prune_batches`` of them a round (a backlog drains over the next rounds)."""
+    async def _in_batches(self, step: Callable[[int], Awaitable[int]], size: int) -> int:
+        """``step(size)`` in short transactions until one does less than ``size`` rows, at
+        most ``prune_batches`` of them a round (what is left goes next round)."""
         total = 0
         for _ in range(self._prune_batches):
-            deleted = await self._ledger.prune_reservations(now, self._margin, self._prune_batch)
-            PRUNED_RESERVATIONS.inc(deleted)
-            total += deleted
-            if deleted < self._prune_batch:
+            done = await step(size)
+            total += done
+            if done < size:
                 break
-        if total:
-            logger.info("pruned %d finished reservations", total)
         return total
 
     async def _round(self) -> None:
