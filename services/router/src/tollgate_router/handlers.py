@@ -25,6 +25,7 @@ from typing import TypeVar
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import Counter, Histogram
+from pydantic import TypeAdapter
 
 from tollgate_core import topics
 from tollgate_core.bus import Delivered, Publisher
@@ -35,6 +36,7 @@ from tollgate_core.contracts import (
     ReplyChunkV1,
     ReplyDoneV1,
     ReplyErrorV1,
+    ReplyV1,
     RequestLogV1,
     Usage,
     UsageRecordV1,
@@ -57,6 +59,8 @@ from tollgate_router.resilience import Outcome, ResilientRouter, RetryPolicy, Ti
 from tollgate_router.streaming import ChunkWriter, Coalescing
 
 Reply = TypeVar("Reply", ReplyChunkV1, ReplyDoneV1, ReplyErrorV1)
+#: a stored terminal reply, told apart by its own ``kind``
+_REPLY: TypeAdapter[ReplyChunkV1 | ReplyDoneV1 | ReplyErrorV1] = TypeAdapter(ReplyV1)
 
 logger = logging.getLogger(__name__)
 tracer = trace.get_tracer("tollgate.router")
@@ -513,7 +517,6 @@ class GenerationHandler:
             {
                 "usage": record.model_dump_json(),
                 "log": log.model_dump_json(),
-                "reply_kind": "done" if isinstance(terminal, ReplyDoneV1) else "error",
                 "reply": terminal.model_dump_json(),
             },
             separators=(",", ":"),
@@ -545,8 +548,7 @@ class GenerationHandler:
         record = UsageRecordV1.model_validate_json(data["usage"])
         log = RequestLogV1.model_validate_json(data["log"])
         if "reply" in data:  # the client may not have had it: at least once, same seq
-            kind = ReplyDoneV1 if data.get("reply_kind") == "done" else ReplyErrorV1
-            await self._send_reply(request, kind.model_validate_json(data["reply"]))
+            await self._send_reply(request, _REPLY.validate_json(data["reply"]))
         await self._publish_records(request, record, log)
         await self._journal.settled(request.request_id)
 

@@ -75,13 +75,6 @@ class ClientShards:
 Clients = httpx.AsyncClient | ClientShards
 
 
-def open_stream(
-    clients: Clients, method: str, url: str, **kwargs: Any
-) -> contextlib.AbstractAsyncContextManager[httpx.Response]:
-    """``clients.stream(…)`` on a plain client or on the least busy shard."""
-    return clients.stream(method, url, **kwargs)
-
-
 @contextlib.contextmanager
 def translate_httpx(provider: str) -> Iterator[None]:
     try:

@@ -36,7 +36,7 @@ from tollgate_router.errors import (
     ProviderUnavailable,
     from_http_status,
 )
-from tollgate_router.providers._http import Clients, error_message, open_stream, translate_httpx
+from tollgate_router.providers._http import Clients, error_message, translate_httpx
 from tollgate_router.providers.base import Finished, ProviderEvent, ProviderRequest, TextDelta
 
 #: ``x-amzn-ErrorType`` before the stream and ``:exception-type`` inside it, case-folded
@@ -155,8 +155,8 @@ class BedrockProvider:
         stop_reason = "end_turn"
         buffer = EventStreamBuffer()
         with translate_httpx(self.name):
-            async with open_stream(
-                self._client, "POST", url, content=payload, headers=headers
+            async with self._client.stream(
+                "POST", url, content=payload, headers=headers
             ) as response:
                 if response.status_code >= 400:
                     body = await response.aread()

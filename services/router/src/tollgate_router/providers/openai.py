@@ -13,7 +13,6 @@ from tollgate_router.providers._http import (
     Clients,
     error_message,
     iter_sse,
-    open_stream,
     translate_httpx,
 )
 from tollgate_router.providers.base import Finished, ProviderEvent, ProviderRequest, TextDelta
@@ -65,8 +64,8 @@ class OpenAIProvider:
         usage: Usage | None = None
         stop_reason = "end_turn"
         with translate_httpx(self.name):
-            async with open_stream(
-                self._client, "POST", self._url, json=self.body(request), headers=self._headers
+            async with self._client.stream(
+                "POST", self._url, json=self.body(request), headers=self._headers
             ) as response:
                 if response.status_code >= 400:
                     body = await response.aread()

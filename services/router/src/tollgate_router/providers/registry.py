@@ -114,7 +114,7 @@ class ProviderRegistry:
         except Exception as exc:
             for _, _, client in fresh.values():
                 if client is not None:
-                    asyncio.get_running_loop().call_later(0, _close_later, client)
+                    asyncio.get_running_loop().call_soon(_close_later, client)
             if isinstance(exc, ConfigurationError):
                 raise
             raise ConfigurationError(f"provider {name!r}: {type(exc).__name__}: {exc}") from exc
