@@ -19,13 +19,11 @@ from typing import Any, ClassVar, Literal, Protocol
 import httpx
 
 from tollgate_core.errors import RequestError
+from tollgate_stream.appsync.auth_headers import CREDENTIAL_HEADERS
 from tollgate_stream.appsync.channels import Channel
 from tollgate_stream.errors import AppSyncError
 
 logger = logging.getLogger(__name__)
-
-#: the headers that carry a credential; the rest (host, x-amz-date) do not change a decision
-_CREDENTIAL_HEADERS = ("authorization", "x-api-key")
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +109,7 @@ class AuthServiceAuthorizer:
         return await self._decide(headers, operation, channel.path, None)
 
     async def connect(self, headers: dict[str, str]) -> None:
-        if not any(k in headers for k in _CREDENTIAL_HEADERS):
+        if not any(k in headers for k in CREDENTIAL_HEADERS):
             return
         try:
             await self.authenticate(headers)
@@ -132,7 +130,7 @@ class AuthServiceAuthorizer:
         channel: str | None,
         model: str | None,
     ) -> Identity:
-        credentials = {k: headers[k] for k in _CREDENTIAL_HEADERS if k in headers}
+        credentials = {k: headers[k] for k in CREDENTIAL_HEADERS if k in headers}
         key = hashlib.sha256(
             json.dumps([credentials, operation, channel, model], sort_keys=True).encode()
         ).hexdigest()

@@ -19,7 +19,7 @@ from tollgate_core.bus import InMemoryPublisher
 from tollgate_core.errors import RequestError
 from tollgate_stream.appsync import auth_headers
 from tollgate_stream.appsync.channels import Channel, parse_channel
-from tollgate_stream.bridge.auth import subscribe_body
+from tollgate_stream.bridge.auth import publish_body, subscribe_body
 from tollgate_stream.bridge.verify import verify_sigv4
 from tollgate_stream.chat import dumps
 from tollgate_stream.errors import AppSyncError
@@ -74,7 +74,7 @@ class RelayAuthorizer:
         raise AppSyncError.unauthorized()
 
     async def connect(self, headers: dict[str, str]) -> None:
-        if any(k in headers for k in ("authorization", "x-api-key")):
+        if any(k in headers for k in auth_headers.CREDENTIAL_HEADERS):
             self.check(headers, _sha256("{}"))
 
     async def for_channel(self, channel: Channel, headers: dict[str, str]) -> Identity:
@@ -105,8 +105,7 @@ class Relay(Gateway):
         channel = self.channel(channel_path, subscribe=False)
         signed = headers.get(auth_headers.PAYLOAD_SHA256)  # an HTTP publish: its body's
         if signed is None:  # over the WebSocket AppSync signs {"channel", "events"}
-            body = json.dumps({"channel": channel.path, "events": events}, separators=(",", ":"))
-            signed = _sha256(body)
+            signed = _sha256(publish_body(channel.path, events))
         self.relay_auth.check(headers, signed)
         if not isinstance(events, list) or not events:
             raise AppSyncError.bad_request("events must be a non-empty list of JSON strings")

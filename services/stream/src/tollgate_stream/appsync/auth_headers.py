@@ -9,6 +9,9 @@ from collections.abc import Iterable, Mapping
 PROTOCOL = "aws-appsync-event-ws"
 _HEADER_PREFIX = "header-"
 _AUTH_KEYS = ("authorization", "x-api-key", "x-amz-date", "x-amz-security-token", "host")
+#: the headers that carry a credential; the rest (host, x-amz-date) do not change a decision
+CREDENTIAL_HEADERS = ("authorization", "x-api-key")
+SIGV4_SCHEME = "AWS4-HMAC-SHA256 "
 
 
 def from_subprotocols(subprotocols: Iterable[str]) -> dict[str, str]:
@@ -40,11 +43,20 @@ def pick(headers: Mapping[str, str]) -> dict[str, str]:
     """The auth-related subset of HTTP request headers: the credentials, and for a SigV4
     signature every header it signs."""
     keys = set(_AUTH_KEYS)
-    auth = headers.get("authorization", "")
-    if auth.startswith("AWS4-HMAC-SHA256 "):
-        for part in auth.split(","):
-            name, _, value = part.strip().partition("=")
-            if name == "SignedHeaders":
-                keys.update(value.split(";"))
+    sigv4 = sigv4_fields(headers.get("authorization", ""))
+    if sigv4 is not None and "SignedHeaders" in sigv4:
+        keys.update(sigv4["SignedHeaders"].split(";"))
     keys.discard(PAYLOAD_SHA256)
     return {k: headers[k] for k in keys if k in headers}
+
+
+def sigv4_fields(authorization: str) -> dict[str, str] | None:
+    """``Credential``, ``SignedHeaders`` and ``Signature`` of a SigV4 ``Authorization``
+    header; None when it is not one."""
+    if not authorization.startswith(SIGV4_SCHEME):
+        return None
+    fields: dict[str, str] = {}
+    for part in authorization[len(SIGV4_SCHEME) :].split(","):
+        name, _, value = part.strip().partition("=")
+        fields[name] = value
+    return fields

@@ -57,3 +57,8 @@ class IamAuth:
 
 def subscribe_body(channel: str) -> str:
     return json.dumps({"channel": channel}, separators=(",", ":"))
+
+
+def publish_body(channel: str, events: object) -> str:
+    """What a publish signs, and over HTTP sends: ``{"channel", "events"}``."""
+    return json.dumps({"channel": channel, "events": events}, separators=(",", ":"))

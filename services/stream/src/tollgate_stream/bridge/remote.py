@@ -16,7 +16,7 @@ from prometheus_client import Counter
 
 from tollgate_core.health import Health
 from tollgate_stream.appsync.channels import Channel
-from tollgate_stream.bridge.auth import RemoteAuth, subscribe_body
+from tollgate_stream.bridge.auth import RemoteAuth, publish_body, subscribe_body
 from tollgate_stream.errors import AppSyncError
 from tollgate_stream.gateway import Gateway
 
@@ -204,7 +204,7 @@ class RemoteChannels:
             await self._publish(channel, batch)
 
     async def _publish(self, channel: str, events: list[str]) -> None:
-        body = json.dumps({"channel": channel, "events": events}, separators=(",", ":"))
+        body = publish_body(channel, events)
         for attempt in range(5):
             # the signed headers are sent as signed: SigV4 covers content-type too
             headers = {

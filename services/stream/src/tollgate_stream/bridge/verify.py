@@ -11,9 +11,8 @@ from botocore.auth import SIGV4_TIMESTAMP, SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from tollgate_stream.appsync.auth_headers import sigv4_fields
 from tollgate_stream.errors import AppSyncError
-
-_SCHEME = "AWS4-HMAC-SHA256 "
 
 
 class _KnownPayload(SigV4Auth):  # type: ignore[misc]
@@ -42,11 +41,10 @@ def verify_sigv4(
     """Raise ``UnauthorizedException`` unless ``headers`` carry a valid SigV4 signature of a
     ``method`` request to ``url`` with that payload, by ``credentials``, for ``service`` in
     ``region``, dated within ``max_skew_s``."""
-    auth = headers.get("authorization", "")
-    if not auth.startswith(_SCHEME):
+    fields = sigv4_fields(headers.get("authorization", ""))
+    if fields is None:
         raise AppSyncError.unauthorized("no SigV4 authorization")
     try:
-        fields = dict(part.strip().split("=", 1) for part in auth[len(_SCHEME) :].split(","))
         access_key, _date, scope_region, scope_service, terminator = fields["Credential"].split("/")
         signed = fields["SignedHeaders"].split(";")
         signature = fields["Signature"]
