@@ -5,48 +5,44 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import sys
-import time
 
 from tollgate_analytics import cli
 from tollgate_analytics.app import changelog_topic, create_app
 from tollgate_analytics.settings import AnalyticsSettings
-from tollgate_core import telemetry
+from tollgate_core import runtime, telemetry
 from tollgate_core.bus.admin import ensure_topics
-from tollgate_core.errors import DependencyUnavailable
+from tollgate_core.health import Health
+from tollgate_core.runtime import start_with_retry
 from tollgate_core.topics import TopicSpec
 
-logger = logging.getLogger("tollgate_analytics.main")
 
-
-def wait_for_topics(settings: AnalyticsSettings, *, max_delay_s: float = 15.0) -> None:
+def wait_for_topics(settings: AnalyticsSettings) -> bool:
     """Create the aggregates table's changelog (co-partitioned with the source topics),
-    retrying with backoff while Kafka is unreachable instead of exiting: like every other
-    service, the worker waits for its broker. SIGTERM ends the wait."""
+    retrying with backoff while Kafka is unreachable instead of exiting, as every other
+    service waits for its broker (:func:`tollgate_core.runtime.start_with_retry`). False when
+    SIGTERM or SIGINT ended the wait."""
+    spec = TopicSpec(changelog_topic(settings), settings.topic_partitions, 2 * 86_400_000)
+    started = False
+
+    async def create() -> None:
+        await ensure_topics(settings.kafka, [spec])
+
+    async def wait(stop: asyncio.Event) -> None:
+        nonlocal started
+        started = await start_with_retry("kafka", create, Health(), stop)
+
+    # Faust sets up logging only once it starts; until then the retries go to stderr
+    retries = logging.getLogger(runtime.__name__)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-5s analytics: %(message)s"))
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    spec = TopicSpec(changelog_topic(settings), settings.topic_partitions, 2 * 86_400_000)
-    delay, attempt = 0.5, 0
+    retries.addHandler(handler)
+    retries.setLevel(logging.INFO)
     try:
-        while True:
-            attempt += 1
-            try:
-                asyncio.run(ensure_topics(settings.kafka, [spec]))
-                return
-            except DependencyUnavailable as exc:
-                logger.warning(
-                    "cannot start kafka (attempt %d): %s; retrying in %.1fs",
-                    attempt,
-                    exc.message,
-                    delay,
-                )
-            time.sleep(delay * random.uniform(0.8, 1.2))  # noqa: S311 - jitter
-            delay = min(delay * 2, max_delay_s)
+        runtime.run(wait)
     finally:
-        logger.removeHandler(handler)
+        retries.removeHandler(handler)
+    return started
 
 
 def main() -> None:
@@ -54,7 +50,9 @@ def main() -> None:
         raise SystemExit(cli.run(sys.argv[1:]))
     settings = AnalyticsSettings()
     tel = telemetry.configure_tracing(settings.telemetry, "analytics")
-    wait_for_topics(settings)
+    if not wait_for_topics(settings):
+        tel.shutdown()
+        return
     analytics = create_app(settings)
     try:
         if len(sys.argv) == 1:
