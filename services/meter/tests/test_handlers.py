@@ -27,6 +27,7 @@ from tollgate_core.health import Health
 from tollgate_core.settings import DatabaseSettings
 from tollgate_dev.platform import EmbeddedPostgres
 from tollgate_meter.adapters.ledger import PostgresLedger, create_engine
+from tollgate_meter.batching import AdmissionBatcher
 from tollgate_meter.handlers import AdmissionHandler
 from tollgate_meter.main import MIGRATIONS
 
@@ -51,7 +52,11 @@ def handler(
     ledger: PostgresLedger, publisher: InMemoryPublisher, health: Health, fail_open: bool = False
 ) -> AdmissionHandler:
     return AdmissionHandler(
-        ledger, publisher, health, lambda: NOW, default_max_tokens=100, fail_open=fail_open
+        AdmissionBatcher(ledger, lambda: NOW),
+        publisher,
+        health,
+        default_max_tokens=100,
+        fail_open=fail_open,
     )
 
 

@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -72,6 +73,8 @@ class Analytics:
 
 def create_app(settings: AnalyticsSettings, store: ObjectStore | None = None) -> Analytics:
     kafka = settings.kafka
+    # Faust creates only the last level of its data directory
+    Path(settings.state_dir).mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{server}" for server in kafka.bootstrap_servers.split(",")],

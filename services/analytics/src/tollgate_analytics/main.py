@@ -45,6 +45,15 @@ def wait_for_topics(settings: AnalyticsSettings) -> bool:
     return started
 
 
+#: Faust's worker takes these level names only; the rest of Tollgate takes Python's
+_FAUST_LEVELS = {"CRITICAL": "crit", "ERROR": "error", "WARNING": "warn", "WARN": "warn"}
+
+
+def faust_log_level(level: str) -> str:
+    """``TOLLGATE_LOG_LEVEL`` (a Python level name) as Faust's ``--loglevel`` wants it."""
+    return _FAUST_LEVELS.get(level.upper(), "debug" if level.upper() == "DEBUG" else "info")
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] in cli.COMMANDS:
         raise SystemExit(cli.run(sys.argv[1:]))
@@ -56,7 +65,7 @@ def main() -> None:
     analytics = create_app(settings)
     try:
         if len(sys.argv) == 1:
-            sys.argv += ["worker", "--loglevel", settings.telemetry.log_level.lower()]
+            sys.argv += ["worker", "--loglevel", faust_log_level(settings.telemetry.log_level)]
         analytics.app.main()
     finally:
         tel.shutdown()

@@ -21,7 +21,8 @@ from tollgate_core.contracts import (
 )
 from tollgate_core.errors import DependencyUnavailable
 from tollgate_core.health import Health
-from tollgate_meter.adapters.ledger import Ledger
+from tollgate_meter.adapters.ledger import AdmissionRequest, Ledger
+from tollgate_meter.batching import AdmissionBatcher
 from tollgate_meter.domain import estimate
 
 logger = logging.getLogger(__name__)
@@ -44,18 +45,16 @@ Clock = Callable[[], datetime]
 class AdmissionHandler:
     def __init__(
         self,
-        ledger: Ledger,
+        batcher: AdmissionBatcher,
         publisher: Publisher,
         health: Health,
-        clock: Clock,
         *,
         default_max_tokens: int,
         fail_open: bool,
     ) -> None:
-        self._ledger = ledger
+        self._batcher = batcher
         self._publisher = publisher
         self._health = health
-        self._clock = clock
         self._default_max_tokens = default_max_tokens
         self._fail_open = fail_open
 
@@ -71,13 +70,11 @@ class AdmissionHandler:
             est = estimate(request, default_max_tokens=self._default_max_tokens)
             with DECISION_SECONDS.time():
                 try:
-                    decision = await self._ledger.admit(
-                        request.request_id,
+                    decision = await self._batcher.admit(
                         request.principal,
-                        request.model,
-                        request.groups,
-                        est,
-                        self._clock(),
+                        AdmissionRequest(
+                            request.request_id, request.model, tuple(request.groups), est
+                        ),
                     )
                 except DependencyUnavailable as exc:
                     self._health.fail("postgres", exc.message)

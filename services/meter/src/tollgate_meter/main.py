@@ -17,6 +17,7 @@ from tollgate_core.http import HttpServer, ops_app
 from tollgate_core.runtime import run_service, start_with_retry
 from tollgate_meter.adapters.ledger import PostgresLedger, create_engine
 from tollgate_meter.api import AuthServiceIdentity, UsageApi
+from tollgate_meter.batching import AdmissionBatcher
 from tollgate_meter.handlers import AdmissionHandler, SettlementHandler
 from tollgate_meter.limits import TierConfig
 from tollgate_meter.settings import MeterSettings
@@ -56,10 +57,9 @@ async def serve(settings: MeterSettings, stop: asyncio.Event) -> None:
         group_id=settings.consumer_group,
         decoder=Decoder.of(ChatRequestV1),
         handler=AdmissionHandler(
-            ledger,
+            AdmissionBatcher(ledger, utc_now),
             producer,
             health,
-            utc_now,
             default_max_tokens=settings.default_max_tokens,
             fail_open=settings.fail_open,
         ),

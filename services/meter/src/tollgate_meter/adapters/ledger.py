@@ -100,6 +100,10 @@ class Ledger(Protocol):
         now: datetime,
     ) -> Decision: ...
 
+    async def admit_many(
+        self, principal: str, requests: Sequence[AdmissionRequest], now: datetime
+    ) -> list[Decision]: ...
+
     async def settle(self, usage: UsageRecordV1, now: datetime) -> bool: ...
 
     async def release_expired(self, cutoff: datetime, limit: int = 500) -> int: ...
@@ -140,36 +144,53 @@ ON CONFLICT (principal, {key}) DO UPDATE SET
 _BUMP_BUCKET = text(_BUMP.format(table="buckets", key="bucket_start"))
 _BUMP_PERIOD = text(_BUMP.format(table="periods", key="period_start"))
 
-# The principal's row lock, then the earlier decision and the counters read with a fresh
-# snapshot (two statements in one function: see migration 0004).
-_STATE = text("SELECT * FROM meter.admission_state(:p, :r, :oldest, :m)")
+# The principal's row lock, then the earlier decisions of the batch's requests and the
+# counters, read with a fresh snapshot (two statements in one function: see migration 0005).
+_STATE = text("SELECT * FROM meter.admission_state_many(:p, CAST(:r AS text[]), :oldest, :m)")
 
-_RECORD_REJECTION = text("""
-INSERT INTO meter.reservations (request_id, principal, model, reserved_input, reserved_output,
-  status, created_at, bucket_start, period_start, tier, rejection)
-VALUES (:r, :p, :m, :ri, :ro, 'rejected', :now, :b, :per, :t, CAST(:rej AS jsonb))
-""")
-_RESERVE = text(
-    """
-WITH reservation AS (
-  INSERT INTO meter.reservations (request_id, principal, model, reserved_input,
-    reserved_output, status, created_at, bucket_start, period_start, tier)
-  VALUES (:r, :p, :m, :ri, :ro, 'reserved', :now, :b, :per, :t)),
-bucket AS (
+# A batch's decisions, written in one statement. Counters are always changed in one order —
+# the bucket, then the month, then reservation rows — as settlement and the sweeper do, so
+# two transactions never wait for each other's rows in a cycle (a deadlock, which Postgres
+# breaks only after deadlock_timeout). The period insert reads the bucket insert's output
+# and the reservation insert tests the period's, which makes Postgres run them in that order.
+_ROWS = """
+INSERT INTO meter.reservations (request_id, principal, model, reserved_input,
+  reserved_output, status, created_at, bucket_start, period_start, tier, rejection)
+SELECT x.r, :p, x.m, x.ri, x.ro, x.st, :now, :b, :per, x.t, CAST(x.rej AS jsonb)
+FROM unnest(CAST(:ids AS text[]), CAST(:models AS text[]), CAST(:ris AS integer[]),
+  CAST(:ros AS integer[]), CAST(:sts AS text[]), CAST(:tiers AS text[]),
+  CAST(:rejs AS text[])) AS x(r, m, ri, ro, st, t, rej)
+"""
+_RECORD = text(_ROWS)
+_COUNTERS = """
+WITH bucket AS (
   INSERT INTO meter.buckets AS b (principal, bucket_start, reserved_input, reserved_output,
-    requests) VALUES (:p, :b, :ri, :ro, 1)
+    requests) VALUES (:p, :b, :sum_ri, :sum_ro, :n)
   ON CONFLICT (principal, bucket_start) DO UPDATE SET
     reserved_input = b.reserved_input + EXCLUDED.reserved_input,
     reserved_output = b.reserved_output + EXCLUDED.reserved_output,
-    requests = b.requests + 1)
-INSERT INTO meter.periods AS m (principal, period_start, reserved_input, reserved_output,
-  requests) VALUES (:p, :per, :ri, :ro, 1)
-ON CONFLICT (principal, period_start) DO UPDATE SET
-  reserved_input = m.reserved_input + EXCLUDED.reserved_input,
-  reserved_output = m.reserved_output + EXCLUDED.reserved_output,
-  requests = m.requests + 1
+    requests = b.requests + EXCLUDED.requests
+  RETURNING 1 AS done),
+period AS (
+  INSERT INTO meter.periods AS m (principal, period_start, reserved_input, reserved_output,
+    requests) SELECT :p, :per, :sum_ri, :sum_ro, :n FROM bucket
+  ON CONFLICT (principal, period_start) DO UPDATE SET
+    reserved_input = m.reserved_input + EXCLUDED.reserved_input,
+    reserved_output = m.reserved_output + EXCLUDED.reserved_output,
+    requests = m.requests + EXCLUDED.requests
+  RETURNING 1 AS done)
 """
-)
+_RESERVE = text("".join((_COUNTERS, _ROWS, "WHERE EXISTS (SELECT 1 FROM period)")))
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionRequest:
+    """One request of a principal to decide."""
+
+    request_id: str
+    model: str | None
+    groups: tuple[str, ...]
+    estimate: Estimate
 
 
 class _Counters:
@@ -209,55 +230,70 @@ class PostgresLedger:
         estimate: Estimate,
         now: datetime,
     ) -> Decision:
-        async def admit(conn: AsyncConnection) -> Decision:
+        request = AdmissionRequest(request_id, model, tuple(groups), estimate)
+        return (await self.admit_many(principal, [request], now))[0]
+
+    async def admit_many(
+        self, principal: str, requests: Sequence[AdmissionRequest], now: datetime
+    ) -> list[Decision]:
+        """Decide several requests of one principal in one transaction, in order: each is
+        checked against the counters plus what the ones before it in the batch reserved.
+        One lock, one read and one write for the whole batch, so a principal's concurrent
+        requests share a transaction instead of queueing for one each."""
+
+        async def admit(conn: AsyncConnection) -> list[Decision]:
             overrides = await self._tier_overrides(conn)
             oldest = oldest_bucket_needed(
                 [w for t in {**self._config.tiers, **overrides}.values() for w in t.windows],
                 now,
                 self._bucket_seconds,
             )
-            # Take the principal's row lock (creating the row if need be) with its limits,
-            # then read an earlier decision for this request and the counters.
+            ids = [r.request_id for r in requests]
             state = (
                 await conn.execute(
-                    _STATE,
-                    {"p": principal, "r": request_id, "oldest": oldest, "m": month_start(now)},
+                    _STATE, {"p": principal, "r": ids, "oldest": oldest, "m": month_start(now)}
                 )
             ).one()
-            if state.previous is not None:
-                violation = _violation(state.previous.get("rejection"))
-                tier_name = state.previous.get("tier") or ""
-                return Decision(violation is None, tier_name, violation, repeated=True)
-            tier, windows = self._resolve(state, groups, overrides)
-            if oldest_bucket_needed(windows, now, self._bucket_seconds) < oldest:
-                usages = await self._usages(conn, principal, windows, now)  # unusually long
+            limits = [self._resolve(state, r.groups, overrides) for r in requests]
+            needed = oldest_bucket_needed(
+                [w for _, windows in limits for w in windows], now, self._bucket_seconds
+            )
+            if needed < oldest:  # unusually long windows of the principal's own
+                buckets, month = await self._counters(conn, principal, needed, now)
             else:
                 buckets = [
                     _bucket(datetime.fromisoformat(b["bucket_start"]), _Counters(b))
                     for b in state.buckets or ()
                 ]
                 month = None if state.period is None else _bucket(now, _Counters(state.period))
+            batch = _Batch(now, bucket_start(now, self._bucket_seconds), buckets, month)
+            previous: dict[str, Any] = dict(state.previous or {})
+            decisions: list[Decision] = []
+            for request, (tier, windows) in zip(requests, limits, strict=True):
+                earlier = previous.get(request.request_id)
+                if earlier is not None:
+                    violation = _violation(earlier.get("rejection"))
+                    tier_name = earlier.get("tier") or ""
+                    decisions.append(Decision(violation is None, tier_name, violation, True))
+                    continue
                 usages = [
-                    window_usage(w, buckets, month, now, self._bucket_seconds) for w in windows
+                    window_usage(w, batch.buckets, batch.month, now, self._bucket_seconds)
+                    for w in windows
                 ]
-            requested = Totals(estimate.input_tokens, estimate.output_tokens, 1)
-            violation = check(usages, requested, now)
-            await conn.execute(
-                _RECORD_REJECTION if violation else _RESERVE,
-                {
-                    "r": request_id,
-                    "p": principal,
-                    "m": model,
-                    "ri": estimate.input_tokens,
-                    "ro": estimate.output_tokens,
-                    "now": now,
-                    "b": bucket_start(now, self._bucket_seconds),
-                    "per": month_start(now),
-                    "t": tier,
-                    "rej": json.dumps(violation.details()) if violation else None,
-                },
-            )
-            return Decision(violation is None, tier, violation)
+                requested = Totals(request.estimate.input_tokens, request.estimate.output_tokens, 1)
+                violation = check(usages, requested, now)
+                batch.add(request, tier, violation)
+                previous[request.request_id] = {
+                    "tier": tier,
+                    "rejection": violation.details() if violation else None,
+                }
+                decisions.append(Decision(violation is None, tier, violation))
+            if batch.rows:
+                await conn.execute(
+                    _RESERVE if batch.admitted else _RECORD,
+                    batch.parameters(principal, month_start(now)),
+                )
+            return decisions
 
         return await self._run(admit)
 
@@ -290,38 +326,39 @@ class PostgresLedger:
             self._tiers = (time.monotonic(), tiers)
         return tiers
 
+    async def _counters(
+        self, conn: AsyncConnection, principal: str, oldest: datetime, now: datetime
+    ) -> tuple[list[Bucket], Bucket | None]:
+        """The principal's buckets since ``oldest`` and this month's counters."""
+        rows = (
+            await conn.execute(
+                text(
+                    "SELECT bucket_start, input_tokens, output_tokens, reserved_input,"
+                    " reserved_output, requests FROM meter.buckets"
+                    " WHERE principal = :p AND bucket_start >= :oldest"
+                ),
+                {"p": principal, "oldest": oldest},
+            )
+        ).all()
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT period_start, input_tokens, output_tokens, reserved_input,"
+                    " reserved_output, requests FROM meter.periods"
+                    " WHERE principal = :p AND period_start = :m"
+                ),
+                {"p": principal, "m": month_start(now)},
+            )
+        ).first()
+        return [_bucket(r.bucket_start, r) for r in rows], None if row is None else _bucket(
+            now, row
+        )
+
     async def _usages(
         self, conn: AsyncConnection, principal: str, windows: Sequence[WindowSpec], now: datetime
     ) -> list[WindowUsage]:
-        buckets: list[Bucket] = []
-        month: Bucket | None = None
-        if any(w.kind == "trailing" for w in windows):
-            rows = (
-                await conn.execute(
-                    text(
-                        "SELECT bucket_start, input_tokens, output_tokens, reserved_input,"
-                        " reserved_output, requests FROM meter.buckets"
-                        " WHERE principal = :p AND bucket_start >= :oldest"
-                    ),
-                    {
-                        "p": principal,
-                        "oldest": oldest_bucket_needed(windows, now, self._bucket_seconds),
-                    },
-                )
-            ).all()
-            buckets = [_bucket(r.bucket_start, r) for r in rows]
-        if any(w.kind == "calendar-month" for w in windows):
-            row = (
-                await conn.execute(
-                    text(
-                        "SELECT period_start, input_tokens, output_tokens, reserved_input,"
-                        " reserved_output, requests FROM meter.periods"
-                        " WHERE principal = :p AND period_start = :m"
-                    ),
-                    {"p": principal, "m": month_start(now)},
-                )
-            ).first()
-            month = None if row is None else _bucket(now, row)
+        oldest = oldest_bucket_needed(windows, now, self._bucket_seconds)
+        buckets, month = await self._counters(conn, principal, oldest, now)
         return [window_usage(w, buckets, month, now, self._bucket_seconds) for w in windows]
 
     # --- settlement ----------------------------------------------------------------------
@@ -413,23 +450,39 @@ class PostgresLedger:
                     {"cutoff": cutoff, "limit": limit},
                 )
             ).all()
+            # every bucket, then every month, each in key order: the order admission and
+            # settlement take them in, so no two transactions wait for each other in a cycle
+            buckets: dict[tuple[str, Any], list[int]] = {}
+            periods: dict[tuple[str, Any], list[int]] = {}
             for row in rows:
-                counters = {
-                    "principal": row.principal,
-                    "input": 0,
-                    "output": 0,
-                    "reserved_input": -row.reserved_input,
-                    "reserved_output": -row.reserved_output,
-                    "requests": 0,
-                }
-                await conn.execute(_BUMP_BUCKET, {**counters, "key": row.bucket_start})
-                await conn.execute(_BUMP_PERIOD, {**counters, "key": row.period_start})
+                for totals, key in (
+                    (buckets, (row.principal, row.bucket_start)),
+                    (periods, (row.principal, row.period_start)),
+                ):
+                    sums = totals.setdefault(key, [0, 0])
+                    sums[0] -= row.reserved_input
+                    sums[1] -= row.reserved_output
+            for statement, totals in ((_BUMP_BUCKET, buckets), (_BUMP_PERIOD, periods)):
+                for (principal, key), (reserved_in, reserved_out) in sorted(totals.items()):
+                    await conn.execute(
+                        statement,
+                        {
+                            "principal": principal,
+                            "key": key,
+                            "input": 0,
+                            "output": 0,
+                            "reserved_input": reserved_in,
+                            "reserved_output": reserved_out,
+                            "requests": 0,
+                        },
+                    )
+            if rows:
                 await conn.execute(
                     text(
                         "UPDATE meter.reservations SET status = 'released', released_at = now()"
-                        " WHERE request_id = :r"
+                        " WHERE request_id = ANY(CAST(:ids AS text[]))"
                     ),
-                    {"r": row.request_id},
+                    {"ids": [row.request_id for row in rows]},
                 )
             return len(rows)
 
@@ -618,6 +671,63 @@ class PostgresLedger:
             return None if row is None else {"tier": row.tier, "windows": row.windows}
 
         return await self._run(limits, write=False)
+
+
+class _Batch:
+    """The decisions of one admission batch: the rows to write, and the counters as the
+    requests decided so far in the batch leave them."""
+
+    def __init__(
+        self, now: datetime, bucket: datetime, buckets: list[Bucket], month: Bucket | None
+    ) -> None:
+        self.now = now
+        self.bucket = bucket
+        self.buckets = buckets
+        self.month = month
+        self.rows: list[tuple[str, str | None, int, int, str, str, str | None]] = []
+        self.reserved = Totals()
+
+    @property
+    def admitted(self) -> int:
+        return self.reserved.requests
+
+    def add(self, request: AdmissionRequest, tier: str, violation: Violation | None) -> None:
+        est = request.estimate
+        rejection = json.dumps(violation.details()) if violation else None
+        status = "rejected" if violation else "reserved"
+        self.rows.append(
+            (request.request_id, request.model, est.input_tokens, est.output_tokens, status,
+             tier, rejection)
+        )  # fmt: skip
+        if violation is not None:
+            return
+        reserved = Totals(est.input_tokens, est.output_tokens, 1)
+        self.reserved.add(reserved)
+        self.buckets.append(Bucket(self.bucket, Totals(), reserved))
+        month_reserved = Totals(est.input_tokens, est.output_tokens, 0)
+        if self.month is not None:
+            month_reserved.add(self.month.reserved)
+        used = self.month.used if self.month is not None else Totals()
+        self.month = Bucket(self.now, used, month_reserved)
+
+    def parameters(self, principal: str, period: date) -> dict[str, Any]:
+        columns = list(zip(*self.rows, strict=True))
+        return {
+            "p": principal,
+            "now": self.now,
+            "b": self.bucket,
+            "per": period,
+            "sum_ri": self.reserved.input,
+            "sum_ro": self.reserved.output,
+            "n": self.reserved.requests,
+            **dict(
+                zip(
+                    ("ids", "models", "ris", "ros", "sts", "tiers", "rejs"),
+                    map(list, columns),
+                    strict=True,
+                )
+            ),
+        }
 
 
 class _NoOwner:
