@@ -53,22 +53,36 @@ def create_engine(
 
 
 async def run(
-    engine: AsyncEngine, body: Callable[[AsyncConnection], Awaitable[T]], *, write: bool = True
+    engine: AsyncEngine,
+    body: Callable[[AsyncConnection], Awaitable[T]],
+    *,
+    write: bool = True,
+    single: bool = False,
 ) -> T:
     """``body`` on a connection of ``engine`` — in a transaction when it writes — run once
     more on a fresh connection if the pooled one turns out to have died (Postgres
-    restarted). For engines without ``pre_ping``, and bodies that are safe to run twice."""
+    restarted). For engines without ``pre_ping``, and bodies that are safe to run twice.
+
+    ``single``: the body runs one statement (atomic by itself), so it runs in autocommit:
+    one round trip, without the ``BEGIN`` and ``COMMIT`` (or ``ROLLBACK``) around it."""
     try:
-        return await _attempt(engine, body, write)
+        return await _attempt(engine, body, write, single)
     except DBAPIError as exc:
         if not exc.connection_invalidated:
             raise
-    return await _attempt(engine, body, write)
+    return await _attempt(engine, body, write, single)
 
 
 async def _attempt(
-    engine: AsyncEngine, body: Callable[[AsyncConnection], Awaitable[T]], write: bool
+    engine: AsyncEngine,
+    body: Callable[[AsyncConnection], Awaitable[T]],
+    write: bool,
+    single: bool,
 ) -> T:
+    if single:
+        async with engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            return await body(conn)
     if write:
         async with engine.begin() as conn:
             return await body(conn)

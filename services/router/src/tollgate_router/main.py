@@ -97,7 +97,8 @@ async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
     engine = None
     if settings.use_database:
         health.register("postgres")
-        engine = db.create_engine(settings.database, application_name="router")
+        # no ping per checkout: the adapters run a statement once more after a dead connection
+        engine = db.create_engine(settings.database, application_name="router", pre_ping=False)
         journal = PostgresJournal(engine)
         prepared = PostgresPreparedStore(engine)
     else:

@@ -189,3 +189,49 @@ async def test_a_redelivered_admission_is_counted_once_with_the_postgres_journal
             assert len(publisher.on(topics.USAGE)) == 1
         else:
             assert publisher.events == []
+
+
+async def test_settling_gives_the_lease_back_and_release_after_it_is_free(
+    engine: AsyncEngine,
+) -> None:
+    journal = PostgresJournal(engine)
+    await journal.claim("r-done", "alice", owner="a", lease_s=30)
+    await journal.settling("r-done", "{}")
+    await journal.settled("r-done")
+    # the lease went with the settled mark: another attempt is not held off, and sees it done
+    assert await journal.claim("r-done", "alice", owner="b", lease_s=30) == Claim(
+        "settled", 2, "{}"
+    )
+    await journal.release("r-done", "a")  # nothing left to give back; no error
+
+
+async def test_an_answer_added_through_another_router_is_served_after_the_key_refresh(
+    engine: AsyncEngine,
+) -> None:
+    here = PostgresPreparedStore(engine, keys_ttl_s=0.2)
+    elsewhere = PostgresPreparedStore(engine)
+    q = convo("a question asked before its answer was prepared")
+    key = prepared_key(("sys",), q)
+    assert await here.lookup(key, model="m", principal="alice", now=utcnow()) is None
+    await elsewhere.add(entry(q, id="later", response="prepared"))
+    # at most keys_ttl_s later this router knows the key too
+    await asyncio.sleep(0.3)
+    hit = await here.lookup(key, model="m", principal="alice", now=utcnow())
+    assert hit is not None and hit.response == "prepared"
+    # removed here: not served here at once
+    await here.remove("later")
+    assert await here.lookup(key, model="m", principal="alice", now=utcnow()) is None
+
+
+async def test_with_too_many_live_keys_every_lookup_asks_postgres(engine: AsyncEngine) -> None:
+    store = PostgresPreparedStore(engine, max_cached_keys=1)
+    other = PostgresPreparedStore(engine)
+    first, second = convo("first question"), convo("second question")
+    await other.add(entry(first, id="one"))
+    await other.add(entry(second, id="two"))
+    now = utcnow()
+    assert await store.lookup(prepared_key(("sys",), first), model="m", principal="a", now=now)
+    third = convo("third question")
+    await other.add(entry(third, id="three"))  # not cached anywhere, found all the same
+    hit = await store.lookup(prepared_key(("sys",), third), model="m", principal="a", now=now)
+    assert hit is not None

@@ -1,29 +1,48 @@
-"""Postgres adapters: the request journal and the prepared-response store (schema ``router``)."""
+"""Postgres adapters: the request journal and the prepared-response store (schema ``router``).
+
+Every operation here is one statement, run in autocommit: one round trip, with no
+``BEGIN``/``COMMIT`` around it and no ping before it (the engine has none; a connection that
+died in the pool is replaced and the statement run once more, which is safe because each is
+idempotent). A request costs the journal four round trips: claim, first token, settling,
+settled (which also gives the lease back).
+"""
 
 from __future__ import annotations
 
 import builtins
+import math
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import CursorResult, TextClause, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from tollgate_core import db
 from tollgate_core.errors import DependencyUnavailable
 from tollgate_router.journal import Claim, State
 from tollgate_router.prepared import PreparedResponse
 
 
 @asynccontextmanager
-async def _tx(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+async def _translated() -> AsyncIterator[None]:
     try:
-        async with engine.begin() as conn:
-            yield conn
+        yield
     except (OSError, OperationalError, DBAPIError, TimeoutError) as exc:
         raise DependencyUnavailable(f"Postgres: {type(exc).__name__}: {exc}") from exc
+
+
+async def _one(engine: AsyncEngine, sql: TextClause, params: dict[str, Any]) -> CursorResult[Any]:
+    """One statement in autocommit; its result is buffered, so it outlives the connection."""
+
+    async def execute(conn: AsyncConnection) -> CursorResult[Any]:
+        return await conn.execute(sql, params)
+
+    async with _translated():
+        return await db.run(engine, execute, single=True)
 
 
 #: a live lease of another owner is left alone (and the attempt not counted); an expired or
@@ -56,33 +75,39 @@ _SET = text(
     "UPDATE router.requests SET state = :state, records = COALESCE(:records, records),"
     " updated_at = now() WHERE request_id = :rid"
 )
+#: settled, and the lease given back in the same statement
+_SETTLED = text(
+    "UPDATE router.requests SET state = 'settled', updated_at = now(),"
+    " lease_until = LEAST(lease_until, now()) WHERE request_id = :rid"
+)
 
 
 class PostgresJournal:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        #: requests this process marked settled whose lease that statement already gave back
+        self._released: set[str] = set()
 
     async def claim(
         self, request_id: str, principal: str, *, owner: str = "", lease_s: float = 30.0
     ) -> Claim:
         params = {"rid": request_id, "principal": principal, "owner": owner, "lease": lease_s}
-        async with _tx(self._engine) as conn:
-            row = (await conn.execute(_CLAIM, params)).one()
+        row = (await _one(self._engine, _CLAIM, params)).one()
         if row.inserted:
             return Claim(None)
         return Claim(row.state, row.attempts, row.records, held=bool(row.held))
 
     async def renew(self, request_id: str, owner: str, lease_s: float) -> None:
-        async with _tx(self._engine) as conn:
-            await conn.execute(_RENEW, {"rid": request_id, "owner": owner, "lease": lease_s})
+        await _one(self._engine, _RENEW, {"rid": request_id, "owner": owner, "lease": lease_s})
 
     async def release(self, request_id: str, owner: str) -> None:
-        async with _tx(self._engine) as conn:
-            await conn.execute(_RELEASE, {"rid": request_id, "owner": owner})
+        if request_id in self._released:
+            self._released.discard(request_id)
+            return
+        await _one(self._engine, _RELEASE, {"rid": request_id, "owner": owner})
 
     async def _set(self, request_id: str, state: State, records: str | None = None) -> None:
-        async with _tx(self._engine) as conn:
-            await conn.execute(_SET, {"rid": request_id, "state": state, "records": records})
+        await _one(self._engine, _SET, {"rid": request_id, "state": state, "records": records})
 
     async def streaming(self, request_id: str) -> None:
         await self._set(request_id, "streaming")
@@ -91,7 +116,8 @@ class PostgresJournal:
         await self._set(request_id, "settling", records)
 
     async def settled(self, request_id: str) -> None:
-        await self._set(request_id, "settled")
+        await _one(self._engine, _SETTLED, {"rid": request_id})
+        self._released.add(request_id)
 
 
 def _entry(row: Any) -> PreparedResponse:
@@ -111,8 +137,35 @@ _COLUMNS = "id, key, model_scope, principal, response, description, expires_at, 
 
 
 class PostgresPreparedStore:
-    def __init__(self, engine: AsyncEngine) -> None:
+    """Prepared answers in Postgres. Most requests have none, so the store keeps the set of
+    live keys (re-read every ``keys_ttl_s``) and asks Postgres only for a key in it: an
+    answer added through another router is served here within ``keys_ttl_s``. With more
+    than ``max_cached_keys`` live keys every lookup asks Postgres."""
+
+    def __init__(
+        self, engine: AsyncEngine, *, keys_ttl_s: float = 2.0, max_cached_keys: int = 10_000
+    ) -> None:
         self._engine = engine
+        self._keys_ttl_s = keys_ttl_s
+        self._max_keys = max_cached_keys
+        self._keys: frozenset[str] | None = None
+        self._keys_read_at = -math.inf
+
+    async def _live_keys(self, now: datetime) -> frozenset[str] | None:
+        """The live keys, or None when there are too many to keep."""
+        if time.monotonic() - self._keys_read_at > self._keys_ttl_s:
+            sql = text(
+                "SELECT DISTINCT key FROM router.prepared_responses WHERE expires_at > :now"
+                " LIMIT :limit"
+            )
+            rows = (await _one(self._engine, sql, {"now": now, "limit": self._max_keys + 1})).all()
+            keys = frozenset(r.key for r in rows)
+            self._keys = None if len(keys) > self._max_keys else keys
+            self._keys_read_at = time.monotonic()
+        return self._keys
+
+    def _forget_keys(self) -> None:
+        self._keys_read_at = -math.inf
 
     async def add(self, entry: PreparedResponse) -> PreparedResponse:
         sql = text(
@@ -139,8 +192,9 @@ class PostgresPreparedStore:
             "expires_at": entry.expires_at,
             "created_at": entry.created_at,
         }
-        async with _tx(self._engine) as conn:
-            return _entry((await conn.execute(sql, params)).one())
+        added = _entry((await _one(self._engine, sql, params)).one())
+        self._forget_keys()
+        return added
 
     async def list(self, *, principal: str | None = None) -> builtins.list[PreparedResponse]:
         sql = text(
@@ -148,14 +202,14 @@ class PostgresPreparedStore:
             " WHERE CAST(:principal AS text) IS NULL OR principal = :principal"
             " ORDER BY created_at"
         )
-        async with _tx(self._engine) as conn:
-            rows = (await conn.execute(sql, {"principal": principal})).all()
+        rows = (await _one(self._engine, sql, {"principal": principal})).all()
         return [_entry(r) for r in rows]
 
     async def remove(self, entry_id: str) -> bool:
         sql = text("DELETE FROM router.prepared_responses WHERE id = :id")
-        async with _tx(self._engine) as conn:
-            return (await conn.execute(sql, {"id": entry_id})).rowcount > 0
+        removed = (await _one(self._engine, sql, {"id": entry_id})).rowcount > 0
+        self._forget_keys()
+        return removed
 
     async def lookup(
         self, key: str, *, model: str, principal: str, now: datetime
@@ -169,12 +223,13 @@ class PostgresPreparedStore:
             LIMIT 1
             """  # noqa: S608
         )
+        keys = await self._live_keys(now)
+        if keys is not None and key not in keys:
+            return None
         params = {"key": key, "model": model, "principal": principal, "now": now}
-        async with _tx(self._engine) as conn:
-            row = (await conn.execute(sql, params)).first()
+        row = (await _one(self._engine, sql, params)).first()
         return _entry(row) if row is not None else None
 
     async def purge_expired(self, now: datetime) -> int:
         sql = text("DELETE FROM router.prepared_responses WHERE expires_at <= :now")
-        async with _tx(self._engine) as conn:
-            return (await conn.execute(sql, {"now": now})).rowcount
+        return int((await _one(self._engine, sql, {"now": now})).rowcount)
