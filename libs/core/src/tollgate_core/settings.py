@@ -15,15 +15,24 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class KafkaSettings(BaseSettings):
-    """How to reach Kafka. ``fetch_max_wait_ms`` is small because replies are on the latency
-    path; with a real Kafka a fetch returns as soon as data is there anyway, so the value only
-    bounds how often an idle consumer polls."""
+    """How to reach Kafka.
+
+    The defaults suit a real Kafka cluster: a fetch is a long poll that the broker answers as
+    soon as a record arrives, so ``fetch_max_wait_ms`` (500) costs no latency and only bounds
+    how often an idle consumer asks. A broker that answers a fetch only when its wait runs out
+    (Tansu, the local stand-in) needs a short wait on the request path instead; there
+    ``fetch_idle_max_wait_ms`` lets a consumer that has seen no record for
+    ``fetch_idle_after_ms`` poll with a long wait, and go back to the short one with the first
+    record, so an idle stack costs next to nothing. The local runner sets all three."""
 
     model_config = SettingsConfigDict(env_prefix="KAFKA_", frozen=True, extra="ignore")
 
     bootstrap_servers: str = "127.0.0.1:9092"
     client_id_prefix: str = "tollgate"
-    fetch_max_wait_ms: int = Field(default=5, ge=0, le=10_000)
+    fetch_max_wait_ms: int = Field(default=500, ge=0, le=10_000)
+    #: the wait of a consumer that has been idle (None: always ``fetch_max_wait_ms``)
+    fetch_idle_max_wait_ms: int | None = Field(default=None, ge=0, le=10_000)
+    fetch_idle_after_ms: int = Field(default=5_000, ge=0)
     linger_ms: int = Field(default=0, ge=0, le=1_000)
     request_timeout_ms: int = Field(default=30_000, ge=1_000)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"

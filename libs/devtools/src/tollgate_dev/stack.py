@@ -20,7 +20,7 @@ from pydantic import SecretStr
 from tollgate_core import db
 from tollgate_core.bus.admin import ensure_topics
 from tollgate_core.settings import DatabaseSettings, KafkaSettings
-from tollgate_dev.platform import stop_process
+from tollgate_dev.platform import TANSU_CLIENT_ENV, stop_process
 
 SERVICES = ("auth", "meter", "router", "stream", "analytics")
 DEFAULT_PORTS = {"stream": 8080, "auth": 8081, "router": 8082, "meter": 8083, "analytics": 8084}
@@ -50,8 +50,11 @@ def service_env(
     bootstrap_servers: str,
     database_url: str,
     ports: Mapping[str, int],
+    tansu: bool = True,
 ) -> dict[str, str]:
-    env = dict(base)
+    """The services' environment; against Tansu (``tansu``) with its polling settings,
+    unless ``base`` sets them."""
+    env = {**TANSU_CLIENT_ENV, **base} if tansu else dict(base)
     env["KAFKA_BOOTSTRAP_SERVERS"] = bootstrap_servers
     env["DATABASE_URL"] = database_url
     for service, port in ports.items():

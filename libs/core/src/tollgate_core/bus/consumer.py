@@ -160,6 +160,7 @@ class EventConsumer(Generic[T]):
         self._consumer: AIOKafkaConsumer | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._last_record = 0.0
 
     async def start(self) -> None:
         if self._consumer is not None:
@@ -233,9 +234,40 @@ class EventConsumer(Generic[T]):
 
     # --- the loop ------------------------------------------------------------------------
 
+    @property
+    def fetch_wait_ms(self) -> int | None:
+        """The wait of the fetches this consumer sends now (None before it started)."""
+        fetcher = getattr(self._consumer, "_fetcher", None)
+        wait = getattr(fetcher, "_fetch_max_wait_ms", None)
+        return wait if isinstance(wait, int) else None
+
+    def wake(self) -> None:
+        """Poll with the short wait again now: a record is expected soon (the edge calls it
+        when it sends a request whose replies this consumer will read)."""
+        self._last_record = asyncio.get_running_loop().time()
+        self._set_fetch_wait(self._settings.fetch_max_wait_ms)
+
+    def _set_fetch_wait(self, wait_ms: int) -> None:
+        # aiokafka takes the wait only as a constructor argument; its fetcher reads this
+        # attribute for every fetch request it builds, so a change applies from the next one
+        fetcher = getattr(self._consumer, "_fetcher", None)
+        if fetcher is not None and getattr(fetcher, "_fetch_max_wait_ms", None) != wait_ms:
+            fetcher._fetch_max_wait_ms = wait_ms
+
+    def _adapt_fetch_wait(self, got_records: bool, now: float) -> None:
+        idle_wait = self._settings.fetch_idle_max_wait_ms
+        if idle_wait is None:
+            return
+        if got_records:
+            self._last_record = now
+            self._set_fetch_wait(self._settings.fetch_max_wait_ms)
+        elif (now - self._last_record) * 1000 > self._settings.fetch_idle_after_ms:
+            self._set_fetch_wait(idle_wait)
+
     async def _run(self, consumer: AIOKafkaConsumer) -> None:
         loop = asyncio.get_running_loop()
         last_commit = loop.time()
+        self._last_record = last_commit
         while not self._stopping.is_set():
             try:
                 batch = await consumer.getmany(timeout_ms=100, max_records=200)
@@ -243,6 +275,7 @@ class EventConsumer(Generic[T]):
                 logger.warning("%s: fetch failed: %s", self.name, exc)
                 await self._sleep(1.0)
                 continue
+            self._adapt_fetch_wait(any(batch.values()), loop.time())
             for tp, records in batch.items():
                 for record in records:
                     if self._stopping.is_set():

@@ -162,6 +162,7 @@ FROM unnest(CAST(:ids AS text[]), CAST(:models AS text[]), CAST(:ris AS integer[
   CAST(:rejs AS text[])) AS x(r, m, ri, ro, st, t, rej)
 """
 _RECORD = text(_ROWS)
+_SETTLE = text("SELECT meter.settle_usage(:r, :p, :m, :i, :o, :c, :now, :b, :per)")
 _COUNTERS = """
 WITH bucket AS (
   INSERT INTO meter.buckets AS b (principal, bucket_start, reserved_input, reserved_output,
@@ -298,12 +299,16 @@ class PostgresLedger:
         return await self._run(admit)
 
     async def _run(
-        self, body: Callable[[AsyncConnection], Awaitable[T]], *, write: bool = True
+        self,
+        body: Callable[[AsyncConnection], Awaitable[T]],
+        *,
+        write: bool = True,
+        single: bool = False,
     ) -> T:
         """``body`` through :func:`tollgate_core.db.run` (once more on a fresh connection
         after a dead pooled one); Postgres trouble becomes :class:`DependencyUnavailable`."""
         async with _translated():
-            return await db.run(self._engine, body, write=write)
+            return await db.run(self._engine, body, write=write, single=single)
 
     def _resolve(
         self, owner: Any, groups: Sequence[str], overrides: dict[str, TierSpec]
@@ -364,75 +369,27 @@ class PostgresLedger:
     # --- settlement ----------------------------------------------------------------------
 
     async def settle(self, usage: UsageRecordV1, now: datetime) -> bool:
-        actual_in, actual_out = usage.usage.input_tokens, usage.usage.output_tokens
+        """Replace the request's reservation by its usage, once (False: already settled).
+        Usage of a request this ledger never admitted (admitted while it failed open, say)
+        is recorded too, so the ledger still equals the usage stream: in the bucket and month
+        it happened in, never later than now. One statement: ``meter.settle_usage()``."""
+        at = _when(usage.occurred_at, now)
+        params = {
+            "r": usage.request_id,
+            "p": usage.principal,
+            "m": usage.model,
+            "i": usage.usage.input_tokens,
+            "o": usage.usage.output_tokens,
+            "c": usage.cost_usd,
+            "now": now,
+            "b": bucket_start(at, self._bucket_seconds),
+            "per": month_start(at),
+        }
 
         async def settle(conn: AsyncConnection) -> bool:
-            row = (
-                await conn.execute(
-                    text(
-                        "SELECT status, bucket_start, period_start, reserved_input, reserved_output"
-                        " FROM meter.reservations WHERE request_id = :r FOR UPDATE"
-                    ),
-                    {"r": usage.request_id},
-                )
-            ).first()
-            if row is not None and row.status == "settled":
-                return False
-            counters = {
-                "principal": usage.principal,
-                "input": actual_in,
-                "output": actual_out,
-                "reserved_input": 0,
-                "reserved_output": 0,
-                "requests": 0,
-            }
-            if row is None:
-                # usage for a request this ledger never admitted (admitted while it failed
-                # open, say): record it so the ledger still equals the usage stream, in the
-                # bucket and month it happened in (never later than now)
-                at = _when(usage.occurred_at, now)
-                bucket, period = bucket_start(at, self._bucket_seconds), month_start(at)
-                counters["requests"] = 1
-                await conn.execute(
-                    text(
-                        "INSERT INTO meter.reservations (request_id, principal, model,"
-                        " reserved_input, reserved_output, status, created_at, bucket_start,"
-                        " period_start) VALUES (:r, :p, :m, 0, 0, 'reserved', :now, :b, :per)"
-                    ),
-                    {
-                        "r": usage.request_id,
-                        "p": usage.principal,
-                        "m": usage.model,
-                        "now": now,
-                        "b": bucket,
-                        "per": period,
-                    },
-                )
-            else:
-                bucket, period = row.bucket_start, row.period_start
-                if row.status == "reserved":
-                    counters["reserved_input"] = -row.reserved_input
-                    counters["reserved_output"] = -row.reserved_output
-            await conn.execute(_BUMP_BUCKET, {**counters, "key": bucket})
-            await conn.execute(_BUMP_PERIOD, {**counters, "key": period})
-            await conn.execute(
-                text(
-                    "UPDATE meter.reservations SET status = 'settled', input_tokens = :i,"
-                    " output_tokens = :o, cost_usd = :c, model = coalesce(model, :m),"
-                    " settled_at = :now WHERE request_id = :r"
-                ),
-                {
-                    "i": actual_in,
-                    "o": actual_out,
-                    "c": usage.cost_usd,
-                    "m": usage.model,
-                    "now": now,
-                    "r": usage.request_id,
-                },
-            )
-            return True
+            return bool((await conn.execute(_SETTLE, params)).scalar_one())
 
-        return await self._run(settle)
+        return await self._run(settle, single=True)
 
     async def release_expired(self, cutoff: datetime, limit: int = 500) -> int:
         """Give back the reservations of requests that never settled (their router died and
