@@ -9,7 +9,7 @@ VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install run test lint typecheck pytest clean
+.PHONY: install run test lint typecheck pytest bench clean
 
 $(UV): tools/uv-requirements.txt
 	$(PYTHON) -m venv $(TOOLS)
@@ -35,6 +35,13 @@ pytest: install
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
+
+# The gateway under load beside the direct upstream and LiteLLM (installed on first use into
+# var/bench/litellm from bench/litellm-requirements.txt, never into .venv); ~15 minutes.
+# BENCH_ARGS passes options through, e.g. BENCH_ARGS="--quick".
+bench: install
+	$(VENV)/bin/python bench/gateway_load.py --out var/bench/gateway.json \
+		--markdown var/bench/gateway.md $(BENCH_ARGS)
 
 clean:
 	rm -rf $(TOOLS) $(VENV) var .pytest_cache .mypy_cache .ruff_cache

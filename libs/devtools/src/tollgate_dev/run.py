@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tollgate_dev.platform import EmbeddedPostgres, TansuBroker, stop_process
@@ -43,6 +44,9 @@ class DevSettings(BaseSettings):
     tollgate_router_port: int = DEFAULT_PORTS["router"]
     tollgate_meter_port: int = DEFAULT_PORTS["meter"]
     tollgate_analytics_port: int = DEFAULT_PORTS["analytics"]
+    #: partitions per topic on the embedded broker: each partition a consumer fetches costs
+    #: work on every fetch, and one process per service needs no more than this
+    tollgate_dev_partitions: int = Field(default=2, ge=1, le=64)
 
     def ports(self) -> dict[str, int]:
         return {s: int(getattr(self, f"tollgate_{s}_port")) for s in SERVICES}
@@ -91,7 +95,9 @@ def main() -> None:
         logger.info(
             "Postgres: %s%s", database_url.split("@")[-1], " (embedded)" if postgres else ""
         )
-        created = run_prepare(bootstrap, database_url)
+        created = run_prepare(
+            bootstrap, database_url, partitions=settings.tollgate_dev_partitions if broker else None
+        )
         logger.info("topics created: %s", ", ".join(created) or "none (all existed)")
 
         ports = settings.ports()

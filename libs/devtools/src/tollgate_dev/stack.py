@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import IO
 
@@ -20,6 +21,7 @@ from pydantic import SecretStr
 from tollgate_core import db
 from tollgate_core.bus.admin import ensure_topics
 from tollgate_core.settings import DatabaseSettings, KafkaSettings
+from tollgate_core.topics import DEFAULT_TOPICS
 from tollgate_dev.platform import TANSU_CLIENT_ENV, stop_process
 
 SERVICES = ("auth", "meter", "router", "stream", "analytics")
@@ -35,9 +37,18 @@ def migrations_dir(package: str) -> Path:
     return Path(spec.origin).parent / "migrations"
 
 
-async def prepare(bootstrap_servers: str, database_url: str) -> list[str]:
-    """Create missing topics and migrate every schema; returns the topics created."""
-    created = await ensure_topics(KafkaSettings(bootstrap_servers=bootstrap_servers))
+async def prepare(
+    bootstrap_servers: str, database_url: str, *, partitions: int | None = None
+) -> list[str]:
+    """Create missing topics and migrate every schema; returns the topics created.
+
+    ``partitions`` replaces every topic's partition count (the local runner uses few: one
+    process per service needs no more, and each partition a consumer fetches costs the
+    broker and the client work on every fetch)."""
+    specs = DEFAULT_TOPICS
+    if partitions is not None:
+        specs = tuple(replace(s, partitions=partitions) for s in DEFAULT_TOPICS)
+    created = await ensure_topics(KafkaSettings(bootstrap_servers=bootstrap_servers), specs)
     database = DatabaseSettings(database_url=SecretStr(database_url))
     for package in SCHEMA_OWNERS:
         await db.migrate(database, migrations_dir(package))
@@ -171,5 +182,7 @@ class Stack:
         return path.read_text(errors="replace") if path.exists() else ""
 
 
-def run_prepare(bootstrap_servers: str, database_url: str) -> list[str]:
-    return asyncio.run(prepare(bootstrap_servers, database_url))
+def run_prepare(
+    bootstrap_servers: str, database_url: str, *, partitions: int | None = None
+) -> list[str]:
+    return asyncio.run(prepare(bootstrap_servers, database_url, partitions=partitions))

@@ -1,0 +1,866 @@
+"""The whole gateway under load, side by side with the direct upstream and LiteLLM's proxy.
+
+Starts everything itself on 127.0.0.1: a local OpenAI-compatible upstream
+(``fake_upstream.py``, its time to first token, token count and inter-token delay set per
+run), Tansu, an embedded Postgres, the five services as ``make run`` starts them (with a
+catalog whose model ``bench`` is that upstream) and LiteLLM's proxy (pinned in
+``litellm-requirements.txt``, installed into ``var/bench/litellm`` — never into the
+product's environment) on the same upstream. Then, for each path, it streams chat
+completions in closed loop (a fixed number always in flight) and open loop (a fixed rate,
+latency counted from each request's scheduled start), and reports streams/s, time to first
+token and total time (p50/p99), and the CPU each process spent per request.
+
+Paths: ``direct`` (the upstream itself), ``litellm``, ``openai`` (Tollgate's OpenAI API,
+SSE) and ``appsync`` (HTTP publish, answer over an AppSync WebSocket subscription), the
+Tollgate paths with one principal (one API key) and with many.
+
+After every Tollgate run it checks that every request was answered, that the meter settled
+each one exactly as the router's usage record says, and that no reservation is left open.
+
+    .venv/bin/python bench/gateway_load.py                # the full report (~10 min)
+    .venv/bin/python bench/gateway_load.py --quick        # a smoke run (~2 min)
+    .venv/bin/python bench/gateway_load.py --paths openai --loads c20 --principals 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from aiokafka import AIOKafkaConsumer  # noqa: E402
+from pydantic import SecretStr  # noqa: E402
+from sqlalchemy import text  # noqa: E402
+from sqlalchemy.ext.asyncio import create_async_engine  # noqa: E402
+
+from tests.appsync_client import AppSyncSocket, connect  # noqa: E402
+from tollgate_core.settings import DatabaseSettings  # noqa: E402
+from tollgate_dev.platform import (  # noqa: E402
+    EmbeddedPostgres,
+    TansuBroker,
+    free_port,
+    stop_process,
+    wait_for_port,
+)
+from tollgate_dev.run import DevSettings  # noqa: E402
+from tollgate_dev.stack import SERVICES, Stack, dev_auth_env, prepare  # noqa: E402
+
+ADMIN_TOKEN = "bench-admin-" + uuid.uuid4().hex
+MODEL = "bench"
+PROMPT = "Say something about the weather in one short paragraph."
+LITELLM_VENV = ROOT / "var" / "bench" / "litellm"
+
+
+# --- loads -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Load:
+    name: str
+    concurrency: int = 0  # closed loop
+    requests: int = 0
+    rate: float = 0.0  # open loop, requests/s
+    seconds: float = 0.0
+
+
+LOADS = {
+    "c1": Load("c1", concurrency=1, requests=100),
+    "c20": Load("c20", concurrency=20, requests=600),
+    "c100": Load("c100", concurrency=100, requests=1000),
+    "soak": Load("soak", concurrency=20, requests=4000),
+    "r20": Load("r20", rate=20, seconds=10),
+    "r50": Load("r50", rate=50, seconds=10),
+}
+QUICK = {
+    "c1": Load("c1", concurrency=1, requests=30),
+    "c20": Load("c20", concurrency=20, requests=200),
+    "c100": Load("c100", concurrency=100, requests=300),
+    "r20": Load("r20", rate=20, seconds=5),
+    "r50": Load("r50", rate=50, seconds=5),
+}
+
+
+@dataclass
+class Sample:
+    ok: bool
+    ttft: float = 0.0
+    total: float = 0.0
+    request_id: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    error: str = ""
+
+
+Call = Callable[[int], Awaitable[Sample]]
+
+
+async def closed_loop(call: Call, load: Load) -> tuple[list[Sample], float]:
+    counter = iter(range(load.requests))
+    samples: list[Sample] = []
+
+    async def worker() -> None:
+        for i in counter:
+            samples.append(await call(i))
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(load.concurrency)))
+    return samples, time.perf_counter() - start
+
+
+async def open_loop(call: Call, load: Load) -> tuple[list[Sample], float]:
+    """Requests at a fixed schedule; each sample's times count from its scheduled start."""
+    n = int(load.rate * load.seconds)
+    start = time.perf_counter()
+
+    async def one(i: int) -> Sample:
+        due = start + i / load.rate
+        await asyncio.sleep(max(0.0, due - time.perf_counter()))
+        late = time.perf_counter() - due
+        sample = await call(i)
+        sample.ttft += late
+        sample.total += late
+        return sample
+
+    samples = await asyncio.gather(*(one(i) for i in range(n)))
+    return list(samples), time.perf_counter() - start
+
+
+# --- clients ---------------------------------------------------------------------------------
+
+
+def openai_body() -> dict[str, Any]:
+    return {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": PROMPT}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "max_tokens": 256,
+    }
+
+
+async def openai_stream(client: httpx.AsyncClient, url: str, key: str) -> Sample:
+    start = time.perf_counter()
+    ttft = 0.0
+    usage: dict[str, int] = {}
+    try:
+        async with client.stream(
+            "POST", url, json=openai_body(), headers={"authorization": f"Bearer {key}"}
+        ) as response:
+            if response.status_code != 200:
+                body = (await response.aread()).decode(errors="replace")
+                return Sample(False, error=f"{response.status_code} {body[:200]}")
+            request_id = response.headers.get("x-request-id", "")
+            async for line in response.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                if "error" in chunk:
+                    return Sample(False, error=str(chunk["error"])[:200])
+                if not ttft and any(
+                    (c.get("delta") or {}).get("content") for c in chunk.get("choices") or ()
+                ):
+                    ttft = time.perf_counter() - start
+                if chunk.get("usage"):
+                    usage = chunk["usage"]
+    except httpx.HTTPError as exc:
+        return Sample(False, error=f"{type(exc).__name__}: {exc}")
+    total = time.perf_counter() - start
+    if not ttft or not usage:
+        return Sample(False, error="no text or no usage")
+    return Sample(
+        True,
+        ttft,
+        total,
+        request_id,
+        int(usage.get("prompt_tokens", 0)),
+        int(usage.get("completion_tokens", 0)),
+    )
+
+
+class AppSyncUser:
+    """One principal's WebSocket subscription; answers are routed to their publisher by id."""
+
+    def __init__(self, sub: str, key: str, edge: str) -> None:
+        self.sub = sub
+        self.key = key
+        self.edge = edge
+        self._waiting: dict[str, asyncio.Queue[dict[str, Any]]] = {}
+        self._early: dict[str, list[dict[str, Any]]] = {}
+        self._reader: asyncio.Task[None] | None = None
+
+    @contextlib.asynccontextmanager
+    async def connected(self) -> AsyncIterator[AppSyncUser]:
+        async with connect(self.edge, {"x-api-key": self.key}) as socket:
+            ack = await socket.subscribe("out", f"/Outbound-Messages/{self.sub}")
+            assert ack["type"] == "subscribe_success", ack
+            self._reader = asyncio.create_task(self._read(socket))
+            try:
+                yield self
+            finally:
+                self._reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._reader
+
+    async def _read(self, socket: AppSyncSocket) -> None:
+        async for event in socket.events("out"):
+            request_id = event.get("requestId") or (event.get("error") or {}).get("requestId")
+            queue = self._waiting.get(request_id or "")
+            if queue is None:
+                self._early.setdefault(request_id or "", []).append(event)
+            else:
+                queue.put_nowait(event)
+
+    async def ask(self, client: httpx.AsyncClient) -> Sample:
+        start = time.perf_counter()
+        payload = {
+            "messages": [{"role": "user", "content": [{"text": PROMPT}]}],
+            "modelId": MODEL,
+            "conversationId": uuid.uuid4().hex,
+        }
+        try:
+            response = await client.post(
+                f"{self.edge}/event",
+                json={"channel": f"/Inbound-Messages/{self.sub}", "events": [json.dumps(payload)]},
+                headers={"x-api-key": self.key},
+            )
+        except httpx.HTTPError as exc:
+            return Sample(False, error=f"{type(exc).__name__}: {exc}")
+        answer = response.json()
+        if response.status_code != 200 or not answer.get("successful"):
+            return Sample(False, error=f"{response.status_code} {str(answer)[:200]}")
+        request_id = answer["successful"][0]["identifier"]
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        for event in self._early.pop(request_id, []):
+            queue.put_nowait(event)
+        self._waiting[request_id] = queue
+        ttft = 0.0
+        try:
+            async with asyncio.timeout(60):
+                while True:
+                    event = await queue.get()
+                    if "error" in event:
+                        return Sample(False, error=str(event["error"])[:200])
+                    if "contentBlockDelta" in event and not ttft:
+                        ttft = time.perf_counter() - start
+                    if "metadata" in event:
+                        usage = event["metadata"]["usage"]
+                        return Sample(
+                            True,
+                            ttft,
+                            time.perf_counter() - start,
+                            request_id,
+                            int(usage["inputTokens"]),
+                            int(usage["outputTokens"]),
+                        )
+        except TimeoutError:
+            return Sample(False, error="no answer in 60 s")
+        finally:
+            self._waiting.pop(request_id, None)
+
+
+# --- processes and their CPU -----------------------------------------------------------------
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of a process, its live descendants and its reaped children."""
+    try:
+        proc = psutil.Process(pid)
+        times = proc.cpu_times()
+        total = times.user + times.system + times.children_user + times.children_system
+        for child in proc.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                t = child.cpu_times()
+                total += t.user + t.system
+        return total
+    except psutil.Error:
+        return 0.0
+
+
+class Processes:
+    def __init__(self) -> None:
+        self.pids: dict[str, int] = {}
+
+    def snapshot(self) -> dict[str, float]:
+        cpu = {name: tree_cpu(pid) for name, pid in self.pids.items()}
+        cpu["bench-client"] = sum(os.times()[:2])
+        return cpu
+
+
+def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {name: after[name] - before.get(name, 0.0) for name in after}
+
+
+@contextlib.contextmanager
+def child(command: list[str], log: Path, env: dict[str, str] | None = None) -> Iterator[int]:
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            command, stdout=out, stderr=out, stdin=subprocess.DEVNULL, env=env
+        )
+    try:
+        yield process.pid
+    finally:
+        stop_process(process, timeout=10)
+
+
+def litellm_python() -> Path | None:
+    """The bench-only LiteLLM environment, created on first use from the hashed pins."""
+    python = LITELLM_VENV / "bin" / "python"
+    marker = LITELLM_VENV / ".installed"
+    requirements = ROOT / "bench" / "litellm-requirements.txt"
+    if marker.exists() and marker.read_text() == requirements.read_text():
+        return python
+    uv = ROOT / ".tools" / "bin" / "uv"
+    print("installing LiteLLM into", LITELLM_VENV, file=sys.stderr)
+    try:
+        subprocess.run(
+            [str(uv), "venv", "-q", "--python", sys.executable, str(LITELLM_VENV)], check=True
+        )
+        subprocess.run(
+            [
+                str(uv),
+                "pip",
+                "install",
+                "-q",
+                "--python",
+                str(python),
+                "--require-hashes",
+                "-r",
+                str(requirements),
+            ],
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError) as exc:
+        print(f"LiteLLM could not be installed ({exc}); its rows are left out", file=sys.stderr)
+        return None
+    marker.write_text(requirements.read_text())
+    return python
+
+
+# --- the ledger check ------------------------------------------------------------------------
+
+
+class UsageTap:
+    """Reads every usage record the routers publish, by request id."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.records: dict[str, tuple[int, int]] = {}
+        self._bootstrap = bootstrap
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        consumer = AIOKafkaConsumer(
+            "tollgate.usage",
+            bootstrap_servers=self._bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            fetch_max_wait_ms=100,
+        )
+        await consumer.start()
+
+        async def read() -> None:
+            try:
+                async for record in consumer:
+                    data = json.loads(record.value or b"{}")
+                    usage = data.get("usage") or {}
+                    self.records[data.get("request_id", "")] = (
+                        int(usage.get("input_tokens", 0)),
+                        int(usage.get("output_tokens", 0)),
+                    )
+            finally:
+                await consumer.stop()
+
+        self._task = asyncio.create_task(read())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+async def check_ledger(database_url: str, tap: UsageTap, samples: list[Sample]) -> str:
+    """'ok', or what differs between the answers, the usage records and the ledger."""
+    ids = [s.request_id for s in samples if s.ok]
+    engine = create_async_engine(DatabaseSettings(database_url=SecretStr(database_url)).async_url)
+    problems: list[str] = []
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            async with engine.connect() as conn:
+                rows = {
+                    r.request_id: r
+                    for r in (
+                        await conn.execute(
+                            text(
+                                "SELECT request_id, status, input_tokens, output_tokens"
+                                " FROM meter.reservations WHERE request_id = ANY(:ids)"
+                            ),
+                            {"ids": ids},
+                        )
+                    ).all()
+                }
+                open_rows = (
+                    await conn.execute(
+                        text("SELECT count(*) FROM meter.reservations WHERE status = 'reserved'")
+                    )
+                ).scalar_one()
+            settled = sum(1 for r in rows.values() if r.status == "settled")
+            if (settled == len(ids) and all(i in tap.records for i in ids) and not open_rows) or (
+                time.monotonic() > deadline
+            ):
+                break
+            await asyncio.sleep(0.5)
+    finally:
+        await engine.dispose()
+    for sample in samples:
+        if not sample.ok:
+            continue
+        row, record = rows.get(sample.request_id), tap.records.get(sample.request_id)
+        seen = (sample.input_tokens, sample.output_tokens)
+        if record is None:
+            problems.append(f"{sample.request_id}: no usage record")
+        elif row is None or row.status != "settled":
+            problems.append(f"{sample.request_id}: not settled ({row and row.status})")
+        elif (row.input_tokens, row.output_tokens) != record or record != seen:
+            problems.append(
+                f"{sample.request_id}: ledger {row.input_tokens}/{row.output_tokens},"
+                f" usage record {record}, answer {seen}"
+            )
+    if open_rows:
+        problems.append(f"{open_rows} reservations still open")
+    return "ok" if not problems else f"{len(problems)} problems, e.g. {problems[:3]}"
+
+
+# --- one run ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    path: str
+    principals: int
+    load: str
+    requests: int
+    failed: int
+    seconds: float
+    streams_per_s: float
+    ttft_p50_ms: float
+    ttft_p99_ms: float
+    total_p50_ms: float
+    total_p99_ms: float
+    cpu_ms_per_request: dict[str, float] = field(default_factory=dict)
+    ledger: str = "-"
+    errors: list[str] = field(default_factory=list)
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def summarise(
+    path: str,
+    principals: int,
+    load: Load,
+    samples: list[Sample],
+    seconds: float,
+    cpu: dict[str, float],
+) -> Row:
+    good = [s for s in samples if s.ok]
+    n = max(1, len(samples))
+    return Row(
+        path=path,
+        principals=principals,
+        load=load.name,
+        requests=len(samples),
+        failed=len(samples) - len(good),
+        seconds=round(seconds, 2),
+        streams_per_s=round(len(good) / seconds, 1),
+        ttft_p50_ms=round(statistics.median([s.ttft for s in good]) * 1000, 1) if good else 0,
+        ttft_p99_ms=round(percentile([s.ttft for s in good], 0.99) * 1000, 1),
+        total_p50_ms=round(statistics.median([s.total for s in good]) * 1000, 1) if good else 0,
+        total_p99_ms=round(percentile([s.total for s in good], 0.99) * 1000, 1),
+        cpu_ms_per_request={k: round(v * 1000 / n, 2) for k, v in cpu.items() if v > 0.0005},
+        errors=sorted({s.error for s in samples if not s.ok})[:5],
+    )
+
+
+# --- the whole benchmark ---------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
+        self.args = args
+        self.tmp = tmp
+        self.procs = Processes()
+        self.rows: list[Row] = []
+        self.idle: dict[str, float] = {}
+        self.keys: list[tuple[str, str]] = []  # (principal, API key)
+
+    async def _create_keys(self, auth: str, count: int) -> None:
+        async with httpx.AsyncClient(timeout=30) as client:
+            for i in range(count):
+                response = await client.post(
+                    f"{auth}/v1/admin/api-keys",
+                    json={"principal": f"bench-{i}", "groups": ["premium"], "name": "bench"},
+                    headers={"authorization": f"Bearer {ADMIN_TOKEN}"},
+                )
+                response.raise_for_status()
+                self.keys.append((f"bench-{i}", response.json()["key"]))
+
+    async def measure(
+        self,
+        path: str,
+        principals: int,
+        load: Load,
+        call: Call,
+        ledger: Callable[[list[Sample]], Awaitable[str]] | None,
+    ) -> None:
+        before = self.procs.snapshot()
+        runner = closed_loop if load.concurrency else open_loop
+        samples, seconds = await runner(call, load)
+        cpu = cpu_delta(before, self.procs.snapshot())
+        row = summarise(path, principals, load, samples, seconds, cpu)
+        if ledger is not None:
+            row.ledger = await ledger(samples)
+        self.rows.append(row)
+        print(json.dumps(asdict(row)), flush=True)
+
+    async def idle_cpu(self, seconds: float) -> dict[str, float]:
+        before = self.procs.snapshot()
+        await asyncio.sleep(seconds)
+        delta = cpu_delta(before, self.procs.snapshot())
+        delta.pop("bench-client", None)
+        return {k: round(100 * v / seconds, 2) for k, v in delta.items()}
+
+
+async def run_paths(bench: Bench, ports: dict[str, int], database_url: str, bootstrap: str) -> None:
+    args = bench.args
+    loads = [(QUICK if args.quick else LOADS)[name] for name in args.loads.split(",")]
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+    tap = UsageTap(bootstrap)
+    await tap.start()
+    edge = f"http://127.0.0.1:{ports['stream']}"
+
+    async def ledger(samples: list[Sample]) -> str:
+        return await check_ledger(database_url, tap, samples)
+
+    # a warm-up request on every path and principal, so no run pays for first connections
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        for path in args.paths.split(","):
+            for principals in [int(p) for p in args.principals.split(",")]:
+                if path in ("direct", "litellm") and principals != 1:
+                    continue
+                users = bench.keys[:principals]
+                if path == "direct":
+                    url = f"http://127.0.0.1:{ports['upstream']}/v1/chat/completions"
+                elif path == "litellm":
+                    if "litellm" not in ports:
+                        continue
+                    url = f"http://127.0.0.1:{ports['litellm']}/v1/chat/completions"
+                else:
+                    url = f"{edge}/v1/chat/completions"
+                check = ledger if path in ("openai", "appsync") else None
+                if path == "appsync":
+                    async with contextlib.AsyncExitStack() as stack:
+                        connected = [
+                            await stack.enter_async_context(AppSyncUser(sub, key, edge).connected())
+                            for sub, key in users
+                        ]
+                        call = _appsync_call(client, connected)
+                        await call(0)
+                        for load in loads:
+                            await bench.measure(path, principals, load, call, check)
+                    continue
+                call = _openai_call(client, url, [k for _, k in users])
+                await call(0)
+                for load in loads:
+                    await bench.measure(path, principals, load, call, check)
+    await tap.stop()
+
+
+def _openai_call(client: httpx.AsyncClient, url: str, keys: list[str]) -> Call:
+    async def call(i: int) -> Sample:
+        return await openai_stream(client, url, keys[i % len(keys)])
+
+    return call
+
+
+def _appsync_call(client: httpx.AsyncClient, users: list[AppSyncUser]) -> Call:
+    async def call(i: int) -> Sample:
+        return await users[i % len(users)].ask(client)
+
+    return call
+
+
+def tiers_file(tmp: Path) -> Path:
+    """Limits no bench run reaches, with every window still checked and counted."""
+    path = tmp / "tiers.toml"
+    big = "input = 2000000000, output = 2000000000"
+    path.write_text(
+        'default_tier = "bench"\n[groups]\npremium = "bench"\n[tiers.bench]\nwindows = [\n'
+        f'  {{ name = "rolling-10m", kind = "trailing", seconds = 600, {big} }},\n'
+        f'  {{ name = "daily", kind = "trailing", seconds = 86400, {big} }},\n'
+        f'  {{ name = "monthly", kind = "calendar-month", {big} }},\n]\n'
+    )
+    return path
+
+
+def catalog_file(tmp: Path, upstream_port: int) -> Path:
+    path = tmp / "models.yaml"
+    path.write_text(
+        f"default_model: {MODEL}\n"
+        "providers:\n"
+        "  upstream:\n"
+        "    type: openai\n"
+        f"    base_url: http://127.0.0.1:{upstream_port}/v1\n"
+        "    include_usage: true\n"
+        "models:\n"
+        f"  - id: {MODEL}\n"
+        "    provider: upstream\n"
+        "    upstream: bench\n"
+        "    max_max_tokens: 4096\n"
+    )
+    return path
+
+
+def litellm_config(tmp: Path, upstream_port: int) -> Path:
+    path = tmp / "litellm.yaml"
+    path.write_text(
+        "model_list:\n"
+        f"  - model_name: {MODEL}\n"
+        "    litellm_params:\n"
+        "      model: openai/bench\n"
+        f"      api_base: http://127.0.0.1:{upstream_port}/v1\n"
+        "      api_key: none\n"
+        "litellm_settings:\n"
+        "  telemetry: false\n"
+        "  drop_params: true\n"
+    )
+    return path
+
+
+# --- the report ------------------------------------------------------------------------------
+
+SERVICE_NAMES = ("stream", "auth", "meter", "router", "analytics")
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report's tables: every run, the ratios the targets name, and the idle cost."""
+    rows: list[dict[str, Any]] = report["rows"]
+    direct = {r["load"]: r for r in rows if r["path"] == "direct"}
+    litellm = {r["load"]: r for r in rows if r["path"] == "litellm"}
+    lines = [
+        f"Machine: {report['machine']['cpus']} CPUs, load average before"
+        f" {report['machine']['loadavg_before'][0]:.2f}, after"
+        f" {report['machine']['loadavg_after'][0]:.2f}. Upstream: {report['upstream']}.",
+        "",
+        "| path | principals | load | streams/s | TTFT p50 | TTFT p99 | total p50 | total p99"
+        " | added TTFT p50 | CPU ms/req: services | LiteLLM | broker | Postgres | failed"
+        " | ledger |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        cpu = r["cpu_ms_per_request"]
+        base = direct.get(r["load"])
+        added = (
+            f"{r['ttft_p50_ms'] - base['ttft_p50_ms']:.1f}"
+            if base is not None and r["path"] != "direct"
+            else "-"
+        )
+        lines.append(
+            f"| {r['path']} | {r['principals']} | {r['load']} | {r['streams_per_s']}"
+            f" | {r['ttft_p50_ms']} | {r['ttft_p99_ms']} | {r['total_p50_ms']}"
+            f" | {r['total_p99_ms']} | {added}"
+            f" | {sum(cpu.get(s, 0.0) for s in SERVICE_NAMES):.1f}"
+            f" | {cpu.get('litellm', 0.0):.1f} | {cpu.get('tansu', 0.0):.1f}"
+            f" | {cpu.get('postgres', 0.0):.1f} | {r['failed']} | {r['ledger']} |"
+        )
+    lines += ["", "Ratios (one run):", ""]
+    for path in ("openai", "appsync"):
+        one = {r["load"]: r for r in rows if r["path"] == path and r["principals"] == 1}
+        many = {r["load"]: r for r in rows if r["path"] == path and r["principals"] > 1}
+        for load in ("c1", "c20", "c100"):
+            if load not in one:
+                continue
+            parts = [f"- {path}, one principal, {load}:"]
+            if load in litellm and litellm[load]["streams_per_s"]:
+                ratio = one[load]["streams_per_s"] / litellm[load]["streams_per_s"]
+                parts.append(f"{ratio:.2f}x LiteLLM's streams/s;")
+            if load in many and many[load]["streams_per_s"]:
+                share = one[load]["streams_per_s"] / many[load]["streams_per_s"]
+                parts.append(f"{100 * share:.0f} % of the many-principal figure;")
+            if load in direct:
+                added = one[load]["ttft_p50_ms"] - direct[load]["ttft_p50_ms"]
+                parts.append(f"added TTFT p50 {added:.1f} ms")
+                if load in litellm:
+                    lite = litellm[load]["ttft_p50_ms"] - direct[load]["ttft_p50_ms"]
+                    parts.append(f"(LiteLLM adds {lite:.1f} ms)")
+            lines.append(" ".join(parts))
+    idle = report["idle_cpu_percent_of_one_core"]
+    stack = sum(v for k, v in idle.items() if k not in ("upstream", "litellm"))
+    lines += [
+        "",
+        "Idle CPU, % of one core, over the idle window (the stack as `make run` starts it):",
+        "",
+        "| " + " | ".join(idle) + " | stack total |",
+        "|" + "---:|" * (len(idle) + 1),
+        "| " + " | ".join(f"{v:.2f}" for v in idle.values()) + f" | {stack:.2f} |",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--paths", default="direct,litellm,openai,appsync")
+    parser.add_argument("--loads", default="c1,c20,c100,r20,r50")
+    parser.add_argument("--principals", default="1,20", help="for the Tollgate paths")
+    parser.add_argument("--quick", action="store_true", help="fewer requests per run")
+    parser.add_argument("--ttft-ms", type=float, default=0.0, help="the upstream's")
+    parser.add_argument("--tokens", type=int, default=50, help="chunks per answer")
+    parser.add_argument("--inter-token-ms", type=float, default=0.0)
+    parser.add_argument("--idle-seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--partitions",
+        type=int,
+        default=DevSettings().tollgate_dev_partitions,
+        help="per topic, as make run creates them on its embedded broker",
+    )
+    parser.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
+    parser.add_argument("--markdown", type=Path, default=None, help="write the tables here")
+    parser.add_argument("--keep", type=Path, default=None, help="keep logs and data here")
+    args = parser.parse_args()
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        asyncio.run(_main(args, args.keep))
+        return
+    with tempfile.TemporaryDirectory(prefix="tollgate-bench-") as tmp_name:
+        asyncio.run(_main(args, Path(tmp_name)))
+
+
+async def _main(args: argparse.Namespace, tmp: Path) -> None:
+    bench = Bench(args, tmp)
+    python = sys.executable
+    ports = {s: free_port() for s in SERVICES}
+    ports["upstream"] = free_port()
+    upstream_cmd = [
+        python,
+        str(ROOT / "bench" / "fake_upstream.py"),
+        f"--port={ports['upstream']}",
+        f"--ttft-ms={args.ttft_ms}",
+        f"--tokens={args.tokens}",
+        f"--inter-token-ms={args.inter_token_ms}",
+    ]
+    want_litellm = "litellm" in args.paths.split(",")
+    litellm = litellm_python() if want_litellm else None
+    load_before = os.getloadavg()
+    with contextlib.ExitStack() as stack:
+        bench.procs.pids["upstream"] = stack.enter_context(
+            child(upstream_cmd, tmp / "upstream.log")
+        )
+        wait_for_port(ports["upstream"])
+        if litellm is not None:
+            ports["litellm"] = free_port()
+            env = {
+                **os.environ,
+                "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+                "LITELLM_LOG": "ERROR",
+                "LITELLM_TELEMETRY": "False",
+                "NO_DOCS": "True",
+            }
+            command = [
+                str(litellm.parent / "litellm"),
+                "--config",
+                str(litellm_config(tmp, ports["upstream"])),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(ports["litellm"]),
+                "--num_workers",
+                "1",
+            ]
+            bench.procs.pids["litellm"] = stack.enter_context(
+                child(command, tmp / "litellm.log", env)
+            )
+            wait_for_port(ports["litellm"], timeout=120)
+        broker = stack.enter_context(TansuBroker(log_path=tmp / "tansu.log"))
+        postgres = stack.enter_context(EmbeddedPostgres(tmp / "pg"))
+        await prepare(broker.bootstrap_servers, postgres.url, partitions=args.partitions)
+        service_stack = Stack(
+            bootstrap_servers=broker.bootstrap_servers,
+            database_url=postgres.url,
+            log_dir=tmp / "logs",
+            ports={s: ports[s] for s in SERVICES},
+            extra_env={
+                **dev_auth_env(ROOT),
+                "TOLLGATE_LOG_LEVEL": "WARNING",
+                "TOLLGATE_AUTH_ADMIN_TOKEN": ADMIN_TOKEN,
+                "TOLLGATE_ROUTER_CATALOG_FILE": str(catalog_file(tmp, ports["upstream"])),
+                "TOLLGATE_STREAM_DEFAULT_MODELS": MODEL,
+                "TOLLGATE_METER_TIERS_FILE": str(tiers_file(tmp)),
+                "TOLLGATE_ANALYTICS_DATA_DIR": str(tmp / "analytics" / "dataset"),
+                "TOLLGATE_ANALYTICS_STATE_DIR": str(tmp / "analytics" / "state"),
+            },
+        )
+        stack.callback(service_stack.stop)
+        ready_s = await asyncio.to_thread(service_stack.start, timeout=180)
+        for name, process in service_stack.processes.items():
+            bench.procs.pids[name] = process.pid
+        if broker._process is not None:
+            bench.procs.pids["tansu"] = broker._process.pid
+        pid_file = tmp / "pg" / "postmaster.pid"
+        bench.procs.pids["postgres"] = int(pid_file.read_text().split()[0])
+        print(json.dumps({"pids": bench.procs.pids}), flush=True)
+        await bench._create_keys(f"http://127.0.0.1:{ports['auth']}", 20)
+        await asyncio.sleep(5)  # let start-up work (group joins, first fetches) settle
+        bench.idle = await bench.idle_cpu(args.idle_seconds)
+        print(json.dumps({"idle_cpu_percent_of_one_core": bench.idle}), flush=True)
+        await run_paths(bench, ports, postgres.url, broker.bootstrap_servers)
+    report = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
+        },
+        "services_ready_s": round(ready_s, 1),
+        "upstream": {
+            "ttft_ms": args.ttft_ms,
+            "tokens": args.tokens,
+            "inter_token_ms": args.inter_token_ms,
+        },
+        "idle_cpu_percent_of_one_core": bench.idle,
+        "rows": [asdict(r) for r in bench.rows],
+    }
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1))
+    table = markdown(report)
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(table)
+    print(table)
+    print(json.dumps({"machine": report["machine"]}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
