@@ -64,6 +64,8 @@ from tollgate_dev.run import DevSettings  # noqa: E402
 from tollgate_dev.stack import SERVICES, Stack, dev_auth_env, prepare  # noqa: E402
 
 ADMIN_TOKEN = "bench-admin-" + uuid.uuid4().hex
+#: LiteLLM's proxy refuses to start without a master key; its callers present it
+LITELLM_KEY = "sk-bench-" + uuid.uuid4().hex
 MODEL = "bench"
 PROMPT = "Say something about the weather in one short paragraph."
 LITELLM_VENV = ROOT / "var" / "bench" / "litellm"
@@ -591,7 +593,8 @@ async def run_paths(bench: Bench, ports: dict[str, int], database_url: str, boot
                         for load in loads:
                             await bench.measure(path, principals, load, call, check)
                     continue
-                call = _openai_call(client, url, [k for _, k in users])
+                keys = [LITELLM_KEY] if path == "litellm" else [k for _, k in users]
+                call = _openai_call(client, url, keys)
                 await call(0)
                 for load in loads:
                     await bench.measure(path, principals, load, call, check)
@@ -787,6 +790,7 @@ async def _main(args: argparse.Namespace, tmp: Path) -> None:
                 "LITELLM_LOG": "ERROR",
                 "LITELLM_TELEMETRY": "False",
                 "NO_DOCS": "True",
+                "LITELLM_MASTER_KEY": LITELLM_KEY,
             }
             command = [
                 str(litellm.parent / "litellm"),
