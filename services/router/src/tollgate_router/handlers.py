@@ -540,8 +540,11 @@ class GenerationHandler:
     async def _publish_records(
         self, request: ChatRequestV1, record: UsageRecordV1, log: RequestLogV1
     ) -> None:
-        await self._publisher.publish(topics.USAGE, record, key=request.principal)
-        await self._publisher.publish(topics.LOGS, log, key=request.principal)
+        # two topics, no order between them to keep: one acknowledgement round, not two
+        await asyncio.gather(
+            self._publisher.publish(topics.USAGE, record, key=request.principal),
+            self._publisher.publish(topics.LOGS, log, key=request.principal),
+        )
 
     async def _republish(self, request: ChatRequestV1, records: str) -> None:
         data = json.loads(records)
