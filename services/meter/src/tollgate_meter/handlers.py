@@ -19,10 +19,11 @@ from tollgate_core.contracts import (
     RequestLogV1,
     UsageRecordV1,
 )
-from tollgate_core.errors import DependencyUnavailable
+from tollgate_core.errors import DependencyUnavailable, RequestError
 from tollgate_core.health import Health
+from tollgate_core.limits import Limits, count_bad_input
 from tollgate_meter.adapters.ledger import Ledger
-from tollgate_meter.domain import estimate
+from tollgate_meter.domain import estimate, validate_request, validate_usage
 
 logger = logging.getLogger(__name__)
 tracer = trace.get_tracer("tollgate.meter")
@@ -51,8 +52,10 @@ class AdmissionHandler:
         *,
         default_max_tokens: int,
         fail_open: bool,
+        limits: Limits | None = None,
     ) -> None:
         self._ledger = ledger
+        self._limits = limits or Limits()
         self._publisher = publisher
         self._health = health
         self._clock = clock
@@ -68,9 +71,10 @@ class AdmissionHandler:
                 "tollgate.principal": request.principal,
             },
         ) as span:
-            est = estimate(request, default_max_tokens=self._default_max_tokens)
             with DECISION_SECONDS.time():
                 try:
+                    validate_request(request, self._limits)
+                    est = estimate(request, default_max_tokens=self._default_max_tokens)
                     decision = await self._ledger.admit(
                         request.request_id,
                         request.principal,
@@ -79,6 +83,9 @@ class AdmissionHandler:
                         est,
                         self._clock(),
                     )
+                except RequestError as exc:  # bad input, never an outage: nothing was written
+                    await self._bad_request(request, exc)
+                    return
                 except DependencyUnavailable as exc:
                     self._health.fail("postgres", exc.message)
                     await self._unavailable(request, exc, est.input_tokens, est.output_tokens)
@@ -139,6 +146,15 @@ class AdmissionHandler:
             ),
         )
 
+    async def _bad_request(self, request: ChatRequestV1, exc: RequestError) -> None:
+        DECISIONS.labels("invalid").inc()
+        count_bad_input("meter.admission", exc.details.get("field"))
+        logger.info("refusing %s as invalid: %s", request.request_id, exc.message)
+        await self._refuse(
+            request,
+            ErrorInfo(type=exc.error_type, message=exc.message, details=dict(exc.details)),
+        )
+
     async def _refuse(self, request: ChatRequestV1, error: ErrorInfo) -> None:
         await self._publisher.publish(
             request.reply_to.topic,
@@ -182,6 +198,13 @@ class SettlementHandler:
         with tracer.start_as_current_span(
             "meter.settle", attributes={"tollgate.request_id": usage.request_id}
         ):
-            # Postgres trouble raises DependencyUnavailable: the consumer retries, nothing is lost
-            settled = await self._ledger.settle(usage, self._clock())
+            # Postgres trouble raises DependencyUnavailable: the consumer retries, nothing is
+            # lost. A record the ledger cannot store raises RequestError: it is dead-lettered
+            # (not retried for ever, which would hold back its partition)
+            try:
+                validate_usage(usage)
+                settled = await self._ledger.settle(usage, self._clock())
+            except RequestError as exc:
+                count_bad_input("meter.settlement", exc.details.get("field"))
+                raise
         SETTLED.labels("settled" if settled else "duplicate").inc()

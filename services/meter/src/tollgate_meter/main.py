@@ -62,6 +62,7 @@ async def serve(settings: MeterSettings, stop: asyncio.Event) -> None:
             utc_now,
             default_max_tokens=settings.default_max_tokens,
             fail_open=settings.fail_open,
+            limits=settings.limits,
         ),
         dead_letter=producer,
         concurrency=settings.admission_concurrency,

@@ -16,6 +16,7 @@ from tollgate_core import topics
 from tollgate_core.bus import Publisher
 from tollgate_core.contracts import ChatRequestV1, ReplyTo, new_request_id
 from tollgate_core.errors import DependencyUnavailable, RequestError, TollgateError
+from tollgate_core.limits import count_bad_input
 from tollgate_stream.appsync.channels import Channel, parse_channel
 from tollgate_stream.chat import parse_inbound
 from tollgate_stream.errors import AppSyncError
@@ -44,6 +45,7 @@ class Gateway:
         reply_partitions: list[int],
     ) -> None:
         self._settings = settings
+        self.limits = settings.limits
         self._publisher = publisher
         self.authorizer = authorizer
         self._reply_partitions = reply_partitions
@@ -104,6 +106,8 @@ class Gateway:
                     await self._publisher.publish(topics.REQUESTS, request, key=identity.principal)
                 except TollgateError as exc:
                     PUBLISHED.labels("failed").inc()
+                    if isinstance(exc, RequestError):
+                        count_bad_input("stream.publish", exc.details.get("field"))
                     code = exc.http_status
                     result.failed.append(
                         {
@@ -134,6 +138,11 @@ class Gateway:
         except ValueError as exc:
             raise RequestError(f"event is not valid JSON: {exc}") from exc
         chat = parse_inbound(event)
+        if chat.max_tokens is not None and chat.max_tokens > self.limits.max_tokens:
+            raise RequestError(
+                f"invalid chat event: maxTokens: must be at most {self.limits.max_tokens}",
+                details={"field": "maxTokens"},
+            )
         if not identity.allows(chat.model_id):
             raise ModelNotAllowed(f"your groups do not allow the model {chat.model_id!r}")
         return ChatRequestV1(

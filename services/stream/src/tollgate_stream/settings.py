@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from tollgate_core.limits import Limits
 from tollgate_core.settings import KafkaSettings, TelemetrySettings
 
 
@@ -65,6 +66,7 @@ class StreamSettings(BaseSettings):
     relay_iam_access_key_id: str | None = None
     relay_iam_secret_access_key: SecretStr | None = None
     relay_region: str = "us-east-1"
+    limits: Limits = Field(default_factory=Limits)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
 

@@ -28,6 +28,7 @@ from tollgate_core.contracts import (
     new_request_id,
 )
 from tollgate_core.errors import TollgateError
+from tollgate_core.limits import count_bad_input
 from tollgate_stream.errors import OpenAIError
 from tollgate_stream.gateway import Gateway
 from tollgate_stream.openai import schema
@@ -87,6 +88,8 @@ class OpenAIApi:
             response = await self._chat(request)
         except OpenAIError as exc:
             REQUESTS.labels("?", str(exc.status)).inc()
+            if exc.status in (400, 413):
+                count_bad_input("stream.openai", exc.param)
             return error_response(exc)
         return response
 
@@ -95,7 +98,7 @@ class OpenAIApi:
         body = await request.body()
         if len(body) > MAX_BODY_BYTES:
             raise OpenAIError(413, "Request body too large.")
-        chat = schema.parse_request(body)
+        chat = schema.parse_request(body, self._gateway.limits)
         messages = chat.conversation()
         await self._auth.authorize_model(identity, chat.model)
         request_id = new_request_id()
