@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from tollgate_core.bus import Publisher
 from tollgate_core.contracts import ChatRequestV1, ReplyTo, new_request_id
 from tollgate_core.errors import DependencyUnavailable, RequestError, TollgateError
 from tollgate_core.limits import count_bad_input
+from tollgate_stream import limits
 from tollgate_stream.appsync.channels import Channel, parse_channel
 from tollgate_stream.chat import parse_inbound
 from tollgate_stream.errors import AppSyncError
@@ -46,6 +46,7 @@ class Gateway:
     ) -> None:
         self._settings = settings
         self.limits = settings.limits
+        self.max_body_bytes = settings.max_body_bytes
         self._publisher = publisher
         self.authorizer = authorizer
         self._reply_partitions = reply_partitions
@@ -134,9 +135,11 @@ class Gateway:
         if len(event.encode()) > self._settings.max_event_bytes:
             raise RequestError(f"event exceeds {self._settings.max_event_bytes} bytes")
         try:
-            json.loads(event)
+            limits.loads(event, self._settings.max_json_depth)
         except ValueError as exc:
-            raise RequestError(f"event is not valid JSON: {exc}") from exc
+            raise RequestError(
+                f"event is not valid JSON: {exc}", details={"field": "events"}
+            ) from exc
         chat = parse_inbound(event)
         if chat.max_tokens is not None and chat.max_tokens > self.limits.max_tokens:
             raise RequestError(

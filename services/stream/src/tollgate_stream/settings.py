@@ -30,6 +30,22 @@ class StreamSettings(BaseSettings):
     max_events_per_publish: int = Field(default=5, ge=1)
     max_event_bytes: int = Field(default=240 * 1024, ge=1)
     send_queue_size: int = Field(default=1024, ge=1)
+    #: the largest HTTP request body (``POST /event``, ``/v1/chat/completions``)
+    max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    #: the largest WebSocket message a client may send
+    max_frame_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    #: the deepest JSON nesting accepted in a body, a message or an event
+    max_json_depth: int = Field(default=32, ge=2, le=500)
+    #: open WebSocket connections per process, and per client address
+    max_connections: int = Field(default=10_000, ge=1)
+    max_connections_per_address: int = Field(default=200, ge=1)
+    #: a connection that has not sent ``connection_init`` by then is closed
+    connection_init_timeout_s: float = Field(default=30.0, gt=0)
+    #: a connection with no subscription that sends nothing for this long is closed
+    idle_timeout_s: float = Field(default=300.0, gt=0)
+    #: WebSocket protocol pings from the server (a peer that does not answer is dropped)
+    ws_ping_interval_s: float = Field(default=20.0, gt=0)
+    ws_ping_timeout_s: float = Field(default=20.0, gt=0)
     #: "service" asks the auth service; "none" trusts the channel's <sub> (development only)
     auth_mode: Literal["service", "none"] = "service"
     auth_url: str = "http://127.0.0.1:8081"

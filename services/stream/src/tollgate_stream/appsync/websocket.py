@@ -6,11 +6,14 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import Counter, Gauge
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from tollgate_core.limits import count_bad_input
+from tollgate_stream import limits
 from tollgate_stream.appsync import auth_headers
 from tollgate_stream.errors import AppSyncError
 from tollgate_stream.gateway import Gateway
@@ -22,6 +25,13 @@ logger = logging.getLogger(__name__)
 CONNECTIONS = Gauge("tollgate_stream_connections", "Open AppSync WebSocket connections")
 MESSAGES = Counter("tollgate_stream_ws_messages_total", "Client messages", ["type"])
 SLOW_CLIENTS = Counter("tollgate_stream_slow_clients_total", "Connections closed as too slow")
+TIMEOUTS = Counter(
+    "tollgate_stream_connection_timeouts_total",
+    "Connections closed for no connection_init, or idle with no subscription",
+)
+REFUSED = Counter(
+    "tollgate_stream_connections_refused_total", "WebSocket upgrades refused by a connection cap"
+)
 
 
 class Connection:
@@ -43,6 +53,11 @@ class Connection:
         self._headers = headers
         self._queue: asyncio.Queue[str | None] = asyncio.Queue(settings.send_queue_size)
         self._closing = False
+        self._initialized = False
+        self._opened = self._last_seen = asyncio.get_running_loop().time()
+        #: set when the connection must end at once (a client that does not keep up)
+        self._aborted = asyncio.Event()
+        self._writer_task: asyncio.Task[None] | None = None
 
     # --- outgoing ------------------------------------------------------------------------
 
@@ -64,7 +79,15 @@ class Connection:
         except asyncio.QueueFull:
             SLOW_CLIENTS.inc()
             logger.warning("closing a connection that does not keep up with its events")
-            self._close()
+            self._abort()
+
+    def _abort(self) -> None:
+        """End the connection now: its queue is full, so the writer would never reach the
+        end-of-queue marker; it is cancelled and the socket closed."""
+        self._close()
+        self._aborted.set()
+        if self._writer_task is not None:
+            self._writer_task.cancel()
 
     def _close(self) -> None:
         self._closing = True
@@ -85,13 +108,56 @@ class Connection:
 
     # --- incoming ------------------------------------------------------------------------
 
+    def _deadline(self) -> tuple[float, str] | None:
+        """When the connection must have spoken next, and what it is told if it has not."""
+        if not self._initialized:
+            return (
+                self._opened + self._settings.connection_init_timeout_s,
+                "no connection_init received in time",
+            )
+        if self._subscriptions.count(self) == 0:
+            return (
+                self._last_seen + self._settings.idle_timeout_s,
+                "the connection was idle with no subscription",
+            )
+        return None
+
+    async def _receive(self) -> Mapping[str, Any] | None:
+        """The next client message; None when the connection must end (closed by the
+        client, aborted, or silent past its deadline)."""
+        loop = asyncio.get_running_loop()
+        deadline = self._deadline()
+        receive = asyncio.ensure_future(self._ws.receive())
+        aborted = asyncio.ensure_future(self._aborted.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {receive, aborted},
+                timeout=None if deadline is None else max(0.0, deadline[0] - loop.time()),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            aborted.cancel()
+        if receive not in done:
+            receive.cancel()
+            if not self._aborted.is_set() and deadline is not None:
+                TIMEOUTS.inc()
+                error = {"errorType": "TimeoutException", "errorCode": 408, "message": deadline[1]}
+                self.send({"type": "connection_error", "errors": [error]})
+                self._close()
+            return None
+        received: Mapping[str, Any] = receive.result()
+        self._last_seen = loop.time()
+        if received["type"] == "websocket.disconnect":
+            return None
+        return received
+
     async def run(self) -> None:
-        writer = asyncio.create_task(self._writer())
+        writer = self._writer_task = asyncio.create_task(self._writer())
         keepalive: asyncio.Task[None] | None = None
         try:
             while not self._closing:
-                received = await self._ws.receive()
-                if received["type"] == "websocket.disconnect":
+                received = await self._receive()
+                if received is None:
                     break
                 text = received.get("text")
                 if text is None:
@@ -114,6 +180,7 @@ class Connection:
                 if kind == "connection_init":
                     if not await self._connection_init():
                         break
+                    self._initialized = True
                     if keepalive is None:
                         keepalive = asyncio.create_task(self._keepalive())
                 elif kind == "subscribe":
@@ -141,24 +208,27 @@ class Connection:
             self._close()
             if keepalive is not None:
                 keepalive.cancel()
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await writer
+            if self._aborted.is_set():
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(5):
+                        await self._ws.close(1008)
 
     def _parse(self, text: str) -> dict[str, Any] | None:
+        problem = "message is not a JSON object"
         try:
-            message = json.loads(text)
+            message = limits.loads(text, self._settings.max_json_depth)
+        except limits.JsonTooDeep as exc:
+            message, problem = None, str(exc)
         except ValueError:
             message = None
         if not isinstance(message, dict):
+            count_bad_input("stream.websocket", "message")
             self.send(
                 {
                     "type": "error",
-                    "errors": [
-                        {
-                            "errorType": "BadRequestException",
-                            "message": "message is not a JSON object",
-                        }
-                    ],
+                    "errors": [{"errorType": "BadRequestException", "message": problem}],
                 }
             )
             return None
@@ -270,18 +340,29 @@ class Connection:
 
 async def realtime_endpoint(websocket: WebSocket) -> None:
     app_state = websocket.app.state
-    offered = websocket.scope.get("subprotocols", [])
-    headers = {
-        **auth_headers.pick({k.lower(): v for k, v in websocket.headers.items()}),
-        **auth_headers.from_subprotocols(offered),
-    }
-    subprotocol = auth_headers.PROTOCOL if auth_headers.PROTOCOL in offered else None
-    await websocket.accept(subprotocol=subprotocol)
-    connection = Connection(
-        websocket, app_state.gateway, app_state.subscriptions, app_state.settings, headers
-    )
-    CONNECTIONS.inc()
+    limiter: limits.ConnectionLimiter = app_state.connection_limiter
+    address = websocket.client.host if websocket.client is not None else "?"
+    refused = limiter.acquire(address)
+    if refused is not None:
+        REFUSED.inc()
+        logger.info("refusing a WebSocket from %s: %s", address, refused)
+        await websocket.close(1013)  # before the upgrade: the client gets HTTP 403
+        return
     try:
-        await connection.run()
+        offered = websocket.scope.get("subprotocols", [])
+        headers = {
+            **auth_headers.pick({k.lower(): v for k, v in websocket.headers.items()}),
+            **auth_headers.from_subprotocols(offered),
+        }
+        subprotocol = auth_headers.PROTOCOL if auth_headers.PROTOCOL in offered else None
+        await websocket.accept(subprotocol=subprotocol)
+        connection = Connection(
+            websocket, app_state.gateway, app_state.subscriptions, app_state.settings, headers
+        )
+        CONNECTIONS.inc()
+        try:
+            await connection.run()
+        finally:
+            CONNECTIONS.dec()
     finally:
-        CONNECTIONS.dec()
+        limiter.release(address)

@@ -29,6 +29,7 @@ from tollgate_core.contracts import (
 )
 from tollgate_core.errors import TollgateError
 from tollgate_core.limits import count_bad_input
+from tollgate_stream import limits
 from tollgate_stream.errors import OpenAIError
 from tollgate_stream.gateway import Gateway
 from tollgate_stream.openai import schema
@@ -41,7 +42,6 @@ logger = logging.getLogger(__name__)
 REQUESTS = Counter(
     "tollgate_stream_openai_requests_total", "OpenAI API requests", ["stream", "status"]
 )
-MAX_BODY_BYTES = 4 * 1024 * 1024
 
 
 def error_response(exc: OpenAIError) -> JSONResponse:
@@ -95,9 +95,10 @@ class OpenAIApi:
 
     async def _chat(self, request: Request) -> Response:
         identity = await self._auth.identify(bearer_token(request.headers.get("authorization")))
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            raise OpenAIError(413, "Request body too large.")
+        try:
+            body = await limits.read_body(request, self._gateway.max_body_bytes)
+        except limits.BodyTooLarge as exc:
+            raise OpenAIError(413, "Request body too large.") from exc
         chat = schema.parse_request(body, self._gateway.limits)
         messages = chat.conversation()
         await self._auth.authorize_model(identity, chat.model)
