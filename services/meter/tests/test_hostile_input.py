@@ -11,6 +11,7 @@ import pytest
 
 from tollgate_core import topics
 from tollgate_core.bus import Delivered, InMemoryPublisher
+from tollgate_core.bus.codec import encode
 from tollgate_core.contracts import (
     ChatMessage,
     ChatRequestV1,
@@ -22,6 +23,7 @@ from tollgate_core.contracts import (
 )
 from tollgate_core.errors import RequestError
 from tollgate_core.health import Health
+from tollgate_core.limits import Limits
 from tollgate_meter.adapters.ledger import PostgresLedger
 from tollgate_meter.handlers import AdmissionHandler, SettlementHandler
 
@@ -113,3 +115,33 @@ async def test_a_bad_usage_record_is_not_retried_forever(ledger: PostgresLedger)
     with pytest.raises(RequestError) as caught:  # not retriable: the consumer dead-letters it
         await settle(Delivered(event=usage, topic=topics.USAGE, partition=0, offset=0, key="eve"))
     assert not caught.value.retriable
+
+
+async def test_a_request_whose_admission_would_not_fit_a_record_is_refused(
+    ledger: PostgresLedger, inspect: Inspect
+) -> None:
+    """It fits the request topic, but the admission carrying it would not fit the admitted
+    topic: refused before the ledger, instead of a publish retried for ever."""
+    limits = Limits(max_record_bytes=20_000)
+    delivered = request()
+    text = "x" * 19_600
+    event = delivered.event.model_copy(
+        update={"messages": (ChatMessage(role="user", content=(TextBlock(text=text),)),)}
+    )
+    assert len(encode(event)) <= limits.max_record_bytes
+    publisher = InMemoryPublisher()
+    admit = AdmissionHandler(
+        ledger,
+        publisher,
+        Health(),
+        lambda: NOW,
+        default_max_tokens=100,
+        fail_open=False,
+        limits=limits,
+    )
+    await admit(Delivered(event=event, topic=topics.REQUESTS, partition=0, offset=0, key="m"))
+    assert publisher.on(topics.ADMITTED) == []
+    [refusal] = publisher.on(topics.REPLIES)
+    assert isinstance(refusal, ReplyErrorV1) and refusal.error.type == "validation_error"
+    assert "messages" in refusal.error.message
+    assert await inspect.rows("SELECT count(*) FROM meter.reservations") == [(0,)]

@@ -81,3 +81,35 @@ async def test_openai_refuses_out_of_bounds_fields(extra: dict[str, object], par
     assert error["type"] == "invalid_request_error"
     assert error["param"] == param
     assert edge.pipeline.requests == []
+
+
+async def test_an_openai_request_too_large_for_a_kafka_record_is_413() -> None:
+    """The body limit lets it in, but its record (and the meter's admission carrying it)
+    would exceed the record limit: refused at the edge, not retried for ever downstream."""
+    edge = OpenAIEdge()
+    limits = Limits()
+    many = [{"role": "user", "content": "x" * 1000}] * (limits.max_record_bytes // 1000)
+    async with edge.http() as client:
+        response = await client.post(
+            "/v1/chat/completions",
+            headers={"authorization": "Bearer k"},
+            json={"model": "tollgate-local", "messages": many},
+        )
+    assert response.status_code == 413, response.text
+    assert response.json()["error"]["param"] == "messages"
+    assert edge.pipeline.requests == []
+
+
+async def test_an_openai_request_just_under_the_record_limit_passes() -> None:
+    edge = OpenAIEdge()
+    limits = Limits()
+    text = "x" * (limits.max_request_bytes - 2048)
+    async with edge.http() as client:
+        response = await client.post(
+            "/v1/chat/completions",
+            headers={"authorization": "Bearer k"},
+            json={"model": "tollgate-local", "messages": [{"role": "user", "content": text}]},
+        )
+    assert response.status_code == 200, response.text
+    [request] = edge.pipeline.requests
+    assert len(request.model_dump_json()) <= limits.max_request_bytes

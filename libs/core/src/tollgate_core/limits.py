@@ -24,6 +24,10 @@ BAD_INPUT = Counter(
 #: Postgres INTEGER, the type of a reservation's token columns
 INT32_MAX = 2**31 - 1
 
+#: the default limit of a Kafka record's value: below the broker's default
+#: ``message.max.bytes`` (1 MiB) with room for the key and headers
+DEFAULT_MAX_RECORD_BYTES = 1_000_000
+
 #: what an admission record adds around the request it carries (its envelope, the reserved
 #: counts, a timestamp); the edge keeps requests this much below the record limit
 ADMISSION_HEADROOM_BYTES = 4096
@@ -38,7 +42,7 @@ class Limits(BaseSettings):
     max_tokens: int = Field(default=1_000_000, ge=1, le=INT32_MAX // 2)
     #: the largest value of any Kafka record Tollgate produces; keep it below the broker's
     #: ``message.max.bytes`` (1 MiB by default) minus room for the key and headers
-    max_record_bytes: int = Field(default=1_000_000, ge=16 * 1024)
+    max_record_bytes: int = Field(default=DEFAULT_MAX_RECORD_BYTES, ge=16 * 1024)
 
     @property
     def max_request_bytes(self) -> int:

@@ -13,8 +13,9 @@ from prometheus_client import Counter
 
 from tollgate_core import topics
 from tollgate_core.bus import Publisher
+from tollgate_core.bus.codec import encode
 from tollgate_core.contracts import ChatRequestV1, ReplyTo, new_request_id
-from tollgate_core.errors import DependencyUnavailable, RequestError, TollgateError
+from tollgate_core.errors import DependencyUnavailable, RecordTooLarge, RequestError, TollgateError
 from tollgate_core.limits import count_bad_input
 from tollgate_stream import limits
 from tollgate_stream.appsync.channels import Channel, parse_channel
@@ -74,6 +75,21 @@ class Gateway:
             partition=random.choice(self._reply_partitions),  # noqa: S311
         )
 
+    def check_size(self, request: ChatRequestV1, *, raw_bytes: int) -> None:
+        """Refuse a request whose record, or the meter's admission record carrying it, would
+        exceed the Kafka record limit. ``raw_bytes`` is the size of what the client sent: a
+        request is at most about 1.5 times that plus its envelope, so a small one is not
+        encoded twice."""
+        limit = self.limits.max_request_bytes
+        if raw_bytes * 2 < limit:
+            return
+        size = len(encode(request))
+        if size > limit:
+            raise RecordTooLarge(
+                f"messages: the request is too large ({size} bytes encoded, at most {limit})",
+                details={"field": "messages"},
+            )
+
     async def submit(self, request: ChatRequestV1) -> None:
         """Put a request built by another front door (the OpenAI API) into the pipeline."""
         await self._publisher.publish(topics.REQUESTS, request, key=request.principal)
@@ -132,7 +148,8 @@ class Gateway:
     ) -> ChatRequestV1:
         if not isinstance(event, str):
             raise RequestError("each event must be a string holding JSON")
-        if len(event.encode()) > self._settings.max_event_bytes:
+        size = len(event.encode())
+        if size > self._settings.max_event_bytes:
             raise RequestError(f"event exceeds {self._settings.max_event_bytes} bytes")
         try:
             limits.loads(event, self._settings.max_json_depth)
@@ -148,7 +165,7 @@ class Gateway:
             )
         if not identity.allows(chat.model_id):
             raise ModelNotAllowed(f"your groups do not allow the model {chat.model_id!r}")
-        return ChatRequestV1(
+        request = ChatRequestV1(
             request_id=request_id,
             principal=identity.principal,
             groups=identity.groups,
@@ -162,3 +179,5 @@ class Gateway:
             protocol="appsync",
             reply_to=self.reply_to(),
         )
+        self.check_size(request, raw_bytes=size)
+        return request

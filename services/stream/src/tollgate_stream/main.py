@@ -118,7 +118,9 @@ async def serve(settings: StreamSettings, stop: asyncio.Event) -> None:
 async def _serve(settings: StreamSettings, stop: asyncio.Event, authorizer: Authorizer) -> None:
     health = Health()
     health.register("kafka")
-    producer = EventProducer(settings.kafka, client_id="stream")
+    producer = EventProducer(
+        settings.kafka, client_id="stream", max_record_bytes=settings.limits.max_record_bytes
+    )
     subscriptions = Subscriptions()
     owned: list[int] = []
     gateway = Gateway(settings, producer, authorizer, reply_partitions=owned)

@@ -27,7 +27,7 @@ from tollgate_core.contracts import (
     ReplyErrorV1,
     new_request_id,
 )
-from tollgate_core.errors import TollgateError
+from tollgate_core.errors import RecordTooLarge, TollgateError
 from tollgate_core.limits import count_bad_input
 from tollgate_stream import limits
 from tollgate_stream.errors import OpenAIError
@@ -118,11 +118,17 @@ class OpenAIApi:
             )
         except TollgateError as exc:
             raise OpenAIError.unavailable(exc.message) from exc
+        try:
+            self._gateway.check_size(event, raw_bytes=len(body))
+        except RecordTooLarge as exc:
+            raise OpenAIError(413, exc.message, param="messages") from exc
         waiter = self._waiters.register(request_id)
         handed_over = False
         try:
             try:
                 await self._gateway.submit(event)
+            except RecordTooLarge as exc:
+                raise OpenAIError(413, exc.message, param="messages") from exc
             except TollgateError as exc:
                 logger.warning("could not submit request %s: %s", request_id, exc.message)
                 raise OpenAIError.unavailable("The gateway cannot accept requests now.") from exc
