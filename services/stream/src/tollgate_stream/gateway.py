@@ -98,10 +98,16 @@ class Gateway:
         return Channel((self._settings.outbound_namespace, *inbound.segments[1:]))
 
     async def publish(
-        self, channel_path: object, events: object, headers: dict[str, str]
+        self,
+        channel_path: object,
+        events: object,
+        headers: dict[str, str],
+        *,
+        body_sha256: str | None = None,
     ) -> PublishResult:
         """AppSync publish semantics: the whole call fails on a bad channel, auth or event
-        count; each event then succeeds or fails on its own."""
+        count; each event then succeeds or fails on its own. ``body_sha256`` is the hash of
+        an HTTP publish's body, computed by the edge (relay mode verifies SigV4 over it)."""
         channel = self.channel(channel_path, subscribe=False)
         if not isinstance(events, list) or not events:
             raise AppSyncError.bad_request("events must be a non-empty list of JSON strings")

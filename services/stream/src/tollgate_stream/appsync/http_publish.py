@@ -37,9 +37,13 @@ async def publish_endpoint(request: Request) -> Response:
     if not isinstance(payload, dict):
         return _error(AppSyncError.bad_request("body must be a JSON object"))
     headers = auth_headers.pick({k.lower(): v for k, v in request.headers.items()})
-    headers[auth_headers.PAYLOAD_SHA256] = hashlib.sha256(body).hexdigest()
     try:
-        result = await gateway.publish(payload.get("channel"), payload.get("events"), headers)
+        result = await gateway.publish(
+            payload.get("channel"),
+            payload.get("events"),
+            headers,
+            body_sha256=hashlib.sha256(body).hexdigest(),
+        )
     except AppSyncError as exc:
         return _error(exc)
     return JSONResponse({"successful": result.successful, "failed": result.failed})
