@@ -89,3 +89,18 @@ async def test_admin_sets_tiers_and_principal_limits(client: httpx.AsyncClient) 
 
 def test_errors_are_typed() -> None:
     assert issubclass(Unauthenticated, TollgateError) and Unauthenticated.http_status == 401
+
+
+async def test_a_non_ascii_bearer_is_refused_not_a_crash(ledger: PostgresLedger) -> None:
+    api = UsageApi(ledger, FakeIdentity(), lambda: NOW, admin_token="s3cret")
+    transport = httpx.ASGITransport(app=Starlette(routes=api.routes()), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://meter") as client:
+        response = await client.get(
+            "/v1/admin/tiers", headers={"authorization": "Bearer s3cr\u00e9t".encode()}
+        )
+    assert response.status_code == 401
+    unicode_token = UsageApi(ledger, FakeIdentity(), lambda: NOW, admin_token="s\u00e9cret")
+    transport = httpx.ASGITransport(app=Starlette(routes=unicode_token.routes()))
+    async with httpx.AsyncClient(transport=transport, base_url="http://meter") as client:
+        response = await client.get("/v1/admin/tiers", headers={"authorization": "Bearer x"})
+    assert response.status_code == 401

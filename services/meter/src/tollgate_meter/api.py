@@ -3,7 +3,6 @@ limits. Callers are identified by the auth service (the same credentials as the 
 
 from __future__ import annotations
 
-import hmac
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from tollgate_core.errors import DependencyUnavailable, TollgateError
-from tollgate_core.http import parse_body
+from tollgate_core.http import bearer_matches, parse_body
 from tollgate_meter.adapters.ledger import PostgresLedger, UsageReport
 from tollgate_meter.limits import DIMENSIONS, TierSpec, WindowSpec, WindowUsage
 
@@ -130,8 +129,7 @@ class UsageApi:
 
     async def _caller(self, request: Request) -> Caller:
         headers = {k.lower(): v for k, v in request.headers.items()}
-        bearer = headers.get("authorization", "").removeprefix("Bearer ").strip()
-        if self._admin_token and bearer and hmac.compare_digest(bearer, self._admin_token):
+        if bearer_matches(headers.get("authorization"), self._admin_token):
             return Caller("admin-token", (), admin=True)
         return await self._identity.resolve(headers)
 
