@@ -69,7 +69,7 @@ def build(
                 audiences=(dev_idp.audience,),
             )
         )
-    api_keys = ApiKeys(key_store)
+    api_keys = ApiKeys(key_store, default_ttl_s=settings.api_key_default_ttl_s or None)
     policy = Policy(load_policy_file(settings.policy_file), policy_store)
     audit = Audit(publisher)
     authenticator = Authenticator(

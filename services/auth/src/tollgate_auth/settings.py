@@ -52,6 +52,8 @@ class AuthSettings(BaseSettings):
     policy_file: Path | None = None
     #: a bearer secret for the admin API, besides JWTs or keys of an admin group
     admin_token: SecretStr | None = None
+    #: lifetime of an API key created without an expiry (0: such keys never expire)
+    api_key_default_ttl_s: int = Field(default=90 * 86_400, ge=0)
 
     migrate_on_start: bool = True
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
