@@ -52,6 +52,10 @@ class StreamSettings(BaseSettings):
     auth_timeout_s: float = Field(default=5.0, gt=0)
     #: how long an authorization decision is reused for the same credential and channel
     auth_cache_ttl_s: float = Field(default=5.0, ge=0)
+    #: how often an open subscription's permission is checked again: a revoked credential
+    #: loses its subscriptions within this plus ``auth_cache_ttl_s`` (an expiring one at
+    #: its expiry)
+    reauthorize_interval_s: float = Field(default=30.0, gt=0)
     #: PEM certificate and key: the edge serves HTTPS/WSS when both are given
     tls_cert: Path | None = None
     tls_key: Path | None = None

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,8 +16,10 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from tollgate_core.limits import count_bad_input
 from tollgate_stream import limits
 from tollgate_stream.appsync import auth_headers
+from tollgate_stream.appsync.channels import Channel
 from tollgate_stream.errors import AppSyncError
 from tollgate_stream.gateway import Gateway
+from tollgate_stream.identity import Identity
 from tollgate_stream.settings import StreamSettings
 from tollgate_stream.subscriptions import Subscriptions
 
@@ -28,6 +31,11 @@ SLOW_CLIENTS = Counter("tollgate_stream_slow_clients_total", "Connections closed
 TIMEOUTS = Counter(
     "tollgate_stream_connection_timeouts_total",
     "Connections closed for no connection_init, or idle with no subscription",
+)
+REVOKED = Counter(
+    "tollgate_stream_revoked_total",
+    "Connections closed, or subscriptions ended, when their permission was withdrawn",
+    ["what"],
 )
 REFUSED = Counter(
     "tollgate_stream_connections_refused_total", "WebSocket upgrades refused by a connection cap"
@@ -57,7 +65,14 @@ class Connection:
         self._opened = self._last_seen = asyncio.get_running_loop().time()
         #: set when the connection must end at once (a client that does not keep up)
         self._aborted = asyncio.Event()
+        #: set when the connection must end: the reader stops waiting for the client
+        self._stopped = asyncio.Event()
+        self._close_code = 1000
         self._writer_task: asyncio.Task[None] | None = None
+        #: each subscription with the credential and identity that were allowed it, so the
+        #: permission can be checked again while it lasts (revocation, expiry)
+        self._grants: dict[str, tuple[Channel, dict[str, str], Identity]] = {}
+        self._recheck: asyncio.Task[None] | None = None  # started with the first subscription
 
     # --- outgoing ------------------------------------------------------------------------
 
@@ -86,8 +101,16 @@ class Connection:
         end-of-queue marker; it is cancelled and the socket closed."""
         self._close()
         self._aborted.set()
+        self._stopped.set()
         if self._writer_task is not None:
             self._writer_task.cancel()
+
+    def _end(self, error: dict[str, Any], code: int) -> None:
+        """Tell the client why with a ``connection_error``, then close the socket."""
+        self.send({"type": "connection_error", "errors": [error], "payload": {"errors": [error]}})
+        self._close_code = code
+        self._close()
+        self._stopped.set()
 
     def _close(self) -> None:
         self._closing = True
@@ -99,7 +122,7 @@ class Connection:
         while (text := await self._queue.get()) is not None:
             await self._ws.send_text(text)
         if self._ws.application_state != WebSocketState.DISCONNECTED:
-            await self._ws.close(1000)
+            await self._ws.close(self._close_code)
 
     async def _keepalive(self) -> None:
         while not self._closing:
@@ -128,7 +151,7 @@ class Connection:
         loop = asyncio.get_running_loop()
         deadline = self._deadline()
         receive = asyncio.ensure_future(self._ws.receive())
-        aborted = asyncio.ensure_future(self._aborted.wait())
+        aborted = asyncio.ensure_future(self._stopped.wait())
         try:
             done, _ = await asyncio.wait(
                 {receive, aborted},
@@ -139,7 +162,7 @@ class Connection:
             aborted.cancel()
         if receive not in done:
             receive.cancel()
-            if not self._aborted.is_set() and deadline is not None:
+            if not self._stopped.is_set() and deadline is not None:
                 TIMEOUTS.inc()
                 error = {"errorType": "TimeoutException", "errorCode": 408, "message": deadline[1]}
                 self.send({"type": "connection_error", "errors": [error]})
@@ -206,6 +229,8 @@ class Connection:
             pass
         finally:
             self._close()
+            if self._recheck is not None:
+                self._recheck.cancel()
             if keepalive is not None:
                 keepalive.cancel()
             with contextlib.suppress(Exception, asyncio.CancelledError):
@@ -214,6 +239,43 @@ class Connection:
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(5):
                         await self._ws.close(1008)
+
+    async def _reauthorize(self) -> None:
+        """Check each subscription's permission again every ``reauthorize_interval_s``, and
+        at the moment its credential expires: a revoked or expired credential ends the
+        connection (``connection_error`` ``UnauthorizedException``, close 1008); a channel
+        the caller may no longer use loses its subscription (``subscribe_error``). While the
+        auth service is unavailable subscriptions are kept."""
+        interval = self._settings.reauthorize_interval_s
+        while not self._closing:
+            expiries = [i.expires_at for _, _, i in self._grants.values() if i.expires_at]
+            wait = interval
+            if expiries:
+                wait = max(0.0, min(interval, min(expiries) - time.time()))
+            await asyncio.sleep(wait)
+            for sub_id, (channel, headers, identity) in list(self._grants.items()):
+                if self._closing:
+                    return
+                if identity.expires_at is not None and identity.expires_at <= time.time():
+                    self._revoked("the credential has expired")
+                    return
+                try:
+                    await self._gateway.authorizer.for_channel(channel, headers)
+                except AppSyncError as exc:
+                    if exc.code == 401:
+                        self._revoked(exc.message)
+                        return
+                    if exc.code == 403 and self._subscriptions.remove(self, sub_id):
+                        self._grants.pop(sub_id, None)
+                        REVOKED.labels("subscription").inc()
+                        self.send(
+                            {"type": "subscribe_error", "id": sub_id, "errors": [exc.as_error()]}
+                        )
+
+    def _revoked(self, why: str) -> None:
+        REVOKED.labels("connection").inc()
+        logger.info("closing a connection whose credential is no longer valid: %s", why)
+        self._end(AppSyncError.unauthorized(why).as_error(), 1008)
 
     def _parse(self, text: str) -> dict[str, Any] | None:
         problem = "message is not a JSON object"
@@ -289,16 +351,21 @@ class Connection:
                     f"at most {self._settings.max_subscriptions} subscriptions per connection"
                 )
             channel = self._gateway.channel(channel_path, subscribe=True)
-            await self._gateway.authorizer.for_channel(channel, self._auth(message))
+            headers = self._auth(message)
+            identity = await self._gateway.authorizer.for_channel(channel, headers)
         except AppSyncError as exc:
             self.send({"type": "subscribe_error", "id": sub_id, "errors": [exc.as_error()]})
             return
+        self._grants[sub_id] = (channel, headers, identity)
+        if self._recheck is None:
+            self._recheck = asyncio.create_task(self._reauthorize())
         self._subscriptions.add(self, sub_id, channel)
         self.send({"type": "subscribe_success", "id": sub_id})
 
     def _unsubscribe(self, message: dict[str, Any]) -> None:
         sub_id = message.get("id")
         if isinstance(sub_id, str) and self._subscriptions.remove(self, sub_id):
+            self._grants.pop(sub_id, None)
             self.send({"type": "unsubscribe_success", "id": sub_id})
         else:
             self.send(
