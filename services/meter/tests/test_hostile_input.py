@@ -124,10 +124,14 @@ async def test_a_request_whose_admission_would_not_fit_a_record_is_refused(
     topic: refused before the ledger, instead of a publish retried for ever."""
     limits = Limits(max_record_bytes=20_000)
     delivered = request()
-    text = "x" * 19_600
-    event = delivered.event.model_copy(
-        update={"messages": (ChatMessage(role="user", content=(TextBlock(text=text),)),)}
-    )
+
+    def with_text(text: str) -> ChatRequestV1:
+        return delivered.event.model_copy(
+            update={"messages": (ChatMessage(role="user", content=(TextBlock(text=text),)),)}
+        )
+
+    room = limits.max_record_bytes - len(encode(with_text("")))
+    event = with_text("x" * (room - 50))  # the request fits a record; its admission does not
     assert len(encode(event)) <= limits.max_record_bytes
     publisher = InMemoryPublisher()
     admit = AdmissionHandler(
@@ -145,3 +149,19 @@ async def test_a_request_whose_admission_would_not_fit_a_record_is_refused(
     assert isinstance(refusal, ReplyErrorV1) and refusal.error.type == "validation_error"
     assert "messages" in refusal.error.message
     assert await inspect.rows("SELECT count(*) FROM meter.reservations") == [(0,)]
+
+
+async def test_the_auth_policys_tier_chooses_the_limits(ledger: PostgresLedger) -> None:
+    """A caller in no meter group but whose auth policy names the premium tier gets it."""
+    publisher = InMemoryPublisher()
+    admit = AdmissionHandler(
+        ledger, publisher, Health(), lambda: NOW, default_max_tokens=100, fail_open=False
+    )
+    delivered = request("pat", max_tokens=5_000)  # over standard's 1,000, within premium's
+    event = delivered.event.model_copy(update={"tier": "premium"})
+    await admit(Delivered(event=event, topic=topics.REQUESTS, partition=0, offset=0, key="pat"))
+    assert len(publisher.on(topics.ADMITTED)) == 1
+    unknown = request("quinn", max_tokens=5_000).event.model_copy(update={"tier": "gold"})
+    await admit(Delivered(event=unknown, topic=topics.REQUESTS, partition=0, offset=0, key="q"))
+    [refusal] = publisher.on(topics.REPLIES)
+    assert isinstance(refusal, ReplyErrorV1) and refusal.error.type == "token_limit_exceeded"

@@ -61,10 +61,12 @@ def admission(
     messages: tuple[ChatMessage, ...] = (message("hello"),),
     request_id: str | None = None,
     groups: tuple[str, ...] = (),
+    allowed_models: tuple[str, ...] | None = None,
 ) -> Delivered[AdmissionV1]:
     request = ChatRequestV1(
         principal=principal,
         groups=groups,
+        allowed_models=allowed_models,
         model=model,
         messages=messages,
         reply_to=ReplyTo(topic=topics.REPLIES, partition=4),
@@ -198,6 +200,21 @@ async def test_a_fallback_outside_the_callers_groups_is_skipped() -> None:
     done = member.replies()[-1]
     assert isinstance(done, ReplyDoneV1) and done.model == "vip"
     assert [c.model for c in member.cloud.calls] == ["open", "open", "vip"]
+
+
+async def test_a_fallback_outside_the_auth_policys_grants_is_skipped() -> None:
+    """The catalog lets the caller's groups use "vip", but the auth policy does not grant
+    it: flooding "open" into failure must not serve, or bill, "vip"."""
+    down = ProviderUnavailable("down")
+    rig = Rig(ScriptedProvider("cloud", [Step(error=down), Step(error=down), Step()]))
+    await rig.handler(admission("open", groups=("vip",), allowed_models=("open",)))
+    assert [c.model for c in rig.cloud.calls] == ["open", "open"]
+    assert all(r.model != "vip" for r in rig.replies())
+    assert rig.one_usage().model != "vip"
+
+    granted = Rig(ScriptedProvider("cloud", [Step(error=down), Step(error=down), Step()]))
+    await granted.handler(admission("open", groups=("vip",), allowed_models=("*",)))
+    assert [c.model for c in granted.cloud.calls] == ["open", "open", "vip"]
 
 
 async def test_a_failure_after_the_first_token_ends_with_an_error_and_settles_what_was_sent() -> (

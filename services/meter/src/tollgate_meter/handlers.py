@@ -24,6 +24,7 @@ from tollgate_core.health import Health
 from tollgate_core.limits import Limits, count_bad_input
 from tollgate_meter.adapters.ledger import Ledger
 from tollgate_meter.domain import estimate, validate_request, validate_usage
+from tollgate_meter.limits import with_policy_tier
 
 logger = logging.getLogger(__name__)
 tracer = trace.get_tracer("tollgate.meter")
@@ -79,7 +80,7 @@ class AdmissionHandler:
                         request.request_id,
                         request.principal,
                         request.model,
-                        request.groups,
+                        with_policy_tier(request.groups, request.tier),
                         est,
                         self._clock(),
                     )

@@ -132,10 +132,16 @@ class Catalog(_Frozen):
                 return m
         return None
 
-    def chain(self, model_id: str, groups: tuple[str, ...] | None = None) -> list[ModelSpec]:
+    def chain(
+        self,
+        model_id: str,
+        groups: tuple[str, ...] | None = None,
+        allowed_models: tuple[str, ...] | None = None,
+    ) -> list[ModelSpec]:
         """The model then its own fallbacks, in order, each once (one level: a fallback's
         fallbacks are not followed). With ``groups``, a fallback the caller may not use is
-        left out: a fallback never serves, or bills, a model its caller is refused."""
+        left out, and likewise one outside ``allowed_models`` (the auth policy's grants,
+        ``"*"`` for any): a fallback never serves, or bills, a model its caller is refused."""
         first = self.get(model_id)
         if first is None:
             return []
@@ -145,6 +151,10 @@ class Catalog(_Frozen):
             if spec is None or spec in out:
                 continue
             if groups is not None and not spec.allows(groups):
+                continue
+            if allowed_models is not None and not (
+                "*" in allowed_models or spec.id in allowed_models
+            ):
                 continue
             out.append(spec)
         return out

@@ -229,7 +229,9 @@ class GenerationHandler:
             )
             try:
                 async for event in self._router.stream(
-                    catalog.chain(spec.id, request.groups), provider_request, outcome
+                    catalog.chain(spec.id, request.groups, request.allowed_models),
+                    provider_request,
+                    outcome,
                 ):
                     if isinstance(event, TextDelta):
                         if ttft_ms is None:

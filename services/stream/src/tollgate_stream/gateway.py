@@ -175,6 +175,8 @@ class Gateway:
             request_id=request_id,
             principal=identity.principal,
             groups=identity.groups,
+            allowed_models=identity.allowed_models(),
+            tier=identity.tier,
             model=chat.model_id,
             messages=chat.messages,
             system=chat.system,

@@ -38,6 +38,9 @@ class Identity:
     #: when the credential stops being valid (epoch seconds), if it says
     expires_at: float | None = None
 
+    def allowed_models(self) -> tuple[str, ...] | None:
+        return None if self.models is None else tuple(sorted(self.models))
+
     def allows(self, model: str | None) -> bool:
         """``None`` is the router's default model, which every caller may use."""
         return model is None or self.models is None or "*" in self.models or model in self.models

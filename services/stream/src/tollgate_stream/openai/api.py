@@ -108,6 +108,8 @@ class OpenAIApi:
                 request_id=request_id,
                 principal=identity.principal,
                 groups=identity.groups,
+                allowed_models=identity.allowed_models(),
+                tier=identity.tier,
                 model=chat.model,
                 messages=messages,
                 system=chat.system(),
