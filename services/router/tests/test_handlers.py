@@ -62,11 +62,14 @@ def admission(
     request_id: str | None = None,
     groups: tuple[str, ...] = (),
     allowed_models: tuple[str, ...] | None = None,
+    max_tokens: int | None = None,
+    reserved_output: int = 10,
 ) -> Delivered[AdmissionV1]:
     request = ChatRequestV1(
         principal=principal,
         groups=groups,
         allowed_models=allowed_models,
+        max_tokens=max_tokens,
         model=model,
         messages=messages,
         reply_to=ReplyTo(topic=topics.REPLIES, partition=4),
@@ -74,7 +77,9 @@ def admission(
         conversation_id="c",
         **({"request_id": request_id} if request_id else {}),
     )
-    event = AdmissionV1(request=request, reserved_input_tokens=1, reserved_output_tokens=10)
+    event = AdmissionV1(
+        request=request, reserved_input_tokens=1, reserved_output_tokens=reserved_output
+    )
     return Delivered(event=event, topic=topics.ADMITTED, partition=0, offset=0, key=principal)
 
 
@@ -428,3 +433,22 @@ async def test_a_crash_at_the_done_reply_is_settled_with_the_real_usage_on_redel
     assert usage.status == "ok" and usage.usage == done.usage and usage.cost_usd > 0
     assert not any(isinstance(r, ReplyErrorV1) for r in rig.replies())
     assert rig.journal.rows[delivered.event.request_id][0] == "settled"
+
+
+@pytest.mark.parametrize(
+    ("max_tokens", "reserved", "sent"),
+    [
+        (None, 7, 7),  # the catalog's default (1024) would outgrow the reservation
+        (5000, 300, 300),  # the request's own limit likewise
+        (100, 300, 100),  # the request's limit when it is smaller
+        (None, 100_000, 1024),  # the catalog's default when the reservation is larger
+        (50_000, 100_000, 4096),  # never past the model's maximum
+    ],
+)
+async def test_the_model_is_never_asked_for_more_than_the_meter_reserved(
+    max_tokens: int | None, reserved: int, sent: int
+) -> None:
+    rig = Rig()
+    await rig.handler(admission("priced", max_tokens=max_tokens, reserved_output=reserved))
+    [call] = rig.cloud.calls
+    assert call.max_tokens == sent

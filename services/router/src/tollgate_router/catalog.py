@@ -101,8 +101,11 @@ class ModelSpec(_Frozen):
     def allows(self, groups: tuple[str, ...]) -> bool:
         return not self.groups or bool(set(self.groups) & set(groups))
 
-    def max_tokens(self, requested: int | None) -> int:
-        return min(requested or self.default_max_tokens, self.max_max_tokens)
+    def max_tokens(self, requested: int | None, cap: int | None = None) -> int:
+        """The output limit sent to the model: the request's (or this model's default),
+        at most this model's maximum and at most ``cap`` (the meter's reservation)."""
+        limit = min(requested or self.default_max_tokens, self.max_max_tokens)
+        return limit if cap is None or cap < 1 else min(limit, cap)
 
 
 class Catalog(_Frozen):

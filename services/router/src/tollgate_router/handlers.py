@@ -146,7 +146,7 @@ class GenerationHandler:
             )
         renewing = asyncio.create_task(self._keep_lease(request.request_id, owner))
         try:
-            await self._handle(request, claim)
+            await self._handle(request, claim, delivered.event.reserved_output_tokens)
         finally:
             renewing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -164,7 +164,7 @@ class GenerationHandler:
             except TollgateError as exc:
                 logger.warning("lease of %s not renewed: %s", request_id, exc.message)
 
-    async def _handle(self, request: ChatRequestV1, claim: Claim) -> None:
+    async def _handle(self, request: ChatRequestV1, claim: Claim, reserved_output: int) -> None:
         if claim.previous is not None:
             REDELIVERED.labels(claim.previous).inc()
             logger.info(
@@ -181,11 +181,13 @@ class GenerationHandler:
             if claim.previous == "streaming":
                 await self._interrupted(request)
                 return
-        await self._serve(request)
+        await self._serve(request, reserved_output)
 
     # -- serving ---------------------------------------------------------------------------
 
-    async def _serve(self, request: ChatRequestV1) -> None:
+    async def _serve(self, request: ChatRequestV1, reserved_output: int) -> None:
+        """Answer ``request``; the model is never asked for more than ``reserved_output``
+        tokens, what the meter reserved, so usage never outgrows its reservation."""
         catalog = self._catalog.current
         model_id = request.model or catalog.default_model
         started_at = utcnow()
@@ -226,6 +228,7 @@ class GenerationHandler:
                 system=request.system,
                 max_tokens=request.max_tokens,
                 temperature=request.temperature,
+                max_tokens_cap=reserved_output,
             )
             try:
                 async for event in self._router.stream(
