@@ -452,3 +452,32 @@ async def test_the_model_is_never_asked_for_more_than_the_meter_reserved(
     await rig.handler(admission("priced", max_tokens=max_tokens, reserved_output=reserved))
     [call] = rig.cloud.calls
     assert call.max_tokens == sent
+
+
+async def test_an_admission_older_than_its_reservation_can_last_is_not_run() -> None:
+    """The sweeper may already have given its reservation back: running it now could take
+    the caller past a limit. It is answered request_expired and settled at zero."""
+    rig = Rig()
+    handler = GenerationHandler(
+        CatalogSource(CATALOG),
+        {"local": rig.local, "cloud": rig.cloud}.__getitem__,
+        rig.publisher,
+        admission_max_age_s=600,
+        clock=lambda: utcnow() + timedelta(seconds=601),
+    )
+    await handler(admission("priced"))
+    assert rig.cloud.calls == []
+    [reply] = rig.replies()
+    assert isinstance(reply, ReplyErrorV1) and reply.error.type == "request_expired"
+    assert reply.error.retriable
+    assert rig.one_usage().usage.total_tokens == 0
+
+    fresh = Rig()
+    await GenerationHandler(
+        CatalogSource(CATALOG),
+        {"local": fresh.local, "cloud": fresh.cloud}.__getitem__,
+        fresh.publisher,
+        admission_max_age_s=600,
+        clock=lambda: utcnow() + timedelta(seconds=500),
+    )(admission("priced"))
+    assert len(fresh.cloud.calls) == 1

@@ -196,7 +196,12 @@ def error_from_reply(error: ErrorInfo) -> OpenAIError:
         return OpenAIError.unauthorized(error.message)
     if kind == "validation_error":
         return OpenAIError.bad_request(error.message)
-    if kind in ("provider_throttled", "service_unavailable", "dependency_unavailable"):
+    if kind in (
+        "provider_throttled",
+        "service_unavailable",
+        "dependency_unavailable",
+        "request_expired",
+    ):
         return OpenAIError.unavailable(error.message, code=kind)
     return OpenAIError(500, error.message, type_="server_error", code=kind)
 
