@@ -53,7 +53,7 @@ def b64(data: dict[str, Any]) -> str:
 
 
 class World:
-    def __init__(self) -> None:
+    def __init__(self, settings: StreamSettings | None = None) -> None:
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.audit = InMemoryPublisher()
         self.keys = InMemoryApiKeyStore()
@@ -76,7 +76,7 @@ class World:
             http=idp_http,
         )
         self.auth_app = create_app(self.auth, Health())
-        settings = StreamSettings(keepalive_interval_s=3600, auth_cache_ttl_s=0)
+        settings = settings or StreamSettings(keepalive_interval_s=3600, auth_cache_ttl_s=0)
         self.publisher = InMemoryPublisher()
         authorizer = AuthServiceAuthorizer(
             httpx.AsyncClient(transport=httpx.ASGITransport(self.auth_app), base_url="http://auth"),

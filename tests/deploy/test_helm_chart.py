@@ -205,3 +205,18 @@ def test_plain_manifests_are_the_charts_current_rendering() -> None:
     docs = [d for d in yaml.safe_load_all((ROOT / "k8s" / "tollgate.yaml").read_text()) if d]
     for doc in docs:
         kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+
+
+def test_a_group_policy_is_mounted_for_the_auth_service() -> None:
+    policy = (ROOT / "services" / "auth" / "policy.dev.toml").read_text()
+    docs = render({**DEV_DB, "identity": {"policy": policy}})
+    config_map = by_kind(docs, "ConfigMap")["gw-tollgate-policy"]
+    assert config_map["data"]["policy.toml"].strip() == policy.strip()
+    auth = by_kind(docs, "Deployment")["gw-tollgate-auth"]
+    assert env_of(auth)["TOLLGATE_AUTH_POLICY_FILE"] == "/etc/tollgate/policy/policy.toml"
+    [container] = auth["spec"]["template"]["spec"]["containers"]
+    assert {"name": "policy", "mountPath": "/etc/tollgate/policy", "readOnly": True} in (
+        container["volumeMounts"]
+    )
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)

@@ -117,6 +117,10 @@ env:
         name: {{ .adminTokenSecret }}
         key: ADMIN_TOKEN
 {{- end }}
+{{- if .policy }}
+  - name: TOLLGATE_AUTH_POLICY_FILE
+    value: /etc/tollgate/policy/policy.toml
+{{- end }}
 {{- end }}
 {{- end }}
 {{- if eq $name "router" }}
@@ -221,6 +225,11 @@ volumeMounts:
     mountPath: /etc/tollgate/catalog
     readOnly: true
 {{- end }}
+{{- if and (eq $name "auth") $root.Values.identity.policy }}
+  - name: policy
+    mountPath: /etc/tollgate/policy
+    readOnly: true
+{{- end }}
 {{- end -}}
 
 {{- define "tollgate.podSpec" -}}
@@ -246,5 +255,10 @@ volumes:
   - name: catalog
     configMap:
       name: {{ include "tollgate.fullname" .root }}-catalog
+{{- end }}
+{{- if and (eq .service "auth") .root.Values.identity.policy }}
+  - name: policy
+    configMap:
+      name: {{ include "tollgate.fullname" .root }}-policy
 {{- end }}
 {{- end -}}

@@ -11,7 +11,7 @@ from starlette.applications import Starlette
 
 from tollgate_core.errors import TollgateError
 from tollgate_meter.adapters.ledger import PostgresLedger
-from tollgate_meter.api import Caller, Unauthenticated, UsageApi
+from tollgate_meter.api import AuthServiceIdentity, Caller, Unauthenticated, UsageApi
 from tollgate_meter.domain import Estimate
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -89,3 +89,39 @@ async def test_admin_sets_tiers_and_principal_limits(client: httpx.AsyncClient) 
 
 def test_errors_are_typed() -> None:
     assert issubclass(Unauthenticated, TollgateError) and Unauthenticated.http_status == 401
+
+
+async def test_a_non_ascii_bearer_is_refused_not_a_crash(ledger: PostgresLedger) -> None:
+    api = UsageApi(ledger, FakeIdentity(), lambda: NOW, admin_token="s3cret")
+    transport = httpx.ASGITransport(app=Starlette(routes=api.routes()), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://meter") as client:
+        response = await client.get(
+            "/v1/admin/tiers", headers={"authorization": "Bearer s3cr\u00e9t".encode()}
+        )
+    assert response.status_code == 401
+    unicode_token = UsageApi(ledger, FakeIdentity(), lambda: NOW, admin_token="s\u00e9cret")
+    transport = httpx.ASGITransport(app=Starlette(routes=unicode_token.routes()))
+    async with httpx.AsyncClient(transport=transport, base_url="http://meter") as client:
+        response = await client.get("/v1/admin/tiers", headers={"authorization": "Bearer x"})
+    assert response.status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("status", "raw", "expected"),
+    [
+        (400, b'{"error":{"type":"validation_error","message":"bad"}}', 401),
+        (401, b"not json", 503),
+        (200, b'{"groups": []}', 503),
+    ],
+)
+async def test_the_meter_reads_auth_decisions_like_the_edge(
+    ledger: PostgresLedger, status: int, raw: bytes, expected: int
+) -> None:
+    auth = httpx.AsyncClient(
+        transport=httpx.MockTransport(lambda _: httpx.Response(status, content=raw))
+    )
+    api = UsageApi(ledger, AuthServiceIdentity(auth, "http://auth"), lambda: NOW, admin_token=None)
+    transport = httpx.ASGITransport(app=Starlette(routes=api.routes()), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://meter") as client:
+        response = await client.get("/v1/usage/me", headers={"x-api-key": "tg_x"})
+    assert response.status_code == expected

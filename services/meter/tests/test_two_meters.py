@@ -91,9 +91,7 @@ def record(request_id: str, principal: str, output: int) -> UsageRecordV1:
     )
 
 
-async def run_op(
-    op: tuple[str, int, int], meters: Meters, model: Model, principal: str
-) -> None:
+async def run_op(op: tuple[str, int, int], meters: Meters, model: Model, principal: str) -> None:
     kind, meter, n = op
     ledger, batcher = meters.ledgers[meter], meters.batchers[meter]
     if kind == "admit":

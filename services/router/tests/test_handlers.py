@@ -61,10 +61,15 @@ def admission(
     messages: tuple[ChatMessage, ...] = (message("hello"),),
     request_id: str | None = None,
     groups: tuple[str, ...] = (),
+    allowed_models: tuple[str, ...] | None = None,
+    max_tokens: int | None = None,
+    reserved_output: int = 10,
 ) -> Delivered[AdmissionV1]:
     request = ChatRequestV1(
         principal=principal,
         groups=groups,
+        allowed_models=allowed_models,
+        max_tokens=max_tokens,
         model=model,
         messages=messages,
         reply_to=ReplyTo(topic=topics.REPLIES, partition=4),
@@ -72,7 +77,9 @@ def admission(
         conversation_id="c",
         **({"request_id": request_id} if request_id else {}),
     )
-    event = AdmissionV1(request=request, reserved_input_tokens=1, reserved_output_tokens=10)
+    event = AdmissionV1(
+        request=request, reserved_input_tokens=1, reserved_output_tokens=reserved_output
+    )
     return Delivered(event=event, topic=topics.ADMITTED, partition=0, offset=0, key=principal)
 
 
@@ -198,6 +205,21 @@ async def test_a_fallback_outside_the_callers_groups_is_skipped() -> None:
     done = member.replies()[-1]
     assert isinstance(done, ReplyDoneV1) and done.model == "vip"
     assert [c.model for c in member.cloud.calls] == ["open", "open", "vip"]
+
+
+async def test_a_fallback_outside_the_auth_policys_grants_is_skipped() -> None:
+    """The catalog lets the caller's groups use "vip", but the auth policy does not grant
+    it: flooding "open" into failure must not serve, or bill, "vip"."""
+    down = ProviderUnavailable("down")
+    rig = Rig(ScriptedProvider("cloud", [Step(error=down), Step(error=down), Step()]))
+    await rig.handler(admission("open", groups=("vip",), allowed_models=("open",)))
+    assert [c.model for c in rig.cloud.calls] == ["open", "open"]
+    assert all(r.model != "vip" for r in rig.replies())
+    assert rig.one_usage().model != "vip"
+
+    granted = Rig(ScriptedProvider("cloud", [Step(error=down), Step(error=down), Step()]))
+    await granted.handler(admission("open", groups=("vip",), allowed_models=("*",)))
+    assert [c.model for c in granted.cloud.calls] == ["open", "open", "vip"]
 
 
 async def test_a_failure_after_the_first_token_ends_with_an_error_and_settles_what_was_sent() -> (
@@ -411,3 +433,51 @@ async def test_a_crash_at_the_done_reply_is_settled_with_the_real_usage_on_redel
     assert usage.status == "ok" and usage.usage == done.usage and usage.cost_usd > 0
     assert not any(isinstance(r, ReplyErrorV1) for r in rig.replies())
     assert rig.journal.rows[delivered.event.request_id][0] == "settled"
+
+
+@pytest.mark.parametrize(
+    ("max_tokens", "reserved", "sent"),
+    [
+        (None, 7, 7),  # the catalog's default (1024) would outgrow the reservation
+        (5000, 300, 300),  # the request's own limit likewise
+        (100, 300, 100),  # the request's limit when it is smaller
+        (None, 100_000, 1024),  # the catalog's default when the reservation is larger
+        (50_000, 100_000, 4096),  # never past the model's maximum
+    ],
+)
+async def test_the_model_is_never_asked_for_more_than_the_meter_reserved(
+    max_tokens: int | None, reserved: int, sent: int
+) -> None:
+    rig = Rig()
+    await rig.handler(admission("priced", max_tokens=max_tokens, reserved_output=reserved))
+    [call] = rig.cloud.calls
+    assert call.max_tokens == sent
+
+
+async def test_an_admission_older_than_its_reservation_can_last_is_not_run() -> None:
+    """The sweeper may already have given its reservation back: running it now could take
+    the caller past a limit. It is answered request_expired and settled at zero."""
+    rig = Rig()
+    handler = GenerationHandler(
+        CatalogSource(CATALOG),
+        {"local": rig.local, "cloud": rig.cloud}.__getitem__,
+        rig.publisher,
+        admission_max_age_s=600,
+        clock=lambda: utcnow() + timedelta(seconds=601),
+    )
+    await handler(admission("priced"))
+    assert rig.cloud.calls == []
+    [reply] = rig.replies()
+    assert isinstance(reply, ReplyErrorV1) and reply.error.type == "request_expired"
+    assert reply.error.retriable
+    assert rig.one_usage().usage.total_tokens == 0
+
+    fresh = Rig()
+    await GenerationHandler(
+        CatalogSource(CATALOG),
+        {"local": fresh.local, "cloud": fresh.cloud}.__getitem__,
+        fresh.publisher,
+        admission_max_age_s=600,
+        clock=lambda: utcnow() + timedelta(seconds=500),
+    )(admission("priced"))
+    assert len(fresh.cloud.calls) == 1

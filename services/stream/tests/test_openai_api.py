@@ -396,3 +396,32 @@ def test_tls_needs_both_certificate_and_key() -> None:
         StreamSettings(tls_cert="/a.crt")  # type: ignore[arg-type]
     settings = StreamSettings(tls_cert="/a.crt", tls_key="/a.key")  # type: ignore[arg-type]
     assert settings.tls_cert is not None and settings.tls_key is not None
+
+
+async def test_the_public_model_list_shows_no_pricing_groups_or_fallbacks() -> None:
+    async def router_models(_: Any) -> JSONResponse:
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [
+                    {
+                        "id": "bedrock-claude",
+                        "object": "model",
+                        "created": 1700000000,
+                        "owned_by": "bedrock",
+                        "pricing": {"input_per_1k": "0.003"},
+                        "groups": ["research"],
+                        "fallbacks": ["internal-model"],
+                        "provider": "bedrock",
+                    }
+                ],
+            }
+        )
+
+    router = Starlette(routes=[Route("/v1/models", router_models)])
+    edge = Edge(router=httpx.ASGITransport(app=router))
+    async with edge.http() as client:
+        body = (await client.get("/v1/models", headers={"authorization": "Bearer sk-alice"})).json()
+    assert body["data"] == [
+        {"id": "bedrock-claude", "object": "model", "created": 1700000000, "owned_by": "bedrock"}
+    ]

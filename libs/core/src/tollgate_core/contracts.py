@@ -96,6 +96,11 @@ class ChatRequestV1(Contract):
     protocol: Literal["appsync", "openai"] = "appsync"
     reply_to: ReplyTo
     created_at: datetime = Field(default_factory=utcnow)
+    #: the models the auth policy allows the caller ("*": any); None: not restricted (an
+    #: older edge, or bridge mode). A fallback outside them is never used.
+    allowed_models: tuple[str, ...] | None = None
+    #: the limit tier the auth policy gives the caller's groups, if it names one
+    tier: str | None = None
 
 
 # --- tollgate.admitted -----------------------------------------------------------------------

@@ -10,6 +10,7 @@ callers never match strings::
     │   └── UnsupportedSchemaError   a known payload with an unknown schema version
     ├── DependencyUnavailable     Kafka, Postgres or another service cannot be reached (retriable)
     └── RequestError              a client request that is refused; ``error_type`` is the wire type
+        └── RecordTooLarge        an event larger than a Kafka record may be (retrying cannot help)
 """
 
 from __future__ import annotations
@@ -58,3 +59,9 @@ class RequestError(TollgateError):
 
     error_type: ClassVar[str] = "validation_error"
     http_status: ClassVar[int] = 400
+
+
+class RecordTooLarge(RequestError):
+    """An event whose record exceeds the Kafka record limit: never retried."""
+
+    http_status: ClassVar[int] = 413

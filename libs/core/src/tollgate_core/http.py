@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 from collections.abc import Generator, Sequence
 from typing import TypeVar
@@ -35,6 +36,19 @@ async def parse_body(request: Request, model: type[M]) -> M:
         first = exc.errors(include_url=False, include_input=False)[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
         raise RequestError(f"{where}: {first['msg']}") from exc
+
+
+def bearer_matches(authorization: str | None, token: str | None) -> bool:
+    """Whether an ``Authorization`` header is ``Bearer <token>``, compared in constant time as
+    bytes (``hmac.compare_digest`` refuses non-ASCII ``str``)."""
+    if not token or not authorization:
+        return False
+    scheme, _, given = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        return False
+    return hmac.compare_digest(
+        given.strip().encode("utf-8", "surrogateescape"), token.encode("utf-8", "surrogateescape")
+    )
 
 
 def ops_routes(health: Health) -> list[BaseRoute]:

@@ -17,7 +17,7 @@ from tollgate_core.bus import Decoder, Delivered, EventConsumer, EventProducer
 from tollgate_core.bus import headers as h
 from tollgate_core.bus.admin import ensure_topics
 from tollgate_core.contracts import Usage, UsageRecordV1
-from tollgate_core.errors import DependencyUnavailable, TollgateError
+from tollgate_core.errors import DependencyUnavailable, RecordTooLarge, TollgateError
 from tollgate_core.settings import KafkaSettings
 from tollgate_core.topics import DEAD_LETTER, TopicSpec
 from tollgate_dev.pytest_plugin import TopicFactory
@@ -358,3 +358,29 @@ async def test_without_an_idle_wait_the_consumer_keeps_its_wait(
         assert consumer.fetch_wait_ms == 20
     finally:
         await consumer.stop()
+
+
+async def test_a_record_too_large_is_refused_without_retry(
+    kafka_settings: KafkaSettings, topic_factory: TopicFactory
+) -> None:
+    """A record over the limit raises a non-retriable error (a consumer dead-letters it
+    instead of retrying for ever and holding back its partition)."""
+    topic = await topic_factory()
+    big = UsageRecordV1(
+        request_id="big", principal="p" * 40_000, model="m", provider="local", usage=Usage()
+    )
+    async with EventProducer(kafka_settings, client_id="t", max_record_bytes=20_000) as small:
+        with pytest.raises(RecordTooLarge) as caught:
+            await small.publish(topic, big)
+        assert not caught.value.retriable
+        await small.publish(topic, usage("fits"))
+    async with EventProducer(kafka_settings, client_id="t") as default:
+        huge = UsageRecordV1(
+            request_id="huge",
+            principal="p" * 1_100_000,
+            model="m",
+            provider="local",
+            usage=Usage(),
+        )
+        with pytest.raises(RecordTooLarge):
+            await default.publish(topic, huge)

@@ -8,7 +8,7 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from tollgate_auth.domain import Principal
@@ -112,11 +112,19 @@ class InMemoryApiKeyStore:
         return True
 
 
-class ApiKeys:
-    """Creating, checking and revoking keys over a store."""
+#: how long a key lives when its creator does not say (90 days)
+DEFAULT_KEY_TTL_S = 90 * 86_400
 
-    def __init__(self, store: ApiKeyStore) -> None:
+
+class ApiKeys:
+    """Creating, checking and revoking keys over a store. A key created without an expiry
+    expires after ``default_ttl_s`` (``None``: never)."""
+
+    def __init__(
+        self, store: ApiKeyStore, *, default_ttl_s: int | None = DEFAULT_KEY_TTL_S
+    ) -> None:
         self.store = store
+        self._default_ttl_s = default_ttl_s
 
     async def create(
         self,
@@ -126,6 +134,8 @@ class ApiKeys:
         name: str = "",
         expires_at: datetime | None = None,
     ) -> tuple[str, ApiKey]:
+        if expires_at is None and self._default_ttl_s:
+            expires_at = utcnow() + timedelta(seconds=self._default_ttl_s)
         secret, record = new_key(principal, groups, name=name, expires_at=expires_at)
         await self.store.add(record)
         return secret, record

@@ -48,6 +48,8 @@ def build(
                     HttpKeySource(jwks_url, http),
                     ttl_s=settings.jwks_cache_ttl_s,
                     min_refresh_s=settings.jwks_min_refresh_s,
+                    max_backoff_s=settings.jwks_max_backoff_s,
+                    max_stale_s=settings.jwks_max_stale_s,
                 ),
                 audiences=settings.audience_list,
                 token_uses=settings.token_use_list,
@@ -67,7 +69,7 @@ def build(
                 audiences=(dev_idp.audience,),
             )
         )
-    api_keys = ApiKeys(key_store)
+    api_keys = ApiKeys(key_store, default_ttl_s=settings.api_key_default_ttl_s or None)
     policy = Policy(load_policy_file(settings.policy_file), policy_store)
     audit = Audit(publisher)
     authenticator = Authenticator(

@@ -25,7 +25,10 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("principal")
     create.add_argument("--groups", default="", help="comma-separated groups")
     create.add_argument("--name", default="")
-    create.add_argument("--expires-in", type=int, default=None, help="seconds until it expires")
+    create.add_argument(
+        "--expires-in", type=int, default=None, help="seconds until it expires (default 90 days)"
+    )
+    create.add_argument("--never-expires", action="store_true", help="a key with no expiry")
     listing = commands.add_parser("list", help="list keys (never their secrets)")
     listing.add_argument("--principal", default=None)
     revoke = commands.add_parser("revoke", help="revoke a key by its id")
@@ -35,7 +38,8 @@ def _parser() -> argparse.ArgumentParser:
 
 async def execute(args: argparse.Namespace, settings: DatabaseSettings) -> tuple[int, object]:
     engine = db.create_engine(settings, application_name="auth-cli")
-    keys = ApiKeys(PostgresApiKeyStore(engine))
+    never = getattr(args, "never_expires", False)
+    keys = ApiKeys(PostgresApiKeyStore(engine), **({"default_ttl_s": None} if never else {}))
     try:
         if args.command == "create":
             groups = tuple(g.strip() for g in args.groups.split(",") if g.strip())

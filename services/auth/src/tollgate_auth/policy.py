@@ -39,7 +39,9 @@ class GroupPolicyModel(BaseModel):
 class PolicyFile(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     admin_groups: tuple[str, ...] = ("admin",)
-    default: GroupPolicyModel = GroupPolicyModel(models=("*",), tier="standard")
+    #: without a policy a caller may use only the router's default model (a request that
+    #: names none, or the local simulated model by name); the admin group any model
+    default: GroupPolicyModel = GroupPolicyModel(models=("tollgate-local",), tier="standard")
     groups: dict[str, GroupPolicyModel] = Field(
         default_factory=lambda: {"admin": GroupPolicyModel(models=("*",), tier="admin", rank=100)}
     )

@@ -37,6 +37,10 @@ class AuthSettings(BaseSettings):
     jwks_cache_ttl_s: float = Field(default=3600.0, gt=0)
     #: an unknown ``kid`` refetches the JWKS, at most this often
     jwks_min_refresh_s: float = Field(default=10.0, ge=0)
+    #: after a failed JWKS refresh, the wait before the next attempt doubles up to this
+    jwks_max_backoff_s: float = Field(default=300.0, ge=1)
+    #: how long past its TTL a cached JWKS keeps verifying while the IdP cannot be reached
+    jwks_max_stale_s: float = Field(default=86_400.0, ge=0)
 
     #: the development identity provider: never on unless asked for
     dev_idp: bool = False
@@ -48,6 +52,8 @@ class AuthSettings(BaseSettings):
     policy_file: Path | None = None
     #: a bearer secret for the admin API, besides JWTs or keys of an admin group
     admin_token: SecretStr | None = None
+    #: lifetime of an API key created without an expiry (0: such keys never expire)
+    api_key_default_ttl_s: int = Field(default=90 * 86_400, ge=0)
 
     migrate_on_start: bool = True
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)

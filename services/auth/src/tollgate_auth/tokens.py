@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -17,6 +17,7 @@ import jwt
 
 from tollgate_auth.domain import Principal
 from tollgate_auth.errors import InvalidToken, TokenExpired
+from tollgate_core.errors import DependencyUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -42,42 +43,129 @@ class StaticKeys:
 
 
 class JwksCache:
-    """An issuer's keys by ``kid``: cached for ``ttl_s``, refetched early when a token names a
-    ``kid`` not in the cache (key rotation), but at most every ``min_refresh_s``."""
+    """An issuer's keys by ``kid``.
 
-    def __init__(self, source: KeySource, *, ttl_s: float, min_refresh_s: float) -> None:
+    * Fresh for ``ttl_s``; after that the cached keys keep verifying while one refresh runs
+      in the background, so no verification waits on the IdP.
+    * A token naming a ``kid`` not in the cache (key rotation) refetches at once, but at most
+      every ``min_refresh_s``.
+    * A failed refresh — the IdP unreachable, or a document with no usable key (``{"keys":
+      []}``) — never replaces the keys: they are served stale for up to ``max_stale_s``
+      past their TTL, and the next attempt waits ``min_refresh_s`` (at least 1 s), doubling
+      after each failure up to ``max_backoff_s``. Only with no usable key at all is a
+      verification refused as :class:`DependencyUnavailable` (503), and then without a fetch
+      of its own while the backoff runs.
+    """
+
+    def __init__(
+        self,
+        source: KeySource,
+        *,
+        ttl_s: float,
+        min_refresh_s: float,
+        max_backoff_s: float = 300.0,
+        max_stale_s: float = 86_400.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._source = source
         self._ttl_s = ttl_s
         self._min_refresh_s = min_refresh_s
+        self._max_backoff_s = max(max_backoff_s, 1.0)
+        self._max_stale_s = max_stale_s
+        self._clock = clock
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched_at: float | None = None
+        self._next_attempt = float("-inf")
+        self._failures = 0
+        self._last_error = "no JWKS fetched yet"
         self._lock = asyncio.Lock()
+        self._background: asyncio.Task[None] | None = None
 
     async def key(self, kid: str) -> jwt.PyJWK | None:
-        if self._needs_refresh(kid):
+        now = self._clock()
+        if self._usable(now) and kid in self._keys:
+            if self._expired(now) and now >= self._next_attempt:
+                self._refresh_in_background()
+            return self._keys[kid]
+        if self._may_fetch(now, kid):
             async with self._lock:  # one fetch for a burst of tokens with a new kid
-                if self._needs_refresh(kid):
+                if self._may_fetch(self._clock(), kid):
                     await self._refresh()
+        if not self._usable(self._clock()):
+            raise DependencyUnavailable(f"no usable JWKS: {self._last_error}")
         return self._keys.get(kid)
 
-    def _needs_refresh(self, kid: str) -> bool:
-        if self._fetched_at is None:
+    async def settled(self) -> None:
+        """Wait for a background refresh (tests)."""
+        if self._background is not None:
+            await self._background
+
+    def _usable(self, now: float) -> bool:
+        return (
+            self._fetched_at is not None
+            and bool(self._keys)
+            and now - self._fetched_at <= self._ttl_s + self._max_stale_s
+        )
+
+    def _expired(self, now: float) -> bool:
+        return self._fetched_at is None or now - self._fetched_at > self._ttl_s
+
+    def _may_fetch(self, now: float, kid: str) -> bool:
+        if now < self._next_attempt:
+            return False
+        if self._fetched_at is None or self._expired(now) or not self._usable(now):
             return True
-        age = time.monotonic() - self._fetched_at
-        return age > self._ttl_s or (kid not in self._keys and age >= self._min_refresh_s)
+        return kid not in self._keys and now - self._fetched_at >= self._min_refresh_s
+
+    def _refresh_in_background(self) -> None:
+        if self._background is not None and not self._background.done():
+            return
+
+        async def refresh() -> None:
+            async with self._lock:
+                if self._expired(self._clock()) and self._clock() >= self._next_attempt:
+                    await self._refresh()
+
+        self._background = asyncio.create_task(refresh(), name="jwks-refresh")
 
     async def _refresh(self) -> None:
-        document = await self._source.fetch()
+        """Fetch the key set; on failure keep the old one and back off (never raises)."""
+        try:
+            document = await self._source.fetch()
+            keys = self._parse(document)
+            if not keys:
+                raise DependencyUnavailable("the JWKS holds no usable key")
+        except DependencyUnavailable as exc:
+            self._failures += 1
+            wait = min(
+                self._max_backoff_s, max(self._min_refresh_s, 1.0) * 2 ** (self._failures - 1)
+            )
+            self._next_attempt = self._clock() + wait
+            self._last_error = exc.message
+            logger.warning(
+                "JWKS refresh failed (%s); %s; next attempt in %.0f s",
+                exc.message,
+                "serving the cached keys" if self._keys else "no keys to serve",
+                wait,
+            )
+            return
+        self._keys = keys
+        self._fetched_at = self._clock()
+        self._failures = 0
+        self._next_attempt = self._fetched_at + self._min_refresh_s
+
+    @staticmethod
+    def _parse(document: Mapping[str, Any]) -> dict[str, jwt.PyJWK]:
         keys: dict[str, jwt.PyJWK] = {}
-        for entry in document.get("keys", []):
+        entries = document.get("keys", [])
+        for entry in entries if isinstance(entries, list) else []:
             if not isinstance(entry, dict) or not isinstance(entry.get("kid"), str):
                 continue
             try:
                 keys[entry["kid"]] = jwt.PyJWK(entry)
             except jwt.PyJWTError as exc:
                 logger.warning("skipping an unusable JWKS key %s: %s", entry.get("kid"), exc)
-        self._keys = keys
-        self._fetched_at = time.monotonic()
+        return keys
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,6 @@ limits. Callers are identified by the auth service (the same credentials as the 
 
 from __future__ import annotations
 
-import hmac
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -16,8 +15,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from tollgate_core.errors import DependencyUnavailable, TollgateError
-from tollgate_core.http import parse_body
+from tollgate_core.authorize import CREDENTIAL_HEADERS, AuthorizeClient, Denial
+from tollgate_core.errors import TollgateError
+from tollgate_core.http import bearer_matches, parse_body
 from tollgate_meter.adapters.ledger import PostgresLedger, UsageReport
 from tollgate_meter.limits import DIMENSIONS, TierSpec, WindowSpec, WindowUsage
 
@@ -47,26 +47,15 @@ class AuthServiceIdentity:
     """Asks the auth service who holds these credentials (operation ``invoke``)."""
 
     def __init__(self, client: httpx.AsyncClient, auth_url: str) -> None:
-        self._client = client
-        self._url = auth_url.rstrip("/") + "/v1/authorize"
+        self._decisions = AuthorizeClient(client, auth_url)
 
     async def resolve(self, headers: dict[str, str]) -> Caller:
-        credentials = {k: v for k, v in headers.items() if k in ("authorization", "x-api-key")}
-        if not credentials:
+        if not any(k in headers for k in CREDENTIAL_HEADERS):
             raise Unauthenticated("send a token in Authorization or an API key in x-api-key")
-        try:
-            response = await self._client.post(
-                self._url, json={"headers": credentials, "operation": "invoke"}
-            )
-        except httpx.HTTPError as exc:
-            raise DependencyUnavailable(f"auth service unreachable: {exc}") from exc
-        if response.status_code in (401, 403):
-            message = response.json().get("error", {}).get("message", "not authorized")
-            raise Unauthenticated(message)
-        if response.status_code != 200:
-            raise DependencyUnavailable(f"auth service answered {response.status_code}")
-        body = response.json()
-        return Caller(body["principal"], tuple(body.get("groups", ())), bool(body.get("admin")))
+        decision = await self._decisions.decide(headers, "invoke")  # outage: 503
+        if isinstance(decision, Denial):
+            raise Unauthenticated(decision.message)
+        return Caller(decision.principal, decision.groups, decision.admin)
 
 
 class PrincipalLimits(BaseModel):
@@ -130,8 +119,7 @@ class UsageApi:
 
     async def _caller(self, request: Request) -> Caller:
         headers = {k.lower(): v for k, v in request.headers.items()}
-        bearer = headers.get("authorization", "").removeprefix("Bearer ").strip()
-        if self._admin_token and bearer and hmac.compare_digest(bearer, self._admin_token):
+        if bearer_matches(headers.get("authorization"), self._admin_token):
             return Caller("admin-token", (), admin=True)
         return await self._identity.resolve(headers)
 

@@ -19,11 +19,13 @@ from tollgate_core.contracts import (
     RequestLogV1,
     UsageRecordV1,
 )
-from tollgate_core.errors import DependencyUnavailable
+from tollgate_core.errors import DependencyUnavailable, RequestError
 from tollgate_core.health import Health
+from tollgate_core.limits import Limits, count_bad_input
 from tollgate_meter.adapters.ledger import AdmissionRequest, Ledger
 from tollgate_meter.batching import AdmissionBatcher
-from tollgate_meter.domain import estimate
+from tollgate_meter.domain import estimate, validate_request, validate_usage
+from tollgate_meter.limits import with_policy_tier
 
 logger = logging.getLogger(__name__)
 tracer = trace.get_tracer("tollgate.meter")
@@ -51,8 +53,10 @@ class AdmissionHandler:
         *,
         default_max_tokens: int,
         fail_open: bool,
+        limits: Limits | None = None,
     ) -> None:
         self._batcher = batcher
+        self._limits = limits or Limits()
         self._publisher = publisher
         self._health = health
         self._default_max_tokens = default_max_tokens
@@ -67,15 +71,22 @@ class AdmissionHandler:
                 "tollgate.principal": request.principal,
             },
         ) as span:
-            est = estimate(request, default_max_tokens=self._default_max_tokens)
             with DECISION_SECONDS.time():
                 try:
+                    validate_request(request, self._limits)
+                    est = estimate(request, default_max_tokens=self._default_max_tokens)
                     decision = await self._batcher.admit(
                         request.principal,
                         AdmissionRequest(
-                            request.request_id, request.model, tuple(request.groups), est
+                            request.request_id,
+                            request.model,
+                            tuple(with_policy_tier(request.groups, request.tier)),
+                            est,
                         ),
                     )
+                except RequestError as exc:  # bad input, never an outage: nothing was written
+                    await self._bad_request(request, exc)
+                    return
                 except DependencyUnavailable as exc:
                     self._health.fail("postgres", exc.message)
                     await self._unavailable(request, exc, est.input_tokens, est.output_tokens)
@@ -136,6 +147,15 @@ class AdmissionHandler:
             ),
         )
 
+    async def _bad_request(self, request: ChatRequestV1, exc: RequestError) -> None:
+        DECISIONS.labels("invalid").inc()
+        count_bad_input("meter.admission", exc.details.get("field"))
+        logger.info("refusing %s as invalid: %s", request.request_id, exc.message)
+        await self._refuse(
+            request,
+            ErrorInfo(type=exc.error_type, message=exc.message, details=dict(exc.details)),
+        )
+
     async def _refuse(self, request: ChatRequestV1, error: ErrorInfo) -> None:
         await self._publisher.publish(
             request.reply_to.topic,
@@ -179,6 +199,13 @@ class SettlementHandler:
         with tracer.start_as_current_span(
             "meter.settle", attributes={"tollgate.request_id": usage.request_id}
         ):
-            # Postgres trouble raises DependencyUnavailable: the consumer retries, nothing is lost
-            settled = await self._ledger.settle(usage, self._clock())
+            # Postgres trouble raises DependencyUnavailable: the consumer retries, nothing is
+            # lost. A record the ledger cannot store raises RequestError: it is dead-lettered
+            # (not retried for ever, which would hold back its partition)
+            try:
+                validate_usage(usage)
+                settled = await self._ledger.settle(usage, self._clock())
+            except RequestError as exc:
+                count_bad_input("meter.settlement", exc.details.get("field"))
+                raise
         SETTLED.labels("settled" if settled else "duplicate").inc()

@@ -49,7 +49,9 @@ async def serve(settings: MeterSettings, stop: asyncio.Event) -> None:
     http = HttpServer(ops_app(health, api.routes()), host=settings.host, port=settings.port)
     await http.start()
 
-    producer = EventProducer(settings.kafka, client_id="meter")
+    producer = EventProducer(
+        settings.kafka, client_id="meter", max_record_bytes=settings.limits.max_record_bytes
+    )
     admissions = EventConsumer(
         settings.kafka,
         name="meter-admission",
@@ -62,6 +64,7 @@ async def serve(settings: MeterSettings, stop: asyncio.Event) -> None:
             health,
             default_max_tokens=settings.default_max_tokens,
             fail_open=settings.fail_open,
+            limits=settings.limits,
         ),
         dead_letter=producer,
         concurrency=settings.admission_concurrency,

@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from tollgate_core.limits import Limits
 from tollgate_core.settings import DatabaseSettings, KafkaSettings, TelemetrySettings
 
 
@@ -39,6 +40,7 @@ class MeterSettings(BaseSettings):
     #: a bearer secret for the admin API, besides callers of an admin group
     admin_token: SecretStr | None = None
     migrate_on_start: bool = True
+    limits: Limits = Field(default_factory=Limits)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     #: a larger pool than the other services' (it takes up to 32 admissions at once), unless
     #: DATABASE_POOL_SIZE says otherwise

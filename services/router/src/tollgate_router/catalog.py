@@ -101,8 +101,11 @@ class ModelSpec(_Frozen):
     def allows(self, groups: tuple[str, ...]) -> bool:
         return not self.groups or bool(set(self.groups) & set(groups))
 
-    def max_tokens(self, requested: int | None) -> int:
-        return min(requested or self.default_max_tokens, self.max_max_tokens)
+    def max_tokens(self, requested: int | None, cap: int | None = None) -> int:
+        """The output limit sent to the model: the request's (or this model's default),
+        at most this model's maximum and at most ``cap`` (the meter's reservation)."""
+        limit = min(requested or self.default_max_tokens, self.max_max_tokens)
+        return limit if cap is None or cap < 1 else min(limit, cap)
 
 
 class Catalog(_Frozen):
@@ -132,10 +135,16 @@ class Catalog(_Frozen):
                 return m
         return None
 
-    def chain(self, model_id: str, groups: tuple[str, ...] | None = None) -> list[ModelSpec]:
+    def chain(
+        self,
+        model_id: str,
+        groups: tuple[str, ...] | None = None,
+        allowed_models: tuple[str, ...] | None = None,
+    ) -> list[ModelSpec]:
         """The model then its own fallbacks, in order, each once (one level: a fallback's
         fallbacks are not followed). With ``groups``, a fallback the caller may not use is
-        left out: a fallback never serves, or bills, a model its caller is refused."""
+        left out, and likewise one outside ``allowed_models`` (the auth policy's grants,
+        ``"*"`` for any): a fallback never serves, or bills, a model its caller is refused."""
         first = self.get(model_id)
         if first is None:
             return []
@@ -145,6 +154,10 @@ class Catalog(_Frozen):
             if spec is None or spec in out:
                 continue
             if groups is not None and not spec.allows(groups):
+                continue
+            if allowed_models is not None and not (
+                "*" in allowed_models or spec.id in allowed_models
+            ):
                 continue
             out.append(spec)
         return out

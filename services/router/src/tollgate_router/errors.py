@@ -63,6 +63,15 @@ class InvalidProviderRequest(ProviderError):
     http_status: ClassVar[int] = 400
 
 
+class RequestExpired(ProviderError):
+    """Admitted too long ago: its reservation may already have been released, so running it
+    could exceed the caller's limits. The client may send it again."""
+
+    retriable: ClassVar[bool] = True
+    error_type: ClassVar[str] = "request_expired"
+    http_status: ClassVar[int] = 503
+
+
 class ModelNotFound(ProviderError):
     error_type: ClassVar[str] = "model_not_found"
     http_status: ClassVar[int] = 404

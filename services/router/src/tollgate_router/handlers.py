@@ -49,6 +49,7 @@ from tollgate_router.errors import (
     ModelNotAllowed,
     ModelNotFound,
     ProviderError,
+    RequestExpired,
     RequestInProgress,
 )
 from tollgate_router.journal import Claim, InMemoryJournal, RequestJournal
@@ -119,8 +120,12 @@ class GenerationHandler:
         router: ResilientRouter | None = None,
         coalescing: Coalescing | None = None,
         lease_s: float = 30.0,
+        admission_max_age_s: float | None = None,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._lease_s = lease_s
+        self._max_age = admission_max_age_s
+        self._clock = clock
         self._providers = providers
         self._catalog = catalog
         self._publisher = publisher
@@ -146,7 +151,7 @@ class GenerationHandler:
             )
         renewing = asyncio.create_task(self._keep_lease(request.request_id, owner))
         try:
-            await self._handle(request, claim)
+            await self._handle(request, claim, delivered.event)
         finally:
             renewing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -164,7 +169,7 @@ class GenerationHandler:
             except TollgateError as exc:
                 logger.warning("lease of %s not renewed: %s", request_id, exc.message)
 
-    async def _handle(self, request: ChatRequestV1, claim: Claim) -> None:
+    async def _handle(self, request: ChatRequestV1, claim: Claim, admission: AdmissionV1) -> None:
         if claim.previous is not None:
             REDELIVERED.labels(claim.previous).inc()
             logger.info(
@@ -181,11 +186,14 @@ class GenerationHandler:
             if claim.previous == "streaming":
                 await self._interrupted(request)
                 return
-        await self._serve(request)
+        await self._serve(request, admission)
 
     # -- serving ---------------------------------------------------------------------------
 
-    async def _serve(self, request: ChatRequestV1) -> None:
+    async def _serve(self, request: ChatRequestV1, admission: AdmissionV1) -> None:
+        """Answer ``request``; the model is never asked for more output than the meter
+        reserved, and an admission older than ``admission_max_age_s`` (whose reservation
+        the sweeper may have released) is not run."""
         catalog = self._catalog.current
         model_id = request.model or catalog.default_model
         started_at = utcnow()
@@ -205,6 +213,13 @@ class GenerationHandler:
                 error = ModelNotFound(f"unknown model {model_id!r}")
             elif not spec.allows(request.groups):
                 error = ModelNotAllowed(f"model {model_id!r} is not allowed for your groups")
+            elif self._max_age is not None and (
+                (age := (self._clock() - admission.admitted_at).total_seconds()) > self._max_age
+            ):
+                error = RequestExpired(
+                    f"the request waited {age:.0f} s for a model; its token reservation may"
+                    " have been released: send it again"
+                )
             if error is not None or spec is None:
                 assert error is not None  # noqa: S101
                 span.set_status(Status(StatusCode.ERROR, error.message))
@@ -226,10 +241,13 @@ class GenerationHandler:
                 system=request.system,
                 max_tokens=request.max_tokens,
                 temperature=request.temperature,
+                max_tokens_cap=admission.reserved_output_tokens,
             )
             try:
                 async for event in self._router.stream(
-                    catalog.chain(spec.id, request.groups), provider_request, outcome
+                    catalog.chain(spec.id, request.groups, request.allowed_models),
+                    provider_request,
+                    outcome,
                 ):
                     if isinstance(event, TextDelta):
                         if ttft_ms is None:

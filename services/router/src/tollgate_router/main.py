@@ -125,6 +125,7 @@ async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
                 delay_s=settings.coalesce_delay_ms / 1000, max_chars=settings.coalesce_max_chars
             ),
             lease_s=settings.lease_s,
+            admission_max_age_s=settings.admission_max_age_s,
         ),
         dead_letter=producer,
         concurrency=settings.max_concurrent_streams,

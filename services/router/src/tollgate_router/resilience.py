@@ -244,7 +244,7 @@ class ResilientRouter:
                 model=spec.upstream_id,
                 messages=request.messages,
                 system=request.system,
-                max_tokens=spec.max_tokens(request.max_tokens),
+                max_tokens=spec.max_tokens(request.max_tokens, request.max_tokens_cap),
                 temperature=request.temperature,
             )
             attempt = 0

@@ -49,6 +49,10 @@ class RouterSettings(BaseSettings):
     #: renewed every third of it): a redelivery waits that long before ending the stream of
     #: a router that died
     lease_s: float = Field(default=30.0, gt=0)
+    #: an admission older than this is answered request_expired, not run: the meter releases
+    #: a reservation TOLLGATE_METER_RESERVATION_TTL_S (900 s) after admission, and the answer
+    #: itself may take minutes
+    admission_max_age_s: float = Field(default=600.0, gt=0)
     max_retries: int = Field(default=2, ge=0)
     retry_base_delay_s: float = Field(default=0.2, ge=0)
     retry_max_delay_s: float = Field(default=2.0, ge=0)

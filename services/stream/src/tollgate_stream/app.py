@@ -10,6 +10,7 @@ from tollgate_core.http import ops_app
 from tollgate_stream.appsync.http_publish import publish_endpoint
 from tollgate_stream.appsync.websocket import realtime_endpoint
 from tollgate_stream.gateway import Gateway
+from tollgate_stream.limits import ConnectionLimiter
 from tollgate_stream.openai.api import OpenAIApi
 from tollgate_stream.settings import StreamSettings
 from tollgate_stream.subscriptions import Subscriptions
@@ -33,4 +34,7 @@ def create_app(
     app.state.settings = settings
     app.state.gateway = gateway
     app.state.subscriptions = subscriptions
+    app.state.connection_limiter = ConnectionLimiter(
+        settings.max_connections, settings.max_connections_per_address
+    )
     return app

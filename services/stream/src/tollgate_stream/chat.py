@@ -25,13 +25,21 @@ from tollgate_core.contracts import (
 )
 from tollgate_core.errors import RequestError
 
+#: identifiers (a model id, a conversation id) are printable: no NUL, no other control
+#: character, which Postgres, logs and headers downstream could not carry
+NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]*$"
+
 
 class InboundChat(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
 
     messages: tuple[ChatMessage, ...] = Field(min_length=1)
-    model_id: str | None = Field(default=None, alias="modelId", max_length=256)
-    conversation_id: str | None = Field(default=None, alias="conversationId", max_length=256)
+    model_id: str | None = Field(
+        default=None, alias="modelId", max_length=256, pattern=NO_CONTROL_CHARACTERS
+    )
+    conversation_id: str | None = Field(
+        default=None, alias="conversationId", max_length=256, pattern=NO_CONTROL_CHARACTERS
+    )
     system: tuple[str, ...] = ()
     max_tokens: int | None = Field(default=None, alias="maxTokens", ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
@@ -53,7 +61,9 @@ def parse_inbound(event: str) -> InboundChat:
     except ValidationError as exc:
         first = exc.errors(include_url=False, include_input=False)[0]
         where = ".".join(str(p) for p in first["loc"]) or "event"
-        raise RequestError(f"invalid chat event: {where}: {first['msg']}") from exc
+        raise RequestError(
+            f"invalid chat event: {where}: {first['msg']}", details={"field": where}
+        ) from exc
 
 
 def outbound_events(reply: ReplyChunkV1 | ReplyDoneV1 | ReplyErrorV1) -> list[dict[str, Any]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from dataclasses import dataclass, field
@@ -14,8 +13,11 @@ from prometheus_client import Counter
 
 from tollgate_core import topics
 from tollgate_core.bus import Publisher
+from tollgate_core.bus.codec import encode
 from tollgate_core.contracts import ChatRequestV1, ReplyTo, new_request_id
-from tollgate_core.errors import DependencyUnavailable, RequestError, TollgateError
+from tollgate_core.errors import DependencyUnavailable, RecordTooLarge, RequestError, TollgateError
+from tollgate_core.limits import count_bad_input
+from tollgate_stream import limits
 from tollgate_stream.appsync.channels import Channel, parse_channel
 from tollgate_stream.chat import parse_inbound
 from tollgate_stream.errors import AppSyncError
@@ -44,6 +46,8 @@ class Gateway:
         reply_partitions: list[int],
     ) -> None:
         self._settings = settings
+        self.limits = settings.limits
+        self.max_body_bytes = settings.max_body_bytes
         self._publisher = publisher
         self.authorizer = authorizer
         self._reply_partitions = reply_partitions
@@ -71,6 +75,21 @@ class Gateway:
             partition=random.choice(self._reply_partitions),  # noqa: S311
         )
 
+    def check_size(self, request: ChatRequestV1, *, raw_bytes: int) -> None:
+        """Refuse a request whose record, or the meter's admission record carrying it, would
+        exceed the Kafka record limit. ``raw_bytes`` is the size of what the client sent: a
+        request is at most about 1.5 times that plus its envelope, so a small one is not
+        encoded twice."""
+        limit = self.limits.max_request_bytes
+        if raw_bytes * 2 < limit:
+            return
+        size = len(encode(request))
+        if size > limit:
+            raise RecordTooLarge(
+                f"messages: the request is too large ({size} bytes encoded, at most {limit})",
+                details={"field": "messages"},
+            )
+
     async def submit(self, request: ChatRequestV1) -> None:
         """Put a request built by another front door (the OpenAI API) into the pipeline."""
         await self._publisher.publish(topics.REQUESTS, request, key=request.principal)
@@ -79,10 +98,16 @@ class Gateway:
         return Channel((self._settings.outbound_namespace, *inbound.segments[1:]))
 
     async def publish(
-        self, channel_path: object, events: object, headers: dict[str, str]
+        self,
+        channel_path: object,
+        events: object,
+        headers: dict[str, str],
+        *,
+        body_sha256: str | None = None,
     ) -> PublishResult:
         """AppSync publish semantics: the whole call fails on a bad channel, auth or event
-        count; each event then succeeds or fails on its own."""
+        count; each event then succeeds or fails on its own. ``body_sha256`` is the hash of
+        an HTTP publish's body, computed by the edge (relay mode verifies SigV4 over it)."""
         channel = self.channel(channel_path, subscribe=False)
         if not isinstance(events, list) or not events:
             raise AppSyncError.bad_request("events must be a non-empty list of JSON strings")
@@ -104,6 +129,8 @@ class Gateway:
                     await self._publisher.publish(topics.REQUESTS, request, key=identity.principal)
                 except TollgateError as exc:
                     PUBLISHED.labels("failed").inc()
+                    if isinstance(exc, RequestError):
+                        count_bad_input("stream.publish", exc.details.get("field"))
                     code = exc.http_status
                     result.failed.append(
                         {
@@ -127,19 +154,29 @@ class Gateway:
     ) -> ChatRequestV1:
         if not isinstance(event, str):
             raise RequestError("each event must be a string holding JSON")
-        if len(event.encode()) > self._settings.max_event_bytes:
+        size = len(event.encode())
+        if size > self._settings.max_event_bytes:
             raise RequestError(f"event exceeds {self._settings.max_event_bytes} bytes")
         try:
-            json.loads(event)
+            limits.loads(event, self._settings.max_json_depth)
         except ValueError as exc:
-            raise RequestError(f"event is not valid JSON: {exc}") from exc
+            raise RequestError(
+                f"event is not valid JSON: {exc}", details={"field": "events"}
+            ) from exc
         chat = parse_inbound(event)
+        if chat.max_tokens is not None and chat.max_tokens > self.limits.max_tokens:
+            raise RequestError(
+                f"invalid chat event: maxTokens: must be at most {self.limits.max_tokens}",
+                details={"field": "maxTokens"},
+            )
         if not identity.allows(chat.model_id):
             raise ModelNotAllowed(f"your groups do not allow the model {chat.model_id!r}")
-        return ChatRequestV1(
+        request = ChatRequestV1(
             request_id=request_id,
             principal=identity.principal,
             groups=identity.groups,
+            allowed_models=identity.allowed_models(),
+            tier=identity.tier,
             model=chat.model_id,
             messages=chat.messages,
             system=chat.system,
@@ -150,3 +187,5 @@ class Gateway:
             protocol="appsync",
             reply_to=self.reply_to(),
         )
+        self.check_size(request, raw_bytes=size)
+        return request

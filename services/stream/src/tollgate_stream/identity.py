@@ -14,11 +14,12 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Protocol
+from typing import ClassVar, Protocol
 
 import httpx
 
-from tollgate_core.errors import RequestError
+from tollgate_core.authorize import AuthorizeClient, Denial, Operation
+from tollgate_core.errors import DependencyUnavailable, RequestError
 from tollgate_stream.appsync.auth_headers import CREDENTIAL_HEADERS
 from tollgate_stream.appsync.channels import Channel
 from tollgate_stream.errors import AppSyncError
@@ -32,6 +33,13 @@ class Identity:
     groups: tuple[str, ...] = ()
     #: models the caller's groups allow ("*" = any); ``None``: not restricted by the edge
     models: frozenset[str] | None = None
+    #: the tier the auth policy gives the caller's groups, if it names one
+    tier: str | None = None
+    #: when the credential stops being valid (epoch seconds), if it says
+    expires_at: float | None = None
+
+    def allowed_models(self) -> tuple[str, ...] | None:
+        return None if self.models is None else tuple(sorted(self.models))
 
     def allows(self, model: str | None) -> bool:
         """``None`` is the router's default model, which every caller may use."""
@@ -74,9 +82,6 @@ class ChannelOwnerAuthorizer:
         return None
 
 
-Operation = Literal["publish", "subscribe", "invoke"]
-
-
 class AuthServiceAuthorizer:
     """Asks the auth service (``POST /v1/authorize``) and keeps each answer — allow or deny —
     for ``ttl_s`` (never past the credential's own expiry). Denials map to AppSync's errors:
@@ -93,7 +98,7 @@ class AuthServiceAuthorizer:
         ttl_s: float = 5.0,
         max_entries: int = 10_000,
     ) -> None:
-        self._client = client
+        self._decisions = AuthorizeClient(client)
         self._operations: dict[str, Operation] = {
             inbound_namespace: "publish",
             outbound_namespace: "subscribe",
@@ -159,37 +164,27 @@ class AuthServiceAuthorizer:
         channel: str | None,
         model: str | None,
     ) -> tuple[Identity | AppSyncError, float]:
-        body = {"headers": credentials, "operation": operation, "channel": channel, "model": model}
         try:
-            response = await self._client.post("/v1/authorize", json=body)
-            data: Any = response.json()
-        except (httpx.HTTPError, ValueError) as exc:
-            logger.warning("auth service unreachable: %s", exc)
-            return AppSyncError.unavailable("the auth service is unavailable"), 0
-        if response.status_code == 200 and isinstance(data, dict):
-            try:
-                identity = Identity(
-                    principal=str(data["principal"]),
-                    groups=tuple(str(g) for g in data.get("groups", [])),
-                    models=frozenset(str(m) for m in data.get("models", [])),
-                )
-            except (KeyError, TypeError) as exc:
-                logger.error("auth service answered an unreadable decision: %s", exc)
-                return AppSyncError.unavailable("the auth service answered badly"), 0
-            expires_at = data.get("expires_at")
-            valid_for = (
-                float(expires_at) - time.time()
-                if isinstance(expires_at, int | float)
-                else self._ttl_s
+            decision = await self._decisions.decide(
+                credentials, operation, channel=channel, model=model
             )
-            return identity, valid_for
-        error = data.get("error") if isinstance(data, dict) else None
-        message = str(error.get("message")) if isinstance(error, dict) else response.text[:200]
-        if response.status_code == 401:
-            return AppSyncError.unauthorized(message), self._ttl_s
-        if response.status_code == 403:
-            return AppSyncError.forbidden(message), self._ttl_s
-        if response.status_code == 400:
-            return AppSyncError.bad_request(message), self._ttl_s
-        logger.warning("auth service answered %s: %s", response.status_code, message)
-        return AppSyncError.unavailable("the auth service is unavailable"), 0
+        except DependencyUnavailable as exc:
+            logger.warning("auth service unavailable: %s", exc.message)
+            return AppSyncError.unavailable("the auth service is unavailable"), 0
+        if isinstance(decision, Denial):
+            if decision.status == 401:
+                return AppSyncError.unauthorized(decision.message), self._ttl_s
+            if decision.status == 403:
+                return AppSyncError.forbidden(decision.message), self._ttl_s
+            return AppSyncError.bad_request(decision.message), self._ttl_s
+        identity = Identity(
+            principal=decision.principal,
+            groups=decision.groups,
+            models=decision.models,
+            tier=decision.tier,
+            expires_at=decision.expires_at,
+        )
+        valid_for = (
+            decision.expires_at - time.time() if decision.expires_at is not None else self._ttl_s
+        )
+        return identity, valid_for

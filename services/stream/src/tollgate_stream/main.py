@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 import botocore.session
 import httpx
@@ -48,8 +49,7 @@ async def relay(settings: StreamSettings, stop: asyncio.Event) -> None:
         create_app(settings, Health(), Relay(settings, subscriptions), subscriptions),
         host=settings.host,
         port=settings.port,
-        ws_max_size=4 * 1024 * 1024,
-        ws_ping_interval=None,
+        **_websocket_options(settings),
         **_tls(settings),
     )
     await http.start()
@@ -60,7 +60,15 @@ async def relay(settings: StreamSettings, stop: asyncio.Event) -> None:
         await http.stop()
 
 
-def _tls(settings: StreamSettings) -> dict[str, object]:
+def _websocket_options(settings: StreamSettings) -> dict[str, Any]:
+    return {
+        "ws_max_size": settings.max_frame_bytes,
+        "ws_ping_interval": settings.ws_ping_interval_s,
+        "ws_ping_timeout": settings.ws_ping_timeout_s,
+    }
+
+
+def _tls(settings: StreamSettings) -> dict[str, Any]:
     if settings.tls_cert is not None and settings.tls_key is not None:
         return {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
     return {}
@@ -110,7 +118,9 @@ async def serve(settings: StreamSettings, stop: asyncio.Event) -> None:
 async def _serve(settings: StreamSettings, stop: asyncio.Event, authorizer: Authorizer) -> None:
     health = Health()
     health.register("kafka")
-    producer = EventProducer(settings.kafka, client_id="stream")
+    producer = EventProducer(
+        settings.kafka, client_id="stream", max_record_bytes=settings.limits.max_record_bytes
+    )
     subscriptions = Subscriptions()
     owned: list[int] = []
     gateway = Gateway(settings, producer, authorizer, reply_partitions=owned)
@@ -149,8 +159,7 @@ async def _serve(settings: StreamSettings, stop: asyncio.Event, authorizer: Auth
         create_app(settings, health, gateway, subscriptions, openai_api),
         host=settings.host,
         port=settings.port,
-        ws_max_size=4 * 1024 * 1024,
-        ws_ping_interval=None,
+        **_websocket_options(settings),
         **_tls(settings),
     )
     consumers: list[EventConsumer[Reply]] = []

@@ -100,12 +100,17 @@ class Relay(Gateway):
         return channel
 
     async def publish(
-        self, channel_path: object, events: object, headers: dict[str, str]
+        self,
+        channel_path: object,
+        events: object,
+        headers: dict[str, str],
+        *,
+        body_sha256: str | None = None,
     ) -> PublishResult:
         channel = self.channel(channel_path, subscribe=False)
-        signed = headers.get(auth_headers.PAYLOAD_SHA256)  # an HTTP publish: its body's
-        if signed is None:  # over the WebSocket AppSync signs {"channel", "events"}
-            signed = _sha256(publish_body(channel.path, events))
+        # an HTTP publish is signed over the body the edge received (hashed by the edge, never
+        # taken from the client); over the WebSocket AppSync signs {"channel", "events"}
+        signed = body_sha256 or _sha256(publish_body(channel.path, events))
         self.relay_auth.check(headers, signed)
         if not isinstance(events, list) or not events:
             raise AppSyncError.bad_request("events must be a non-empty list of JSON strings")

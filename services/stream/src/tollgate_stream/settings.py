@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from tollgate_core.limits import Limits
 from tollgate_core.settings import KafkaSettings, TelemetrySettings
 
 
@@ -29,12 +30,32 @@ class StreamSettings(BaseSettings):
     max_events_per_publish: int = Field(default=5, ge=1)
     max_event_bytes: int = Field(default=240 * 1024, ge=1)
     send_queue_size: int = Field(default=1024, ge=1)
+    #: the largest HTTP request body (``POST /event``, ``/v1/chat/completions``)
+    max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    #: the largest WebSocket message a client may send
+    max_frame_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    #: the deepest JSON nesting accepted in a body, a message or an event
+    max_json_depth: int = Field(default=32, ge=2, le=500)
+    #: open WebSocket connections per process, and per client address
+    max_connections: int = Field(default=10_000, ge=1)
+    max_connections_per_address: int = Field(default=200, ge=1)
+    #: a connection that has not sent ``connection_init`` by then is closed
+    connection_init_timeout_s: float = Field(default=30.0, gt=0)
+    #: a connection with no subscription that sends nothing for this long is closed
+    idle_timeout_s: float = Field(default=300.0, gt=0)
+    #: WebSocket protocol pings from the server (a peer that does not answer is dropped)
+    ws_ping_interval_s: float = Field(default=20.0, gt=0)
+    ws_ping_timeout_s: float = Field(default=20.0, gt=0)
     #: "service" asks the auth service; "none" trusts the channel's <sub> (development only)
     auth_mode: Literal["service", "none"] = "service"
     auth_url: str = "http://127.0.0.1:8081"
     auth_timeout_s: float = Field(default=5.0, gt=0)
     #: how long an authorization decision is reused for the same credential and channel
     auth_cache_ttl_s: float = Field(default=5.0, ge=0)
+    #: how often an open subscription's permission is checked again: a revoked credential
+    #: loses its subscriptions within this plus ``auth_cache_ttl_s`` (an expiring one at
+    #: its expiry)
+    reauthorize_interval_s: float = Field(default=30.0, gt=0)
     #: PEM certificate and key: the edge serves HTTPS/WSS when both are given
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -65,6 +86,7 @@ class StreamSettings(BaseSettings):
     relay_iam_access_key_id: str | None = None
     relay_iam_secret_access_key: SecretStr | None = None
     relay_region: str = "us-east-1"
+    limits: Limits = Field(default_factory=Limits)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
 

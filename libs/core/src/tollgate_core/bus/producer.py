@@ -7,7 +7,7 @@ import warnings
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLargeError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from prometheus_client import Counter
@@ -15,7 +15,8 @@ from prometheus_client import Counter
 from tollgate_core.bus import headers as h
 from tollgate_core.bus.codec import encode
 from tollgate_core.contracts import Contract
-from tollgate_core.errors import DependencyUnavailable
+from tollgate_core.errors import DependencyUnavailable, RecordTooLarge
+from tollgate_core.limits import DEFAULT_MAX_RECORD_BYTES
 from tollgate_core.settings import KafkaSettings
 
 logger = logging.getLogger(__name__)
@@ -23,6 +24,8 @@ tracer = trace.get_tracer("tollgate.bus")
 
 PRODUCED = Counter("tollgate_kafka_produced_total", "Records produced", ["topic"])
 PRODUCE_ERRORS = Counter("tollgate_kafka_produce_errors_total", "Failed produces", ["topic"])
+#: what a record adds to its value on the wire (key, headers, batch framing)
+RECORD_OVERHEAD_BYTES = 64 * 1024
 
 
 class EventProducer:
@@ -32,10 +35,22 @@ class EventProducer:
     (``acks=all``), so a consumer that commits after publishing never loses an output. The
     producer is not idempotent (not every Kafka-compatible broker supports it); consumers
     de-duplicate by ``request_id`` instead.
+
+    A value larger than ``max_record_bytes`` (``TOLLGATE_LIMIT_MAX_RECORD_BYTES``) is refused
+    before it is sent, and a broker's "too large" answer likewise, with
+    :class:`RecordTooLarge`: not retriable, so a consumer dead-letters instead of retrying
+    it for ever and holding back its partition.
     """
 
-    def __init__(self, settings: KafkaSettings, *, client_id: str) -> None:
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        *,
+        client_id: str,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    ) -> None:
         self._settings = settings
+        self._max_record_bytes = max_record_bytes
         self._client_id = f"{settings.client_id_prefix}-{client_id}"
         self._producer: AIOKafkaProducer | None = None
 
@@ -65,6 +80,7 @@ class EventProducer:
             enable_idempotence=False,
             linger_ms=self._settings.linger_ms,
             compression_type=None,
+            max_request_size=self._max_record_bytes + RECORD_OVERHEAD_BYTES,
             **self._settings.client_kwargs(),
         )
         try:
@@ -121,10 +137,19 @@ class EventProducer:
         if producer is None:
             raise DependencyUnavailable("producer is not started")
         key_bytes = key.encode() if isinstance(key, str) else key
+        if value is not None and len(value) > self._max_record_bytes:
+            PRODUCE_ERRORS.labels(topic).inc()
+            raise RecordTooLarge(
+                f"a {len(value)}-byte record exceeds the {self._max_record_bytes}-byte limit"
+                f" of {topic}"
+            )
         try:
             metadata = await producer.send_and_wait(
                 topic, value, key=key_bytes, partition=partition, headers=headers or []
             )
+        except (MessageSizeTooLargeError, RecordTooLargeError) as exc:
+            PRODUCE_ERRORS.labels(topic).inc()
+            raise RecordTooLarge(f"the broker refused a record for {topic} as too large") from exc
         except KafkaError as exc:
             PRODUCE_ERRORS.labels(topic).inc()
             raise DependencyUnavailable(f"cannot produce to {topic}: {exc}") from exc

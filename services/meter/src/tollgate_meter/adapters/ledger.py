@@ -29,12 +29,12 @@ from decimal import Decimal
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import text
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tollgate_core import db
 from tollgate_core.contracts import UsageRecordV1
-from tollgate_core.errors import DependencyUnavailable
+from tollgate_core.errors import DependencyUnavailable, RequestError
 from tollgate_core.settings import DatabaseSettings
 from tollgate_meter.domain import Estimate
 from tollgate_meter.limits import (
@@ -121,13 +121,36 @@ class Ledger(Protocol):
 
 @asynccontextmanager
 async def _translated() -> AsyncIterator[None]:
-    """Postgres trouble becomes :class:`DependencyUnavailable` (retriable) at this edge."""
+    """Postgres trouble becomes :class:`DependencyUnavailable` (retriable) at this edge; a
+    value Postgres cannot take (a number out of its column's range, a NUL in a text) is the
+    caller's bad input, :class:`RequestError`, never an outage."""
     try:
         yield
-    except (DataError, IntegrityError, ProgrammingError):
+    except (IntegrityError, ProgrammingError):
         raise  # a bug, not an outage
-    except (OSError, OperationalError, DBAPIError, TimeoutError) as exc:
+    except DBAPIError as exc:
+        if isinstance(exc, DataError) or _is_bad_value(exc):
+            raise RequestError(f"a value cannot be stored: {_first_line(exc)}") from exc
         raise DependencyUnavailable(f"Postgres unavailable: {exc}") from exc
+    except (OSError, TimeoutError) as exc:
+        raise DependencyUnavailable(f"Postgres unavailable: {exc}") from exc
+
+
+def _is_bad_value(exc: DBAPIError) -> bool:
+    """SQLSTATE class 22 (data exception) from the server, or a parameter the driver could
+    not encode (asyncpg raises a ``ValueError`` subclass before sending anything)."""
+    seen: BaseException | None = exc.orig
+    while seen is not None:
+        if str(getattr(seen, "sqlstate", None) or "").startswith("22"):
+            return True
+        if isinstance(seen, ValueError):
+            return True
+        seen = seen.__cause__
+    return False
+
+
+def _first_line(exc: DBAPIError) -> str:
+    return str(exc.orig).splitlines()[0] if exc.orig is not None else type(exc).__name__
 
 
 _BUMP = """

@@ -16,6 +16,9 @@ class ProviderRequest:
     system: tuple[str, ...] = ()
     max_tokens: int | None = None
     temperature: float | None = None
+    #: never ask a model for more output than this (what the meter reserved), whatever the
+    #: catalog's default or maximum say
+    max_tokens_cap: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

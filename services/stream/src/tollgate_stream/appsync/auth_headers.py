@@ -34,11 +34,6 @@ def normalize(headers: Mapping[str, object]) -> dict[str, str]:
     return {k.lower(): v for k, v in headers.items() if isinstance(v, str)}
 
 
-#: set by the edge itself on an HTTP publish (clients cannot send it through :func:`pick`):
-#: the SHA-256 of the request body, for SigV4 verification
-PAYLOAD_SHA256 = "x-tollgate-payload-sha256"
-
-
 def pick(headers: Mapping[str, str]) -> dict[str, str]:
     """The auth-related subset of HTTP request headers: the credentials, and for a SigV4
     signature every header it signs."""
@@ -46,7 +41,6 @@ def pick(headers: Mapping[str, str]) -> dict[str, str]:
     sigv4 = sigv4_fields(headers.get("authorization", ""))
     if sigv4 is not None and "SignedHeaders" in sigv4:
         keys.update(sigv4["SignedHeaders"].split(";"))
-    keys.discard(PAYLOAD_SHA256)
     return {k: headers[k] for k in keys if k in headers}
 
 

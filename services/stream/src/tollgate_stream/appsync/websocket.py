@@ -6,14 +6,20 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
+from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import Counter, Gauge
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from tollgate_core.limits import count_bad_input
+from tollgate_stream import limits
 from tollgate_stream.appsync import auth_headers
+from tollgate_stream.appsync.channels import Channel
 from tollgate_stream.errors import AppSyncError
 from tollgate_stream.gateway import Gateway
+from tollgate_stream.identity import Identity
 from tollgate_stream.settings import StreamSettings
 from tollgate_stream.subscriptions import Subscriptions
 
@@ -22,6 +28,18 @@ logger = logging.getLogger(__name__)
 CONNECTIONS = Gauge("tollgate_stream_connections", "Open AppSync WebSocket connections")
 MESSAGES = Counter("tollgate_stream_ws_messages_total", "Client messages", ["type"])
 SLOW_CLIENTS = Counter("tollgate_stream_slow_clients_total", "Connections closed as too slow")
+TIMEOUTS = Counter(
+    "tollgate_stream_connection_timeouts_total",
+    "Connections closed for no connection_init, or idle with no subscription",
+)
+REVOKED = Counter(
+    "tollgate_stream_revoked_total",
+    "Connections closed, or subscriptions ended, when their permission was withdrawn",
+    ["what"],
+)
+REFUSED = Counter(
+    "tollgate_stream_connections_refused_total", "WebSocket upgrades refused by a connection cap"
+)
 
 
 class Connection:
@@ -43,6 +61,18 @@ class Connection:
         self._headers = headers
         self._queue: asyncio.Queue[str | None] = asyncio.Queue(settings.send_queue_size)
         self._closing = False
+        self._initialized = False
+        self._opened = self._last_seen = asyncio.get_running_loop().time()
+        #: set when the connection must end at once (a client that does not keep up)
+        self._aborted = asyncio.Event()
+        #: set when the connection must end: the reader stops waiting for the client
+        self._stopped = asyncio.Event()
+        self._close_code = 1000
+        self._writer_task: asyncio.Task[None] | None = None
+        #: each subscription with the credential and identity that were allowed it, so the
+        #: permission can be checked again while it lasts (revocation, expiry)
+        self._grants: dict[str, tuple[Channel, dict[str, str], Identity]] = {}
+        self._recheck: asyncio.Task[None] | None = None  # started with the first subscription
 
     # --- outgoing ------------------------------------------------------------------------
 
@@ -64,7 +94,23 @@ class Connection:
         except asyncio.QueueFull:
             SLOW_CLIENTS.inc()
             logger.warning("closing a connection that does not keep up with its events")
-            self._close()
+            self._abort()
+
+    def _abort(self) -> None:
+        """End the connection now: its queue is full, so the writer would never reach the
+        end-of-queue marker; it is cancelled and the socket closed."""
+        self._close()
+        self._aborted.set()
+        self._stopped.set()
+        if self._writer_task is not None:
+            self._writer_task.cancel()
+
+    def _end(self, error: dict[str, Any], code: int) -> None:
+        """Tell the client why with a ``connection_error``, then close the socket."""
+        self.send({"type": "connection_error", "errors": [error], "payload": {"errors": [error]}})
+        self._close_code = code
+        self._close()
+        self._stopped.set()
 
     def _close(self) -> None:
         self._closing = True
@@ -76,7 +122,7 @@ class Connection:
         while (text := await self._queue.get()) is not None:
             await self._ws.send_text(text)
         if self._ws.application_state != WebSocketState.DISCONNECTED:
-            await self._ws.close(1000)
+            await self._ws.close(self._close_code)
 
     async def _keepalive(self) -> None:
         while not self._closing:
@@ -85,13 +131,56 @@ class Connection:
 
     # --- incoming ------------------------------------------------------------------------
 
+    def _deadline(self) -> tuple[float, str] | None:
+        """When the connection must have spoken next, and what it is told if it has not."""
+        if not self._initialized:
+            return (
+                self._opened + self._settings.connection_init_timeout_s,
+                "no connection_init received in time",
+            )
+        if self._subscriptions.count(self) == 0:
+            return (
+                self._last_seen + self._settings.idle_timeout_s,
+                "the connection was idle with no subscription",
+            )
+        return None
+
+    async def _receive(self) -> Mapping[str, Any] | None:
+        """The next client message; None when the connection must end (closed by the
+        client, aborted, or silent past its deadline)."""
+        loop = asyncio.get_running_loop()
+        deadline = self._deadline()
+        receive = asyncio.ensure_future(self._ws.receive())
+        aborted = asyncio.ensure_future(self._stopped.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {receive, aborted},
+                timeout=None if deadline is None else max(0.0, deadline[0] - loop.time()),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            aborted.cancel()
+        if receive not in done:
+            receive.cancel()
+            if not self._stopped.is_set() and deadline is not None:
+                TIMEOUTS.inc()
+                error = {"errorType": "TimeoutException", "errorCode": 408, "message": deadline[1]}
+                self.send({"type": "connection_error", "errors": [error]})
+                self._close()
+            return None
+        received: Mapping[str, Any] = receive.result()
+        self._last_seen = loop.time()
+        if received["type"] == "websocket.disconnect":
+            return None
+        return received
+
     async def run(self) -> None:
-        writer = asyncio.create_task(self._writer())
+        writer = self._writer_task = asyncio.create_task(self._writer())
         keepalive: asyncio.Task[None] | None = None
         try:
             while not self._closing:
-                received = await self._ws.receive()
-                if received["type"] == "websocket.disconnect":
+                received = await self._receive()
+                if received is None:
                     break
                 text = received.get("text")
                 if text is None:
@@ -114,6 +203,7 @@ class Connection:
                 if kind == "connection_init":
                     if not await self._connection_init():
                         break
+                    self._initialized = True
                     if keepalive is None:
                         keepalive = asyncio.create_task(self._keepalive())
                 elif kind == "subscribe":
@@ -139,26 +229,68 @@ class Connection:
             pass
         finally:
             self._close()
+            if self._recheck is not None:
+                self._recheck.cancel()
             if keepalive is not None:
                 keepalive.cancel()
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await writer
+            if self._aborted.is_set():
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(5):
+                        await self._ws.close(1008)
+
+    async def _reauthorize(self) -> None:
+        """Check each subscription's permission again every ``reauthorize_interval_s``, and
+        at the moment its credential expires: a revoked or expired credential ends the
+        connection (``connection_error`` ``UnauthorizedException``, close 1008); a channel
+        the caller may no longer use loses its subscription (``subscribe_error``). While the
+        auth service is unavailable subscriptions are kept."""
+        interval = self._settings.reauthorize_interval_s
+        while not self._closing:
+            expiries = [i.expires_at for _, _, i in self._grants.values() if i.expires_at]
+            wait = interval
+            if expiries:
+                wait = max(0.0, min(interval, min(expiries) - time.time()))
+            await asyncio.sleep(wait)
+            for sub_id, (channel, headers, identity) in list(self._grants.items()):
+                if self._closing:
+                    return
+                if identity.expires_at is not None and identity.expires_at <= time.time():
+                    self._revoked("the credential has expired")
+                    return
+                try:
+                    await self._gateway.authorizer.for_channel(channel, headers)
+                except AppSyncError as exc:
+                    if exc.code == 401:
+                        self._revoked(exc.message)
+                        return
+                    if exc.code == 403 and self._subscriptions.remove(self, sub_id):
+                        self._grants.pop(sub_id, None)
+                        REVOKED.labels("subscription").inc()
+                        self.send(
+                            {"type": "subscribe_error", "id": sub_id, "errors": [exc.as_error()]}
+                        )
+
+    def _revoked(self, why: str) -> None:
+        REVOKED.labels("connection").inc()
+        logger.info("closing a connection whose credential is no longer valid: %s", why)
+        self._end(AppSyncError.unauthorized(why).as_error(), 1008)
 
     def _parse(self, text: str) -> dict[str, Any] | None:
+        problem = "message is not a JSON object"
         try:
-            message = json.loads(text)
+            message = limits.loads(text, self._settings.max_json_depth)
+        except limits.JsonTooDeep as exc:
+            message, problem = None, str(exc)
         except ValueError:
             message = None
         if not isinstance(message, dict):
+            count_bad_input("stream.websocket", "message")
             self.send(
                 {
                     "type": "error",
-                    "errors": [
-                        {
-                            "errorType": "BadRequestException",
-                            "message": "message is not a JSON object",
-                        }
-                    ],
+                    "errors": [{"errorType": "BadRequestException", "message": problem}],
                 }
             )
             return None
@@ -219,16 +351,21 @@ class Connection:
                     f"at most {self._settings.max_subscriptions} subscriptions per connection"
                 )
             channel = self._gateway.channel(channel_path, subscribe=True)
-            await self._gateway.authorizer.for_channel(channel, self._auth(message))
+            headers = self._auth(message)
+            identity = await self._gateway.authorizer.for_channel(channel, headers)
         except AppSyncError as exc:
             self.send({"type": "subscribe_error", "id": sub_id, "errors": [exc.as_error()]})
             return
+        self._grants[sub_id] = (channel, headers, identity)
+        if self._recheck is None:
+            self._recheck = asyncio.create_task(self._reauthorize())
         self._subscriptions.add(self, sub_id, channel)
         self.send({"type": "subscribe_success", "id": sub_id})
 
     def _unsubscribe(self, message: dict[str, Any]) -> None:
         sub_id = message.get("id")
         if isinstance(sub_id, str) and self._subscriptions.remove(self, sub_id):
+            self._grants.pop(sub_id, None)
             self.send({"type": "unsubscribe_success", "id": sub_id})
         else:
             self.send(
@@ -270,18 +407,29 @@ class Connection:
 
 async def realtime_endpoint(websocket: WebSocket) -> None:
     app_state = websocket.app.state
-    offered = websocket.scope.get("subprotocols", [])
-    headers = {
-        **auth_headers.pick({k.lower(): v for k, v in websocket.headers.items()}),
-        **auth_headers.from_subprotocols(offered),
-    }
-    subprotocol = auth_headers.PROTOCOL if auth_headers.PROTOCOL in offered else None
-    await websocket.accept(subprotocol=subprotocol)
-    connection = Connection(
-        websocket, app_state.gateway, app_state.subscriptions, app_state.settings, headers
-    )
-    CONNECTIONS.inc()
+    limiter: limits.ConnectionLimiter = app_state.connection_limiter
+    address = websocket.client.host if websocket.client is not None else "?"
+    refused = limiter.acquire(address)
+    if refused is not None:
+        REFUSED.inc()
+        logger.info("refusing a WebSocket from %s: %s", address, refused)
+        await websocket.close(1013)  # before the upgrade: the client gets HTTP 403
+        return
     try:
-        await connection.run()
+        offered = websocket.scope.get("subprotocols", [])
+        headers = {
+            **auth_headers.pick({k.lower(): v for k, v in websocket.headers.items()}),
+            **auth_headers.from_subprotocols(offered),
+        }
+        subprotocol = auth_headers.PROTOCOL if auth_headers.PROTOCOL in offered else None
+        await websocket.accept(subprotocol=subprotocol)
+        connection = Connection(
+            websocket, app_state.gateway, app_state.subscriptions, app_state.settings, headers
+        )
+        CONNECTIONS.inc()
+        try:
+            await connection.run()
+        finally:
+            CONNECTIONS.dec()
     finally:
-        CONNECTIONS.dec()
+        limiter.release(address)

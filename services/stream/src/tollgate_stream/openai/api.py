@@ -27,7 +27,9 @@ from tollgate_core.contracts import (
     ReplyErrorV1,
     new_request_id,
 )
-from tollgate_core.errors import TollgateError
+from tollgate_core.errors import RecordTooLarge, TollgateError
+from tollgate_core.limits import count_bad_input
+from tollgate_stream import limits
 from tollgate_stream.errors import OpenAIError
 from tollgate_stream.gateway import Gateway
 from tollgate_stream.openai import schema
@@ -40,7 +42,6 @@ logger = logging.getLogger(__name__)
 REQUESTS = Counter(
     "tollgate_stream_openai_requests_total", "OpenAI API requests", ["stream", "status"]
 )
-MAX_BODY_BYTES = 4 * 1024 * 1024
 
 
 def error_response(exc: OpenAIError) -> JSONResponse:
@@ -87,15 +88,18 @@ class OpenAIApi:
             response = await self._chat(request)
         except OpenAIError as exc:
             REQUESTS.labels("?", str(exc.status)).inc()
+            if exc.status in (400, 413):
+                count_bad_input("stream.openai", exc.param)
             return error_response(exc)
         return response
 
     async def _chat(self, request: Request) -> Response:
         identity = await self._auth.identify(bearer_token(request.headers.get("authorization")))
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            raise OpenAIError(413, "Request body too large.")
-        chat = schema.parse_request(body)
+        try:
+            body = await limits.read_body(request, self._gateway.max_body_bytes)
+        except limits.BodyTooLarge as exc:
+            raise OpenAIError(413, "Request body too large.") from exc
+        chat = schema.parse_request(body, self._gateway.limits)
         messages = chat.conversation()
         await self._auth.authorize_model(identity, chat.model)
         request_id = new_request_id()
@@ -104,6 +108,8 @@ class OpenAIApi:
                 request_id=request_id,
                 principal=identity.principal,
                 groups=identity.groups,
+                allowed_models=identity.allowed_models(),
+                tier=identity.tier,
                 model=chat.model,
                 messages=messages,
                 system=chat.system(),
@@ -114,11 +120,17 @@ class OpenAIApi:
             )
         except TollgateError as exc:
             raise OpenAIError.unavailable(exc.message) from exc
+        try:
+            self._gateway.check_size(event, raw_bytes=len(body))
+        except RecordTooLarge as exc:
+            raise OpenAIError(413, exc.message, param="messages") from exc
         waiter = self._waiters.register(request_id)
         handed_over = False
         try:
             try:
                 await self._gateway.submit(event)
+            except RecordTooLarge as exc:
+                raise OpenAIError(413, exc.message, param="messages") from exc
             except TollgateError as exc:
                 logger.warning("could not submit request %s: %s", request_id, exc.message)
                 raise OpenAIError.unavailable("The gateway cannot accept requests now.") from exc

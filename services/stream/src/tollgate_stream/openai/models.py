@@ -20,6 +20,17 @@ def model_object(model_id: str) -> dict[str, Any]:
     return {"id": model_id, "object": "model", "created": 0, "owned_by": "tollgate"}
 
 
+def public_model(entry: dict[str, Any]) -> dict[str, Any]:
+    """Only what OpenAI's model object holds: the router's catalog also says what a model
+    costs, which groups may use it and what it falls back to, which is not for clients."""
+    model = model_object(entry["id"])
+    if isinstance(entry.get("created"), int):
+        model["created"] = entry["created"]
+    if isinstance(entry.get("owned_by"), str):
+        model["owned_by"] = entry["owned_by"]
+    return model
+
+
 class StaticModelCatalog:
     def __init__(self, models: list[str]) -> None:
         self._models = [model_object(m) for m in models]
@@ -58,7 +69,7 @@ class RouterModelCatalog:
         ):
             logger.warning("router %s answered no model list; using the defaults", self._url)
             return await self._fallback.list_models()
-        return [{**model_object(m["id"]), **m} for m in data]
+        return [public_model(m) for m in data]
 
     async def aclose(self) -> None:
         await self._client.aclose()

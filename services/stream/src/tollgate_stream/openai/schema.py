@@ -14,6 +14,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tollgate_core.contracts import ChatMessage, ErrorInfo, ReplyDoneV1, TextBlock
+from tollgate_core.limits import Limits
+from tollgate_stream.chat import NO_CONTROL_CHARACTERS
 from tollgate_stream.errors import OpenAIError
 
 FINISH_REASONS = {
@@ -52,7 +54,7 @@ class StreamOptions(BaseModel):
 
 class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    model: str = Field(min_length=1, max_length=256)
+    model: str = Field(min_length=1, max_length=256, pattern=NO_CONTROL_CHARACTERS)
     messages: list[Message] = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -85,9 +87,9 @@ class ChatCompletionRequest(BaseModel):
         return turns
 
 
-def parse_request(body: bytes) -> ChatCompletionRequest:
+def parse_request(body: bytes, limits: Limits) -> ChatCompletionRequest:
     try:
-        return ChatCompletionRequest.model_validate_json(body)
+        chat = ChatCompletionRequest.model_validate_json(body)
     except ValidationError as exc:
         first = exc.errors(include_url=False, include_input=False)[0]
         where = ".".join(str(p) for p in first["loc"])
@@ -95,6 +97,13 @@ def parse_request(body: bytes) -> ChatCompletionRequest:
             f"Invalid request: {where or 'body'}: {first['msg']}",
             param=where or None,
         ) from exc
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = getattr(chat, name)
+        if value is not None and value > limits.max_tokens:
+            raise OpenAIError.bad_request(
+                f"Invalid request: {name}: must be at most {limits.max_tokens}", param=name
+            )
+    return chat
 
 
 # --- answers -------------------------------------------------------------------------------
@@ -187,7 +196,12 @@ def error_from_reply(error: ErrorInfo) -> OpenAIError:
         return OpenAIError.unauthorized(error.message)
     if kind == "validation_error":
         return OpenAIError.bad_request(error.message)
-    if kind in ("provider_throttled", "service_unavailable", "dependency_unavailable"):
+    if kind in (
+        "provider_throttled",
+        "service_unavailable",
+        "dependency_unavailable",
+        "request_expired",
+    ):
         return OpenAIError.unavailable(error.message, code=kind)
     return OpenAIError(500, error.message, type_="server_error", code=kind)
 
