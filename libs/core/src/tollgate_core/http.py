@@ -19,6 +19,7 @@ from starlette.routing import BaseRoute, Route
 
 from tollgate_core.errors import RequestError
 from tollgate_core.health import Health
+from tollgate_core.settings import TelemetrySettings
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,14 @@ async def parse_body(request: Request, model: type[M]) -> M:
         raise RequestError(f"{where}: {first['msg']}") from exc
 
 
-def ops_routes(health: Health) -> list[BaseRoute]:
+async def _metrics(_: Request) -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def ops_routes(health: Health, *, metrics: bool = True) -> list[BaseRoute]:
+    """``/healthz``, ``/readyz`` and, unless ``metrics`` is false (they are served on a port
+    of their own, see :func:`metrics_server`), ``/metrics``."""
+
     async def healthz(_: Request) -> Response:
         return JSONResponse(
             {"status": "ok" if health.live else "dead"}, 200 if health.live else 503
@@ -47,18 +55,23 @@ def ops_routes(health: Health) -> list[BaseRoute]:
         body = {"ready": health.ready, "checks": health.report()}
         return JSONResponse(body, 200 if health.ready else 503)
 
-    async def metrics(_: Request) -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
     return [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
+        *([Route("/metrics", _metrics, methods=["GET"])] if metrics else []),
     ]
 
 
-def ops_app(health: Health, routes: Sequence[BaseRoute] = ()) -> Starlette:
-    return Starlette(routes=[*routes, *ops_routes(health)])
+def ops_app(health: Health, routes: Sequence[BaseRoute] = (), *, metrics: bool = True) -> Starlette:
+    return Starlette(routes=[*routes, *ops_routes(health, metrics=metrics)])
+
+
+def metrics_server(settings: TelemetrySettings) -> HttpServer | None:
+    """A server of ``/metrics`` alone on ``TOLLGATE_METRICS_PORT``, or None when unset."""
+    if settings.metrics_port is None:
+        return None
+    app = Starlette(routes=[Route("/metrics", _metrics, methods=["GET"])])
+    return HttpServer(app, host=settings.metrics_host, port=settings.metrics_port)
 
 
 class _Server(uvicorn.Server):

@@ -316,3 +316,24 @@ async def test_stop_is_bounded_by_the_drain_timeout_and_the_unfinished_work_come
     assert stopping in done
     stopping.result()
     assert await redelivered(kafka_settings, producer, topic, group, 3) == ["a", "b", "c"]
+
+
+async def test_a_topic_prefix_puts_records_on_prefixed_topics_under_the_same_names(
+    kafka_settings: KafkaSettings, topic_factory: TopicFactory, unique: Callable[[str], str]
+) -> None:
+    prefixed = kafka_settings.model_copy(update={"topic_prefix": unique("rel") + "."})
+    topic = "tollgate.usage"
+    await topic_factory(prefixed.topic(topic))
+    collector = Collector()
+    async with EventProducer(prefixed, client_id="test") as producer:
+        assert await producer.partitions_for(topic) == {0}
+        consumer = consumer_for(prefixed, producer, topic, collector)
+        await consumer.start()
+        try:
+            await producer.publish(topic, usage("r-prefixed"))
+            await collector.wait_for(1)
+        finally:
+            await consumer.stop()
+    [got] = collector.items
+    assert got.topic == topic and got.event.request_id == "r-prefixed"
+    assert prefixed.logical_topic(prefixed.topic(topic)) == topic

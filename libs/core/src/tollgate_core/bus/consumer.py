@@ -143,7 +143,9 @@ class EventConsumer(Generic[T]):
             raise ValueError("manual partition assignment takes exactly one topic")
         self.name = name
         self._settings = settings
-        self._topics = list(topics)
+        #: the broker's names (with the configured prefix); records are reported by the
+        #: names the code uses
+        self._topics = [settings.topic(t) for t in topics]
         self._decoder = decoder
         self._handler = handler
         self._dead_letter = dead_letter
@@ -276,16 +278,17 @@ class EventConsumer(Generic[T]):
             if await self._send_to_dead_letter(record, headers, type(exc).__name__, exc.message):
                 self._tracker.done(tp, record.offset)
             return
+        topic = self._settings.logical_topic(record.topic)
         delivered = Delivered(
             event=event,
-            topic=record.topic,
+            topic=topic,
             partition=record.partition,
             offset=record.offset,
             key=record.key.decode("utf-8", "replace") if record.key is not None else None,
             headers=headers,
         )
         with tracer.start_as_current_span(
-            f"{record.topic} process",
+            f"{topic} process",
             context=h.extract_trace(headers),
             kind=SpanKind.CONSUMER,
             attributes={
@@ -300,7 +303,7 @@ class EventConsumer(Generic[T]):
         ) as span:
             finished = await self._handle(delivered, record, headers, span)
         if finished:
-            CONSUMED.labels(record.topic, self.name).inc()
+            CONSUMED.labels(topic, self.name).inc()
             self._tracker.done(tp, record.offset)
 
     async def _handle(
@@ -378,7 +381,9 @@ class EventConsumer(Generic[T]):
                     return False
                 delay = min(delay * 2, self._max_retry_delay)
                 continue
-            DEAD_LETTERED.labels(record.topic, self.name, reason).inc()
+            DEAD_LETTERED.labels(
+                self._settings.logical_topic(record.topic), self.name, reason
+            ).inc()
             logger.warning(
                 "%s: dead-lettered %s/%d@%d (request %s): %s: %s",
                 self.name,
@@ -409,7 +414,9 @@ class EventConsumer(Generic[T]):
     def _observe_lag(self, consumer: AIOKafkaConsumer, tp: TopicPartition, last: int) -> None:
         highwater = consumer.highwater(tp)
         if highwater is not None:
-            LAG.labels(tp.topic, str(tp.partition), self.name).set(max(0, highwater - last - 1))
+            LAG.labels(self._settings.logical_topic(tp.topic), str(tp.partition), self.name).set(
+                max(0, highwater - last - 1)
+            )
 
     async def _sleep(self, seconds: float) -> bool:
         """Sleep unless stopping; False when stop was requested."""

@@ -101,7 +101,7 @@ class EventProducer:
             attributes={
                 "messaging.system": "kafka",
                 "messaging.operation.type": "send",
-                "messaging.destination.name": topic,
+                "messaging.destination.name": self._settings.topic(topic),
                 "tollgate.request_id": request_id or "",
             },
         ):
@@ -117,13 +117,19 @@ class EventProducer:
         partition: int | None = None,
         headers: h.Headers | None = None,
     ) -> Any:
+        """Send to ``topic`` (a name from :mod:`tollgate_core.topics`; the configured prefix
+        is added here)."""
         producer = self._producer
         if producer is None:
             raise DependencyUnavailable("producer is not started")
         key_bytes = key.encode() if isinstance(key, str) else key
         try:
             metadata = await producer.send_and_wait(
-                topic, value, key=key_bytes, partition=partition, headers=headers or []
+                self._settings.topic(topic),
+                value,
+                key=key_bytes,
+                partition=partition,
+                headers=headers or [],
             )
         except KafkaError as exc:
             PRODUCE_ERRORS.labels(topic).inc()
@@ -135,4 +141,4 @@ class EventProducer:
         producer = self._producer
         if producer is None:
             raise DependencyUnavailable("producer is not started")
-        return set(await producer.partitions_for(topic))
+        return set(await producer.partitions_for(self._settings.topic(topic)))
