@@ -5,6 +5,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from prometheus_client import REGISTRY
 
 from tollgate_core import topics
 from tollgate_core.bus import Delivered, InMemoryPublisher
@@ -411,3 +412,24 @@ async def test_a_crash_at_the_done_reply_is_settled_with_the_real_usage_on_redel
     assert usage.status == "ok" and usage.usage == done.usage and usage.cost_usd > 0
     assert not any(isinstance(r, ReplyErrorV1) for r in rig.replies())
     assert rig.journal.rows[delivered.event.request_id][0] == "settled"
+
+
+async def test_the_genai_semantic_convention_metrics_are_reported_beside_ours() -> None:
+    def sample(name: str, **labels: str) -> float:
+        base = {"gen_ai_operation_name": "chat", "gen_ai_system": "tollgate.local"}
+        value = REGISTRY.get_sample_value(name, {**base, **labels})
+        return value or 0.0
+
+    model = {"gen_ai_request_model": "tollgate-local"}
+    before_output = sample("gen_ai_client_token_usage_sum", **model, gen_ai_token_type="output")
+    before_ttft = sample("gen_ai_server_time_to_first_token_seconds_count", **model)
+    before_calls = sample("gen_ai_client_operation_duration_seconds_count", **model, error_type="")
+    rig = Rig()
+    await rig.handler(admission())
+    after_output = sample("gen_ai_client_token_usage_sum", **model, gen_ai_token_type="output")
+    assert after_output - before_output == 3
+    assert sample("gen_ai_server_time_to_first_token_seconds_count", **model) == before_ttft + 1
+    assert (
+        sample("gen_ai_client_operation_duration_seconds_count", **model, error_type="")
+        == before_calls + 1
+    )
