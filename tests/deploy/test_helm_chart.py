@@ -222,6 +222,7 @@ def test_each_service_runs_with_probes_its_own_account_and_the_shared_settings()
         env = env_of(workload)
         assert env["KAFKA_BOOTSTRAP_SERVERS"] == "kafka-bootstrap:9092"
         assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel:4318"
+        assert env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "http/protobuf"
         assert env[f"TOLLGATE_{service.upper()}_HOST"] == "0.0.0.0"
         assert ("DATABASE_URL" in env) == (service in ("auth", "meter", "router"))
         assert "KAFKA_TOPIC_PREFIX" not in env

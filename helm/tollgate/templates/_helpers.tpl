@@ -84,6 +84,8 @@ app.kubernetes.io/component: {{ .service }}
 {{- if .Values.otel.endpoint }}
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
   value: {{ .Values.otel.endpoint | quote }}
+- name: OTEL_EXPORTER_OTLP_PROTOCOL
+  value: {{ .Values.otel.protocol | quote }}
 {{- end }}
 - name: OTEL_SERVICE_NAMESPACE
   value: {{ .Release.Namespace | quote }}

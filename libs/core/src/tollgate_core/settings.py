@@ -80,11 +80,17 @@ class DatabaseSettings(BaseSettings):
 
 
 class TelemetrySettings(BaseSettings):
-    """Logs, traces and metrics. Traces go over OTLP/HTTP when an endpoint is set."""
+    """Logs, traces and metrics. Traces are exported over OTLP when an endpoint is set, as
+    the standard ``OTEL_EXPORTER_OTLP_*`` variables say: ``…_TRACES_ENDPOINT`` is used as
+    given, ``…_ENDPOINT`` gets ``/v1/traces`` appended for HTTP; ``…_PROTOCOL`` (or
+    ``…_TRACES_PROTOCOL``) is ``http/protobuf`` (default) or ``grpc``."""
 
     model_config = SettingsConfigDict(frozen=True, extra="ignore")
 
     otel_exporter_otlp_endpoint: str | None = None
+    otel_exporter_otlp_traces_endpoint: str | None = None
+    otel_exporter_otlp_protocol: Literal["http/protobuf", "grpc"] = "http/protobuf"
+    otel_exporter_otlp_traces_protocol: Literal["http/protobuf", "grpc"] | None = None
     otel_service_namespace: str = "tollgate"
     #: serve ``/metrics`` on this port of its own instead of the service's port, so that a
     #: public port (the edge's) does not show it; unset: on the service's port
