@@ -9,7 +9,9 @@
   in headers; the partition moves on. A handler that fails with a *retriable*
   :class:`~tollgate_core.errors.TollgateError` is retried with backoff instead.
 * Each record is processed inside a CONSUMER span whose parent is the ``traceparent`` the
-  producer wrote, so one request is one trace across services.
+  producer wrote, so one request is one trace across services; a record of a stream
+  (:attr:`~tollgate_core.contracts.Contract.TRACED_AS_EVENT`, a reply chunk) is processed in
+  that context without a span of its own.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from tollgate_core.bus import headers as h
 from tollgate_core.bus.codec import Decoder
 from tollgate_core.bus.interfaces import Delivered
 from tollgate_core.bus.producer import EventProducer
+from tollgate_core.contracts import Contract
 from tollgate_core.errors import ContractError, DependencyUnavailable, TollgateError
 from tollgate_core.settings import KafkaSettings
 from tollgate_core.topics import DEAD_LETTER
@@ -287,20 +290,27 @@ class EventConsumer(Generic[T]):
             key=record.key.decode("utf-8", "replace") if record.key is not None else None,
             headers=headers,
         )
-        with tracer.start_as_current_span(
-            f"{topic} process",
-            context=h.extract_trace(headers),
-            kind=SpanKind.CONSUMER,
-            attributes={
-                "messaging.system": "kafka",
-                "messaging.operation.type": "process",
-                "messaging.destination.name": record.topic,
-                "messaging.destination.partition.id": str(record.partition),
-                "messaging.kafka.offset": record.offset,
-                "messaging.consumer.group.name": self._group_id or "",
-                "tollgate.request_id": headers.get(h.REQUEST_ID, ""),
-            },
-        ) as span:
+        context = h.extract_trace(headers)
+        if isinstance(event, Contract) and event.TRACED_AS_EVENT:
+            span = trace.get_current_span(context)  # the producer's, not recorded here
+            scope = trace.use_span(span, end_on_exit=False)
+        else:
+            span = tracer.start_span(
+                f"{topic} process",
+                context=context,
+                kind=SpanKind.CONSUMER,
+                attributes={
+                    "messaging.system": "kafka",
+                    "messaging.operation.type": "process",
+                    "messaging.destination.name": record.topic,
+                    "messaging.destination.partition.id": str(record.partition),
+                    "messaging.kafka.offset": record.offset,
+                    "messaging.consumer.group.name": self._group_id or "",
+                    "tollgate.request_id": headers.get(h.REQUEST_ID, ""),
+                },
+            )
+            scope = trace.use_span(span, end_on_exit=True)
+        with scope:
             finished = await self._handle(delivered, record, headers, span)
         if finished:
             CONSUMED.labels(topic, self.name).inc()

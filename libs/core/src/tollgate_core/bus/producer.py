@@ -95,15 +95,22 @@ class EventProducer:
         )
         if isinstance(principal, str):
             headers.append((h.PRINCIPAL, principal.encode()))
+        attributes = {
+            "messaging.system": "kafka",
+            "messaging.operation.type": "send",
+            "messaging.destination.name": self._settings.topic(topic),
+            "tollgate.request_id": request_id or "",
+        }
+        if event.TRACED_AS_EVENT:
+            seq = getattr(event, "seq", None)
+            if isinstance(seq, int):
+                attributes["tollgate.seq"] = seq
+            trace.get_current_span().add_event(f"{topic} publish", attributes)
+            h.inject_trace(headers)
+            await self.send_raw(topic, encode(event), key=key, partition=partition, headers=headers)
+            return
         with tracer.start_as_current_span(
-            f"{topic} publish",
-            kind=SpanKind.PRODUCER,
-            attributes={
-                "messaging.system": "kafka",
-                "messaging.operation.type": "send",
-                "messaging.destination.name": self._settings.topic(topic),
-                "tollgate.request_id": request_id or "",
-            },
+            f"{topic} publish", kind=SpanKind.PRODUCER, attributes=attributes
         ):
             h.inject_trace(headers)
             await self.send_raw(topic, encode(event), key=key, partition=partition, headers=headers)
