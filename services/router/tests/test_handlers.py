@@ -5,6 +5,10 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import REGISTRY
 
 from tollgate_core import topics
@@ -432,4 +436,36 @@ async def test_the_genai_semantic_convention_metrics_are_reported_beside_ours() 
     assert (
         sample("gen_ai_client_operation_duration_seconds_count", **model, error_type="")
         == before_calls + 1
+    )
+
+
+async def test_each_provider_attempt_is_a_client_span_inside_the_requests_span(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    monkeypatch.setattr("tollgate_router.handlers.tracer", tracer)
+    monkeypatch.setattr("tollgate_router.resilience.tracer", tracer)
+    down = ProviderUnavailable("down")
+    rig = Rig(ScriptedProvider("cloud", [Step(error=down), Step(chunks=("a", "b"))]))
+    await rig.handler(admission("open"))
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    request = spans["chat open"]
+    attempts = [s for s in exporter.get_finished_spans() if s.kind == SpanKind.CLIENT]
+    assert len(attempts) == 2
+    for attempt in attempts:
+        assert attempt.parent is not None
+        assert attempt.parent.span_id == request.context.span_id
+        assert attempt.attributes is not None
+        assert attempt.attributes["gen_ai.operation.name"] == "chat"
+        assert attempt.attributes["gen_ai.system"] == "tollgate.cloud"
+    failed, served = attempts
+    assert failed.status.status_code == StatusCode.ERROR
+    assert served.attributes is not None and served.attributes["gen_ai.usage.output_tokens"] > 0
+    assert request.attributes is not None
+    assert (
+        request.attributes["gen_ai.usage.output_tokens"]
+        == (served.attributes["gen_ai.usage.output_tokens"])
     )

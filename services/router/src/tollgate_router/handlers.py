@@ -191,9 +191,10 @@ class GenerationHandler:
         model_id = request.model or catalog.default_model
         started_at = utcnow()
         t0 = time.perf_counter()
+        # the request's span; each call to a provider is a CLIENT span of its own inside it
         with tracer.start_as_current_span(
             f"chat {model_id}",
-            kind=SpanKind.CLIENT,
+            kind=SpanKind.INTERNAL,
             attributes={
                 "gen_ai.operation.name": "chat",
                 "gen_ai.request.model": model_id,
@@ -248,7 +249,7 @@ class GenerationHandler:
             except ProviderError as exc:
                 error = exc
             served = outcome.model
-            span.set_attribute("gen_ai.system", outcome.provider)
+            span.set_attribute("gen_ai.system", genai.system_of(outcome.provider))
             span.set_attribute("gen_ai.response.model", served.id)
             if ttft_ms is not None:
                 TTFT.labels(served.id).observe(ttft_ms / 1000)
