@@ -17,13 +17,17 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Protocol
 
 import httpx
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 from tollgate_core.errors import RequestError
+from tollgate_core.http import trace_headers
 from tollgate_stream.appsync.auth_headers import CREDENTIAL_HEADERS
 from tollgate_stream.appsync.channels import Channel
 from tollgate_stream.errors import AppSyncError
 
 logger = logging.getLogger(__name__)
+tracer = trace.get_tracer("tollgate.stream")
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,12 +164,19 @@ class AuthServiceAuthorizer:
         model: str | None,
     ) -> tuple[Identity | AppSyncError, float]:
         body = {"headers": credentials, "operation": operation, "channel": channel, "model": model}
-        try:
-            response = await self._client.post("/v1/authorize", json=body)
-            data: Any = response.json()
-        except (httpx.HTTPError, ValueError) as exc:
-            logger.warning("auth service unreachable: %s", exc)
-            return AppSyncError.unavailable("the auth service is unavailable"), 0
+        with tracer.start_as_current_span(
+            "POST /v1/authorize",
+            kind=SpanKind.CLIENT,
+            attributes={"http.request.method": "POST", "tollgate.operation": operation},
+        ):
+            try:
+                response = await self._client.post(
+                    "/v1/authorize", json=body, headers=trace_headers()
+                )
+                data: Any = response.json()
+            except (httpx.HTTPError, ValueError) as exc:
+                logger.warning("auth service unreachable: %s", exc)
+                return AppSyncError.unavailable("the auth service is unavailable"), 0
         if response.status_code == 200 and isinstance(data, dict):
             try:
                 identity = Identity(
