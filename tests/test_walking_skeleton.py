@@ -148,9 +148,11 @@ async def test_stream_meter_and_router_spans_share_one_trace(stack: Stack, otlp:
     router = await span_named("chat tollgate-local")
     trace_id = meter.trace_id
     assert router.trace_id == trace_id
-    # the root of the trace is the edge's publish span, which names no request id (one
-    # publish may carry several events); it is the ancestor of both.
+    # the root of the trace is the edge's HTTP request span, and inside it the publish span,
+    # which names no request id (one publish may carry several events); the ancestor of both.
     edge_span = await otlp.wait_for(
         lambda s: s.name == "publish Inbound-Messages" and s.trace_id == trace_id
     )
-    assert not edge_span.parent_span_id
+    root = await otlp.wait_for(lambda s: s.name == "POST /event" and s.trace_id == trace_id)
+    assert edge_span.parent_span_id == root.span_id
+    assert not root.parent_span_id

@@ -1,5 +1,7 @@
 {{- define "tollgate.fullname" -}}
-{{- if contains .Chart.Name .Release.Name -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 50 | trimSuffix "-" -}}
+{{- else if contains .Chart.Name .Release.Name -}}
 {{- .Release.Name | trunc 50 | trimSuffix "-" -}}
 {{- else -}}
 {{- printf "%s-%s" .Release.Name .Chart.Name | trunc 50 | trimSuffix "-" -}}
@@ -20,15 +22,31 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 app.kubernetes.io/component: {{ .service }}
 {{- end -}}
 
+{{/* A service's image: services.<name>.image overrides image.*; a digest pins it. */}}
 {{- define "tollgate.image" -}}
-{{- printf "%s/tollgate-%s:%s" .root.Values.image.repository .service (.root.Values.image.tag | default .root.Chart.AppVersion) -}}
+{{- $own := (index .root.Values.services .service).image -}}
+{{- $repository := $own.repository | default (printf "%s/tollgate-%s" .root.Values.image.repository .service) -}}
+{{- $tag := $own.tag | default .root.Values.image.tag | default .root.Chart.AppVersion -}}
+{{- if $own.digest -}}
+{{- printf "%s@%s" $repository $own.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repository $tag -}}
+{{- end -}}
 {{- end -}}
 
+{{/* Topic names on the broker start with this (kafka.topics.prefix, then the release). */}}
+{{- define "tollgate.topicPrefix" -}}
+{{- .Values.kafka.topics.prefix -}}
+{{- if .Values.kafka.topics.prefixWithRelease -}}{{ .Release.Name }}.{{- end -}}
+{{- end -}}
+
+{{/* A service's ServiceAccount. Expects dict root, service. */}}
 {{- define "tollgate.serviceAccountName" -}}
-{{- if .Values.serviceAccount.create -}}
-{{- .Values.serviceAccount.name | default (include "tollgate.fullname" .) -}}
+{{- $sa := (index .root.Values.services .service).serviceAccount -}}
+{{- if $sa.create -}}
+{{- $sa.name | default (printf "%s-%s" (include "tollgate.fullname" .root) .service) -}}
 {{- else -}}
-{{- .Values.serviceAccount.name | default "default" -}}
+{{- $sa.name | default "default" -}}
 {{- end -}}
 {{- end -}}
 
@@ -48,6 +66,10 @@ app.kubernetes.io/component: {{ .service }}
   value: {{ .Values.kafka.fetchMaxWaitMs | quote }}
 - name: KAFKA_SECURITY_PROTOCOL
   value: {{ .Values.kafka.securityProtocol | quote }}
+{{- with include "tollgate.topicPrefix" . }}
+- name: KAFKA_TOPIC_PREFIX
+  value: {{ . | quote }}
+{{- end }}
 {{- if .Values.kafka.sasl.mechanism }}
 - name: KAFKA_SASL_MECHANISM
   value: {{ .Values.kafka.sasl.mechanism | quote }}
@@ -62,6 +84,8 @@ app.kubernetes.io/component: {{ .service }}
 {{- if .Values.otel.endpoint }}
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
   value: {{ .Values.otel.endpoint | quote }}
+- name: OTEL_EXPORTER_OTLP_PROTOCOL
+  value: {{ .Values.otel.protocol | quote }}
 {{- end }}
 - name: OTEL_SERVICE_NAMESPACE
   value: {{ .Release.Namespace | quote }}
@@ -83,12 +107,23 @@ ports:
   - name: http
     containerPort: {{ $spec.port }}
     protocol: TCP
+{{- if ne $name "analytics" }}
+  - name: metrics
+    containerPort: {{ $root.Values.metrics.port }}
+    protocol: TCP
+{{- end }}
 env:
 {{- include "tollgate.commonEnv" $root | nindent 2 }}
   - name: {{ $prefix }}HOST
     value: "0.0.0.0"
   - name: {{ $prefix }}PORT
     value: {{ $spec.port | quote }}
+{{- if ne $name "analytics" }}
+  - name: TOLLGATE_METRICS_HOST
+    value: "0.0.0.0"
+  - name: TOLLGATE_METRICS_PORT
+    value: {{ $root.Values.metrics.port | quote }}
+{{- end }}
 {{- if has $name (list "auth" "meter" "router") }}
   - name: DATABASE_URL
     valueFrom:
@@ -156,6 +191,12 @@ env:
         key: ADMIN_TOKEN
 {{- end }}
 {{- end }}
+{{- if has $name (list "meter" "router") }}
+{{- with include "tollgate.topicPrefix" $root }}
+  - name: {{ $prefix }}CONSUMER_GROUP
+    value: {{ printf "%stollgate-%s" . $name | quote }}
+{{- end }}
+{{- end }}
 {{- if eq $name "stream" }}
   - name: TOLLGATE_STREAM_ROUTER_URL
     value: {{ printf "http://%s-router:%v" (include "tollgate.fullname" $root) $root.Values.services.router.port | quote }}
@@ -169,12 +210,24 @@ env:
         fieldPath: metadata.labels['apps.kubernetes.io/pod-index']
   - name: TOLLGATE_STREAM_REPLICA_COUNT
     value: {{ $spec.replicas | quote }}
+  - name: TOLLGATE_STREAM_KEEPALIVE_INTERVAL_S
+    value: {{ $spec.keepaliveIntervalSeconds | quote }}
 {{- end }}
 {{- if eq $name "analytics" }}
   - name: TOLLGATE_ANALYTICS_DATA_DIR
     value: /var/lib/tollgate/analytics
   - name: TOLLGATE_ANALYTICS_STATE_DIR
     value: /var/lib/tollgate/analytics-state
+{{- with include "tollgate.topicPrefix" $root }}
+  - name: TOLLGATE_ANALYTICS_APP_ID
+    value: {{ printf "%stollgate-analytics" . | quote }}
+  - name: TOLLGATE_ANALYTICS_LOGS_TOPIC
+    value: {{ printf "%stollgate.logs" . | quote }}
+  - name: TOLLGATE_ANALYTICS_USAGE_TOPIC
+    value: {{ printf "%stollgate.usage" . | quote }}
+  - name: TOLLGATE_ANALYTICS_DEAD_LETTER_TOPIC
+    value: {{ printf "%stollgate.deadletter" . | quote }}
+{{- end }}
 {{- with $root.Values.analytics }}
 {{- if .s3Bucket }}
   - name: TOLLGATE_ANALYTICS_S3_BUCKET
@@ -196,6 +249,9 @@ env:
 {{- range $key, $value := $spec.env }}
   - name: {{ $key }}
     value: {{ $value | quote }}
+{{- end }}
+{{- with $spec.extraEnv }}
+  {{- toYaml . | nindent 2 }}
 {{- end }}
 livenessProbe:
   httpGet: {path: /healthz, port: http}
@@ -230,11 +286,35 @@ volumeMounts:
     mountPath: /etc/tollgate/policy
     readOnly: true
 {{- end }}
+{{- with $spec.extraVolumeMounts }}
+  {{- toYaml . | nindent 2 }}
+{{- end }}
 {{- end -}}
 
 {{- define "tollgate.podSpec" -}}
 {{- $root := .root -}}
-serviceAccountName: {{ include "tollgate.serviceAccountName" $root }}
+{{- $spec := .spec -}}
+serviceAccountName: {{ include "tollgate.serviceAccountName" . }}
+automountServiceAccountToken: false
+{{- with $spec.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with $spec.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $spec.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $spec.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $spec.topologySpreadConstraints }}
+topologySpreadConstraints:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
 {{- with $root.Values.imagePullSecrets }}
 imagePullSecrets:
   {{- toYaml . | nindent 2 }}
@@ -261,4 +341,24 @@ volumes:
     configMap:
       name: {{ include "tollgate.fullname" .root }}-policy
 {{- end }}
+{{- with $spec.extraVolumes }}
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* A service's pod template metadata. Expects dict root, service, spec. */}}
+{{- define "tollgate.podMetadata" -}}
+labels:
+  {{- include "tollgate.labels" .root | nindent 2 }}
+  app.kubernetes.io/component: {{ .service }}
+  {{- with .spec.podLabels }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+annotations:
+  prometheus.io/scrape: "true"
+  prometheus.io/port: {{ (eq .service "analytics") | ternary .spec.port .root.Values.metrics.port | quote }}
+  prometheus.io/path: /metrics
+  {{- with .spec.podAnnotations }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
 {{- end -}}

@@ -5,6 +5,11 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+from prometheus_client import REGISTRY
 
 from tollgate_core import topics
 from tollgate_core.bus import Delivered, InMemoryPublisher
@@ -481,3 +486,56 @@ async def test_an_admission_older_than_its_reservation_can_last_is_not_run() -> 
         clock=lambda: utcnow() + timedelta(seconds=500),
     )(admission("priced"))
     assert len(fresh.cloud.calls) == 1
+
+
+async def test_the_genai_semantic_convention_metrics_are_reported_beside_ours() -> None:
+    def sample(name: str, **labels: str) -> float:
+        base = {"gen_ai_operation_name": "chat", "gen_ai_system": "tollgate.local"}
+        value = REGISTRY.get_sample_value(name, {**base, **labels})
+        return value or 0.0
+
+    model = {"gen_ai_request_model": "tollgate-local"}
+    before_output = sample("gen_ai_client_token_usage_sum", **model, gen_ai_token_type="output")
+    before_ttft = sample("gen_ai_server_time_to_first_token_seconds_count", **model)
+    before_calls = sample("gen_ai_client_operation_duration_seconds_count", **model, error_type="")
+    rig = Rig()
+    await rig.handler(admission())
+    after_output = sample("gen_ai_client_token_usage_sum", **model, gen_ai_token_type="output")
+    assert after_output - before_output == 3
+    assert sample("gen_ai_server_time_to_first_token_seconds_count", **model) == before_ttft + 1
+    assert (
+        sample("gen_ai_client_operation_duration_seconds_count", **model, error_type="")
+        == before_calls + 1
+    )
+
+
+async def test_each_provider_attempt_is_a_client_span_inside_the_requests_span(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    monkeypatch.setattr("tollgate_router.handlers.tracer", tracer)
+    monkeypatch.setattr("tollgate_router.resilience.tracer", tracer)
+    down = ProviderUnavailable("down")
+    rig = Rig(ScriptedProvider("cloud", [Step(error=down), Step(chunks=("a", "b"))]))
+    await rig.handler(admission("open"))
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    request = spans["chat open"]
+    attempts = [s for s in exporter.get_finished_spans() if s.kind == SpanKind.CLIENT]
+    assert len(attempts) == 2
+    for attempt in attempts:
+        assert attempt.parent is not None
+        assert attempt.parent.span_id == request.context.span_id
+        assert attempt.attributes is not None
+        assert attempt.attributes["gen_ai.operation.name"] == "chat"
+        assert attempt.attributes["gen_ai.system"] == "tollgate.cloud"
+    failed, served = attempts
+    assert failed.status.status_code == StatusCode.ERROR
+    assert served.attributes is not None and served.attributes["gen_ai.usage.output_tokens"] > 0
+    assert request.attributes is not None
+    assert (
+        request.attributes["gen_ai.usage.output_tokens"]
+        == (served.attributes["gen_ai.usage.output_tokens"])
+    )

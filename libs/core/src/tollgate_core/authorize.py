@@ -19,8 +19,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import httpx
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind
 
 from tollgate_core.errors import DependencyUnavailable
+
+tracer = trace.get_tracer("tollgate.authorize")
 
 logger = logging.getLogger(__name__)
 
@@ -65,11 +69,19 @@ class AuthorizeClient:
     ) -> Grant | Denial:
         credentials = {k: headers[k] for k in CREDENTIAL_HEADERS if k in headers}
         body = {"headers": credentials, "operation": operation, "channel": channel, "model": model}
-        try:
-            response = await self._client.post(self._url, json=body)
-            data: Any = response.json()
-        except (httpx.HTTPError, ValueError) as exc:
-            raise DependencyUnavailable(f"auth service unreachable: {exc}") from exc
+        # a CLIENT span, and its context in the request, so the auth service's span is its child
+        with tracer.start_as_current_span(
+            "POST /v1/authorize",
+            kind=SpanKind.CLIENT,
+            attributes={"http.request.method": "POST", "tollgate.operation": operation},
+        ):
+            context: dict[str, str] = {}
+            propagate.inject(context)
+            try:
+                response = await self._client.post(self._url, json=body, headers=context)
+                data: Any = response.json()
+            except (httpx.HTTPError, ValueError) as exc:
+                raise DependencyUnavailable(f"auth service unreachable: {exc}") from exc
         if response.status_code == 200:
             return _grant(data)
         if response.status_code in (400, 401, 403):

@@ -29,6 +29,10 @@ class Contract(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="ignore")
     SCHEMA: ClassVar[str]
+    #: one record of many in a stream (a reply's chunks): the bus notes its publishing as an
+    #: event of the current span and processes it in its producer's trace context without a
+    #: span of its own, so a long answer is not a span per chunk (not part of the wire format)
+    TRACED_AS_EVENT: ClassVar[bool] = False
 
 
 # --- pieces ---------------------------------------------------------------------------------
@@ -135,6 +139,7 @@ class _ReplyBase(Contract):
 
 class ReplyChunkV1(_ReplyBase):
     SCHEMA: ClassVar[str] = "tollgate.reply.v1"
+    TRACED_AS_EVENT: ClassVar[bool] = True
     kind: Literal["chunk"] = "chunk"
     text: str
 

@@ -11,17 +11,24 @@ from collections.abc import Generator, Sequence
 from typing import TypeVar
 
 import uvicorn
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tollgate_core.errors import RequestError
 from tollgate_core.health import Health
+from tollgate_core.settings import TelemetrySettings
 
 logger = logging.getLogger(__name__)
+tracer = trace.get_tracer("tollgate.http")
+_OPS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -51,7 +58,14 @@ def bearer_matches(authorization: str | None, token: str | None) -> bool:
     )
 
 
-def ops_routes(health: Health) -> list[BaseRoute]:
+async def _metrics(_: Request) -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def ops_routes(health: Health, *, metrics: bool = True) -> list[BaseRoute]:
+    """``/healthz``, ``/readyz`` and, unless ``metrics`` is false (they are served on a port
+    of their own, see :func:`metrics_server`), ``/metrics``."""
+
     async def healthz(_: Request) -> Response:
         return JSONResponse(
             {"status": "ok" if health.live else "dead"}, 200 if health.live else 503
@@ -61,18 +75,73 @@ def ops_routes(health: Health) -> list[BaseRoute]:
         body = {"ready": health.ready, "checks": health.report()}
         return JSONResponse(body, 200 if health.ready else 503)
 
-    async def metrics(_: Request) -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
     return [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
+        *([Route("/metrics", _metrics, methods=["GET"])] if metrics else []),
     ]
 
 
-def ops_app(health: Health, routes: Sequence[BaseRoute] = ()) -> Starlette:
-    return Starlette(routes=[*routes, *ops_routes(health)])
+def ops_app(health: Health, routes: Sequence[BaseRoute] = (), *, metrics: bool = True) -> Starlette:
+    return Starlette(
+        routes=[*routes, *ops_routes(health, metrics=metrics)],
+        middleware=[Middleware(TracingMiddleware)],
+    )
+
+
+class TracingMiddleware:
+    """A SERVER span per HTTP request, continuing the caller's W3C ``traceparent``.
+
+    Written here rather than taken from opentelemetry-instrumentation-asgi because that one
+    also makes a span per WebSocket connection (one connection carries many requests, each
+    its own trace: they are traced where each message is handled) and, unless told not to,
+    a span per body chunk sent (an SSE answer would be a span per token). Probes and
+    ``/metrics`` are not traced. A streamed response is one span, ending with the stream.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in _OPS_PATHS:
+            await self._app(scope, receive, send)
+            return
+        carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        method = scope["method"]
+        status = 500
+
+        async def send_noting_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        with tracer.start_as_current_span(
+            f"{method} {scope['path']}",
+            context=propagate.extract(carrier),
+            kind=SpanKind.SERVER,
+            attributes={"http.request.method": method, "url.path": scope["path"]},
+        ) as span:
+            await self._app(scope, receive, send_noting_status)
+            span.set_attribute("http.response.status_code", status)
+            if status >= 500:
+                span.set_status(Status(StatusCode.ERROR))
+
+
+def trace_headers() -> dict[str, str]:
+    """The current trace context as HTTP headers (``traceparent``), for a call to another
+    service."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
+
+
+def metrics_server(settings: TelemetrySettings) -> HttpServer | None:
+    """A server of ``/metrics`` alone on ``TOLLGATE_METRICS_PORT``, or None when unset."""
+    if settings.metrics_port is None:
+        return None
+    app = Starlette(routes=[Route("/metrics", _metrics, methods=["GET"])])
+    return HttpServer(app, host=settings.metrics_host, port=settings.metrics_port)
 
 
 class _Server(uvicorn.Server):

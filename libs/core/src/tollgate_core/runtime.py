@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from tollgate_core import telemetry
 from tollgate_core.errors import ConfigurationError
 from tollgate_core.health import Health
+from tollgate_core.http import metrics_server
 from tollgate_core.settings import TelemetrySettings
 
 logger = logging.getLogger(__name__)
@@ -23,11 +24,23 @@ def run_service(
     telemetry_settings: TelemetrySettings,
     main: Callable[[asyncio.Event], Awaitable[None]],
 ) -> None:
-    """A service's whole process: logging and tracing set up, ``main`` run until SIGTERM or
-    SIGINT, traces flushed on the way out."""
+    """A service's whole process: logging and tracing set up, ``/metrics`` served on a port
+    of its own when one is configured, ``main`` run until SIGTERM or SIGINT, traces flushed
+    on the way out."""
     tel = telemetry.setup(telemetry_settings, service)
+
+    async def main_and_metrics(stop: asyncio.Event) -> None:
+        metrics = metrics_server(telemetry_settings)
+        if metrics is not None:
+            await metrics.start()
+        try:
+            await main(stop)
+        finally:
+            if metrics is not None:
+                await metrics.stop()
+
     try:
-        run(main)
+        run(main_and_metrics)
     finally:
         tel.shutdown()
 

@@ -39,6 +39,17 @@ class KafkaSettings(BaseSettings):
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    #: prepended to every Tollgate topic name (e.g. ``<release>.``), so that two installations
+    #: can share one Kafka; the code keeps using the names in :mod:`tollgate_core.topics`
+    topic_prefix: str = ""
+
+    def topic(self, name: str) -> str:
+        """The topic's name on the broker."""
+        return self.topic_prefix + name
+
+    def logical_topic(self, name: str) -> str:
+        """The name the code knows a broker topic by (the prefix taken off)."""
+        return name.removeprefix(self.topic_prefix)
 
     def client_kwargs(self) -> dict[str, Any]:
         """Connection arguments common to aiokafka producers, consumers and admin clients."""
@@ -78,12 +89,24 @@ class DatabaseSettings(BaseSettings):
 
 
 class TelemetrySettings(BaseSettings):
-    """Logs, traces and metrics. Traces go over OTLP/HTTP when an endpoint is set."""
+    """Logs, traces and metrics. Traces are exported over OTLP when an endpoint is set, as
+    the standard ``OTEL_EXPORTER_OTLP_*`` variables say: ``…_TRACES_ENDPOINT`` is used as
+    given, ``…_ENDPOINT`` gets ``/v1/traces`` appended for HTTP; ``…_PROTOCOL`` (or
+    ``…_TRACES_PROTOCOL``) is ``http/protobuf`` (default) or ``grpc``."""
 
     model_config = SettingsConfigDict(frozen=True, extra="ignore")
 
     otel_exporter_otlp_endpoint: str | None = None
+    otel_exporter_otlp_traces_endpoint: str | None = None
+    otel_exporter_otlp_protocol: Literal["http/protobuf", "grpc"] = "http/protobuf"
+    otel_exporter_otlp_traces_protocol: Literal["http/protobuf", "grpc"] | None = None
     otel_service_namespace: str = "tollgate"
+    #: serve ``/metrics`` on this port of its own instead of the service's port, so that a
+    #: public port (the edge's) does not show it; unset: on the service's port
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65_535, validation_alias="TOLLGATE_METRICS_PORT"
+    )
+    metrics_host: str = Field(default="127.0.0.1", validation_alias="TOLLGATE_METRICS_HOST")
     log_level: str = Field(default="INFO", validation_alias="TOLLGATE_LOG_LEVEL")
     log_format: Literal["json", "text"] = Field(
         default="json", validation_alias="TOLLGATE_LOG_FORMAT"

@@ -64,8 +64,8 @@ class Telemetry:
 def configure_tracing(
     settings: TelemetrySettings, service: str, exporter: SpanExporter | None = None
 ) -> Telemetry:
-    """Install the global tracer provider; spans are exported over OTLP/HTTP when
-    ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set (or to ``exporter`` when given)."""
+    """Install the global tracer provider; spans are exported over OTLP when an endpoint is
+    configured (see :class:`TelemetrySettings`), or to ``exporter`` when given."""
     resource = Resource.create(
         {
             "service.name": f"tollgate-{service}",
@@ -73,15 +73,36 @@ def configure_tracing(
         }
     )
     provider = TracerProvider(resource=resource)
-    if exporter is None and settings.otel_exporter_otlp_endpoint:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        endpoint = settings.otel_exporter_otlp_endpoint.rstrip("/") + "/v1/traces"
-        exporter = OTLPSpanExporter(endpoint=endpoint)
+    if exporter is None:
+        exporter = otlp_exporter(settings)
     if exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=500))
     trace.set_tracer_provider(provider)
     return Telemetry(provider)
+
+
+def otlp_exporter(settings: TelemetrySettings) -> SpanExporter | None:
+    """The OTLP span exporter the settings ask for, or None when no endpoint is set."""
+    protocol = settings.otel_exporter_otlp_traces_protocol or settings.otel_exporter_otlp_protocol
+    endpoint = settings.otel_exporter_otlp_traces_endpoint
+    if protocol == "grpc":
+        endpoint = endpoint or settings.otel_exporter_otlp_endpoint
+        if endpoint is None:
+            return None
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+            OTLPSpanExporter as GrpcExporter,
+        )
+
+        return GrpcExporter(endpoint=endpoint)
+    if endpoint is None and settings.otel_exporter_otlp_endpoint:
+        endpoint = settings.otel_exporter_otlp_endpoint.rstrip("/") + "/v1/traces"
+    if endpoint is None:
+        return None
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+        OTLPSpanExporter as HttpExporter,
+    )
+
+    return HttpExporter(endpoint=endpoint)
 
 
 def setup(settings: TelemetrySettings, service: str) -> Telemetry:

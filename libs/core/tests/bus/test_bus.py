@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY
 from tollgate_core.bus import Decoder, Delivered, EventConsumer, EventProducer
 from tollgate_core.bus import headers as h
 from tollgate_core.bus.admin import ensure_topics
-from tollgate_core.contracts import Usage, UsageRecordV1
+from tollgate_core.contracts import ReplyChunkV1, Usage, UsageRecordV1
 from tollgate_core.errors import DependencyUnavailable, RecordTooLarge, TollgateError
 from tollgate_core.settings import KafkaSettings
 from tollgate_core.topics import DEAD_LETTER, TopicSpec
@@ -384,3 +384,67 @@ async def test_a_record_too_large_is_refused_without_retry(
         )
         with pytest.raises(RecordTooLarge):
             await default.publish(topic, huge)
+
+
+async def test_a_topic_prefix_puts_records_on_prefixed_topics_under_the_same_names(
+    kafka_settings: KafkaSettings, topic_factory: TopicFactory, unique: Callable[[str], str]
+) -> None:
+    prefixed = kafka_settings.model_copy(update={"topic_prefix": unique("rel") + "."})
+    topic = "tollgate.usage"
+    await topic_factory(prefixed.topic(topic))
+    collector = Collector()
+    async with EventProducer(prefixed, client_id="test") as producer:
+        assert await producer.partitions_for(topic) == {0}
+        consumer = consumer_for(prefixed, producer, topic, collector)
+        await consumer.start()
+        try:
+            await producer.publish(topic, usage("r-prefixed"))
+            await collector.wait_for(1)
+        finally:
+            await consumer.stop()
+    [got] = collector.items
+    assert got.topic == topic and got.event.request_id == "r-prefixed"
+    assert prefixed.logical_topic(prefixed.topic(topic)) == topic
+
+
+async def test_stream_records_are_events_of_the_producers_span_not_spans_of_their_own(
+    kafka_settings: KafkaSettings,
+    producer: EventProducer,
+    topic_factory: TopicFactory,
+    spans: InMemorySpanExporter,
+) -> None:
+    topic = await topic_factory()
+    seen: list[tuple[int, int]] = []
+    arrived = asyncio.Event()
+
+    async def handler(delivered: Delivered[ReplyChunkV1]) -> None:
+        context = trace.get_current_span().get_span_context()
+        seen.append((context.trace_id, context.span_id))
+        if len(seen) == 3:
+            arrived.set()
+
+    consumer = EventConsumer(
+        kafka_settings,
+        name="chunks",
+        topics=[topic],
+        partitions=[0],
+        decoder=Decoder.of(ReplyChunkV1),
+        handler=handler,
+        dead_letter=producer,
+    )
+    await consumer.start()
+    try:
+        with trace.get_tracer("test").start_as_current_span("chat model") as chat:
+            for seq in range(3):
+                chunk = ReplyChunkV1(request_id="r-s", principal="alice", seq=seq, text="x")
+                await producer.publish(topic, chunk)
+        async with asyncio.timeout(30):
+            await arrived.wait()
+    finally:
+        await consumer.stop()
+    context = chat.get_span_context()
+    assert seen == [(context.trace_id, context.span_id)] * 3
+    names = [s.name for s in spans.get_finished_spans()]
+    assert names == ["chat model"]
+    [finished] = spans.get_finished_spans()
+    assert [e.attributes["tollgate.seq"] for e in finished.events if e.attributes] == [0, 1, 2]

@@ -81,7 +81,7 @@ def build(
     return AuthComponents(authorizer, api_keys, policy, audit, dev_idp)
 
 
-def create_app(components: AuthComponents, health: Health) -> Starlette:
+def create_app(components: AuthComponents, health: Health, *, metrics: bool = True) -> Starlette:
     api = Api(
         components.authorizer,
         components.api_keys,
@@ -89,4 +89,4 @@ def create_app(components: AuthComponents, health: Health) -> Starlette:
         components.audit,
         components.dev_idp,
     )
-    return ops_app(health, api.routes())
+    return ops_app(health, api.routes(), metrics=metrics)

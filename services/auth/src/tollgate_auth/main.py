@@ -39,7 +39,8 @@ async def serve(settings: AuthSettings, stop: asyncio.Event) -> None:
             logger.warning(
                 "the development identity provider is ON (issuer %s)", settings.dev_issuer
             )
-        http = HttpServer(create_app(components, health), host=settings.host, port=settings.port)
+        app = create_app(components, health, metrics=settings.telemetry.metrics_port is None)
+        http = HttpServer(app, host=settings.host, port=settings.port)
         await http.start()
 
         async def start_postgres() -> None:

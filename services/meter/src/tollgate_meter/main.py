@@ -46,7 +46,8 @@ async def serve(settings: MeterSettings, stop: asyncio.Event) -> None:
         utc_now,
         admin_token=settings.admin_token.get_secret_value() if settings.admin_token else None,
     )
-    http = HttpServer(ops_app(health, api.routes()), host=settings.host, port=settings.port)
+    app = ops_app(health, api.routes(), metrics=settings.telemetry.metrics_port is None)
+    http = HttpServer(app, host=settings.host, port=settings.port)
     await http.start()
 
     producer = EventProducer(

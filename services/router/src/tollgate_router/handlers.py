@@ -44,6 +44,7 @@ from tollgate_core.contracts import (
 )
 from tollgate_core.errors import TollgateError
 from tollgate_core.telemetry import REQUEST_LATENCY_BUCKETS, TIME_TO_FIRST_TOKEN_BUCKETS
+from tollgate_router import genai
 from tollgate_router.catalog import CatalogSource, ModelSpec
 from tollgate_router.errors import (
     ModelNotAllowed,
@@ -198,9 +199,10 @@ class GenerationHandler:
         model_id = request.model or catalog.default_model
         started_at = utcnow()
         t0 = time.perf_counter()
+        # the request's span; each call to a provider is a CLIENT span of its own inside it
         with tracer.start_as_current_span(
             f"chat {model_id}",
-            kind=SpanKind.CLIENT,
+            kind=SpanKind.INTERNAL,
             attributes={
                 "gen_ai.operation.name": "chat",
                 "gen_ai.request.model": model_id,
@@ -265,10 +267,11 @@ class GenerationHandler:
             except ProviderError as exc:
                 error = exc
             served = outcome.model
-            span.set_attribute("gen_ai.system", outcome.provider)
+            span.set_attribute("gen_ai.system", genai.system_of(outcome.provider))
             span.set_attribute("gen_ai.response.model", served.id)
             if ttft_ms is not None:
                 TTFT.labels(served.id).observe(ttft_ms / 1000)
+                genai.observe_first_token(outcome.provider, served.id, ttft_ms / 1000)
             if error is not None:
                 span.set_status(Status(StatusCode.ERROR, error.message))
                 if outcome.started:
@@ -496,6 +499,7 @@ class GenerationHandler:
         TOKENS.labels(spec.id, "input").inc(usage.input_tokens)
         TOKENS.labels(spec.id, "output").inc(usage.output_tokens)
         LATENCY.labels(spec.id).observe(latency_ms / 1000)
+        genai.observe_request(provider, spec.id, usage, latency_ms / 1000, error_type)
         retries = outcome.retries if outcome else 0
         fallback_used = outcome.fallback_used if outcome else False
         if retries:

@@ -104,7 +104,11 @@ async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
     else:
         journal = InMemoryJournal()
         prepared = InMemoryPreparedStore()
-    app = ops_app(health, [models_route(catalog), *admin_routes(prepared, settings.admin_token)])
+    app = ops_app(
+        health,
+        [models_route(catalog), *admin_routes(prepared, settings.admin_token)],
+        metrics=settings.telemetry.metrics_port is None,
+    )
     http = HttpServer(app, host=settings.host, port=settings.port)
     await http.start()
     producer = EventProducer(settings.kafka, client_id="router")

@@ -12,6 +12,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+from tollgate_router import genai
 from tollgate_router.catalog import ModelSpec
 from tollgate_router.errors import (
     CircuitOpen,
@@ -19,9 +23,16 @@ from tollgate_router.errors import (
     ProviderTimeout,
     ProviderUnavailable,
 )
-from tollgate_router.providers.base import Provider, ProviderEvent, ProviderRequest, TextDelta
+from tollgate_router.providers.base import (
+    Finished,
+    Provider,
+    ProviderEvent,
+    ProviderRequest,
+    TextDelta,
+)
 
 logger = logging.getLogger(__name__)
+tracer = trace.get_tracer("tollgate.router")
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,15 +262,28 @@ class ResilientRouter:
             while True:
                 outcome.attempts.append(spec.id)
                 trial = False
+                span = _attempt_span(provider.name, spec, upstream, attempt)
                 try:
                     trial = breaker.check(spec.provider)
                     async for event in guarded(provider.stream(upstream), self._timeouts):
                         if isinstance(event, TextDelta):
                             outcome.started = True
+                        elif isinstance(event, Finished):
+                            span.set_attributes(
+                                {
+                                    "gen_ai.usage.input_tokens": event.usage.input_tokens,
+                                    "gen_ai.usage.output_tokens": event.usage.output_tokens,
+                                    "gen_ai.response.finish_reasons": [event.stop_reason],
+                                }
+                            )
                         yield event
                     breaker.success()
+                    span.end()
                     return
                 except ProviderError as exc:
+                    span.set_attribute("error.type", exc.error_type)
+                    span.set_status(Status(StatusCode.ERROR, exc.message))
+                    span.end()
                     if exc.breaker_failure:
                         breaker.failure()
                     elif trial:
@@ -275,6 +299,7 @@ class ResilientRouter:
                     break
                 except BaseException:
                     # cancelled, the consumer gone, or a bug: no verdict on the provider
+                    span.end()
                     if trial:
                         breaker.release()
                     raise
@@ -282,3 +307,20 @@ class ResilientRouter:
                 raise last
         assert last is not None  # noqa: S101 - chain is never empty here
         raise last
+
+
+def _attempt_span(provider: str, spec: ModelSpec, upstream: ProviderRequest, attempt: int) -> Span:
+    """A span per call to a provider (GenAI semantic conventions), child of the request's.
+
+    Started, not made current: the stream is an async generator, whose caller runs between
+    its events, so the span is ended by hand where the attempt ends."""
+    attributes: dict[str, str | int] = {
+        "gen_ai.operation.name": genai.OPERATION,
+        "gen_ai.system": genai.system_of(provider),
+        "gen_ai.request.model": upstream.model,
+        "tollgate.model": spec.id,
+        "tollgate.attempt": attempt,
+    }
+    if upstream.max_tokens is not None:
+        attributes["gen_ai.request.max_tokens"] = upstream.max_tokens
+    return tracer.start_span(f"chat {upstream.model}", kind=SpanKind.CLIENT, attributes=attributes)

@@ -30,6 +30,7 @@ def create_app(
             WebSocketRoute("/event/realtime", realtime_endpoint),
             *(openai_api.routes() if openai_api is not None else []),
         ],
+        metrics=settings.telemetry.metrics_port is None,
     )
     app.state.settings = settings
     app.state.gateway = gateway

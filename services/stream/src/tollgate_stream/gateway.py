@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
 from prometheus_client import Counter
 
@@ -115,13 +115,18 @@ class Gateway:
             raise AppSyncError.bad_request(
                 f"at most {self._settings.max_events_per_publish} events per publish"
             )
-        identity = await self.authorizer.for_channel(channel, headers)
         result = PublishResult()
+        # over HTTP the request's span is current; a WebSocket message may bring a
+        # traceparent of its own among its headers
+        within_request = trace.get_current_span().get_span_context().is_valid
         with tracer.start_as_current_span(
             f"publish {channel.namespace}",
-            kind=SpanKind.SERVER,
-            attributes={"tollgate.principal": identity.principal, "tollgate.events": len(events)},
-        ):
+            context=None if within_request else propagate.extract(headers),
+            kind=SpanKind.INTERNAL if within_request else SpanKind.SERVER,
+            attributes={"tollgate.events": len(events)},
+        ) as span:
+            identity = await self.authorizer.for_channel(channel, headers)
+            span.set_attribute("tollgate.principal", identity.principal)
             for index, event in enumerate(events):
                 request_id = new_request_id()
                 try:

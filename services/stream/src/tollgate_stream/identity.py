@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
 import httpx
+from opentelemetry import trace
 
 from tollgate_core.authorize import AuthorizeClient, Denial, Operation
 from tollgate_core.errors import DependencyUnavailable, RequestError
@@ -25,6 +26,7 @@ from tollgate_stream.appsync.channels import Channel
 from tollgate_stream.errors import AppSyncError
 
 logger = logging.getLogger(__name__)
+tracer = trace.get_tracer("tollgate.stream")
 
 
 @dataclass(frozen=True, slots=True)

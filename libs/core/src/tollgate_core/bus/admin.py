@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 from collections.abc import Iterable
+from dataclasses import replace
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
@@ -19,9 +20,12 @@ _TOPIC_ALREADY_EXISTS = 36
 
 
 async def ensure_topics(
-    settings: KafkaSettings, specs: Iterable[TopicSpec] = DEFAULT_TOPICS, *, replication: int = 1
+    settings: KafkaSettings, specs: Iterable[TopicSpec] | None = None, *, replication: int = 1
 ) -> list[str]:
-    """Create the topics that do not exist yet; returns the names created."""
+    """Create the topics that do not exist yet; returns the names created. ``specs`` are
+    created as named; by default Tollgate's own topics, with the configured prefix."""
+    if specs is None:
+        specs = [replace(s, name=settings.topic(s.name)) for s in DEFAULT_TOPICS]
     admin = AIOKafkaAdminClient(client_id="tollgate-admin", **settings.client_kwargs())
     try:
         await admin.start()

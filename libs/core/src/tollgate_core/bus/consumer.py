@@ -9,7 +9,9 @@
   in headers; the partition moves on. A handler that fails with a *retriable*
   :class:`~tollgate_core.errors.TollgateError` is retried with backoff instead.
 * Each record is processed inside a CONSUMER span whose parent is the ``traceparent`` the
-  producer wrote, so one request is one trace across services.
+  producer wrote, so one request is one trace across services; a record of a stream
+  (:attr:`~tollgate_core.contracts.Contract.TRACED_AS_EVENT`, a reply chunk) is processed in
+  that context without a span of its own.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from tollgate_core.bus import headers as h
 from tollgate_core.bus.codec import Decoder
 from tollgate_core.bus.interfaces import Delivered
 from tollgate_core.bus.producer import EventProducer
+from tollgate_core.contracts import Contract
 from tollgate_core.errors import ContractError, DependencyUnavailable, TollgateError
 from tollgate_core.settings import KafkaSettings
 from tollgate_core.topics import DEAD_LETTER
@@ -143,7 +146,9 @@ class EventConsumer(Generic[T]):
             raise ValueError("manual partition assignment takes exactly one topic")
         self.name = name
         self._settings = settings
-        self._topics = list(topics)
+        #: the broker's names (with the configured prefix); records are reported by the
+        #: names the code uses
+        self._topics = [settings.topic(t) for t in topics]
         self._decoder = decoder
         self._handler = handler
         self._dead_letter = dead_letter
@@ -309,31 +314,39 @@ class EventConsumer(Generic[T]):
             if await self._send_to_dead_letter(record, headers, type(exc).__name__, exc.message):
                 self._tracker.done(tp, record.offset)
             return
+        topic = self._settings.logical_topic(record.topic)
         delivered = Delivered(
             event=event,
-            topic=record.topic,
+            topic=topic,
             partition=record.partition,
             offset=record.offset,
             key=record.key.decode("utf-8", "replace") if record.key is not None else None,
             headers=headers,
         )
-        with tracer.start_as_current_span(
-            f"{record.topic} process",
-            context=h.extract_trace(headers),
-            kind=SpanKind.CONSUMER,
-            attributes={
-                "messaging.system": "kafka",
-                "messaging.operation.type": "process",
-                "messaging.destination.name": record.topic,
-                "messaging.destination.partition.id": str(record.partition),
-                "messaging.kafka.offset": record.offset,
-                "messaging.consumer.group.name": self._group_id or "",
-                "tollgate.request_id": headers.get(h.REQUEST_ID, ""),
-            },
-        ) as span:
+        context = h.extract_trace(headers)
+        if isinstance(event, Contract) and event.TRACED_AS_EVENT:
+            span = trace.get_current_span(context)  # the producer's, not recorded here
+            scope = trace.use_span(span, end_on_exit=False)
+        else:
+            span = tracer.start_span(
+                f"{topic} process",
+                context=context,
+                kind=SpanKind.CONSUMER,
+                attributes={
+                    "messaging.system": "kafka",
+                    "messaging.operation.type": "process",
+                    "messaging.destination.name": record.topic,
+                    "messaging.destination.partition.id": str(record.partition),
+                    "messaging.kafka.offset": record.offset,
+                    "messaging.consumer.group.name": self._group_id or "",
+                    "tollgate.request_id": headers.get(h.REQUEST_ID, ""),
+                },
+            )
+            scope = trace.use_span(span, end_on_exit=True)
+        with scope:
             finished = await self._handle(delivered, record, headers, span)
         if finished:
-            CONSUMED.labels(record.topic, self.name).inc()
+            CONSUMED.labels(topic, self.name).inc()
             self._tracker.done(tp, record.offset)
 
     async def _handle(
@@ -411,7 +424,9 @@ class EventConsumer(Generic[T]):
                     return False
                 delay = min(delay * 2, self._max_retry_delay)
                 continue
-            DEAD_LETTERED.labels(record.topic, self.name, reason).inc()
+            DEAD_LETTERED.labels(
+                self._settings.logical_topic(record.topic), self.name, reason
+            ).inc()
             logger.warning(
                 "%s: dead-lettered %s/%d@%d (request %s): %s: %s",
                 self.name,
@@ -442,7 +457,9 @@ class EventConsumer(Generic[T]):
     def _observe_lag(self, consumer: AIOKafkaConsumer, tp: TopicPartition, last: int) -> None:
         highwater = consumer.highwater(tp)
         if highwater is not None:
-            LAG.labels(tp.topic, str(tp.partition), self.name).set(max(0, highwater - last - 1))
+            LAG.labels(self._settings.logical_topic(tp.topic), str(tp.partition), self.name).set(
+                max(0, highwater - last - 1)
+            )
 
     async def _sleep(self, seconds: float) -> bool:
         """Sleep unless stopping; False when stop was requested."""

@@ -111,15 +111,22 @@ class EventProducer:
         )
         if isinstance(principal, str):
             headers.append((h.PRINCIPAL, principal.encode()))
+        attributes = {
+            "messaging.system": "kafka",
+            "messaging.operation.type": "send",
+            "messaging.destination.name": self._settings.topic(topic),
+            "tollgate.request_id": request_id or "",
+        }
+        if event.TRACED_AS_EVENT:
+            seq = getattr(event, "seq", None)
+            if isinstance(seq, int):
+                attributes["tollgate.seq"] = seq
+            trace.get_current_span().add_event(f"{topic} publish", attributes)
+            h.inject_trace(headers)
+            await self.send_raw(topic, encode(event), key=key, partition=partition, headers=headers)
+            return
         with tracer.start_as_current_span(
-            f"{topic} publish",
-            kind=SpanKind.PRODUCER,
-            attributes={
-                "messaging.system": "kafka",
-                "messaging.operation.type": "send",
-                "messaging.destination.name": topic,
-                "tollgate.request_id": request_id or "",
-            },
+            f"{topic} publish", kind=SpanKind.PRODUCER, attributes=attributes
         ):
             h.inject_trace(headers)
             await self.send_raw(topic, encode(event), key=key, partition=partition, headers=headers)
@@ -133,6 +140,8 @@ class EventProducer:
         partition: int | None = None,
         headers: h.Headers | None = None,
     ) -> Any:
+        """Send to ``topic`` (a name from :mod:`tollgate_core.topics`; the configured prefix
+        is added here)."""
         producer = self._producer
         if producer is None:
             raise DependencyUnavailable("producer is not started")
@@ -145,7 +154,11 @@ class EventProducer:
             )
         try:
             metadata = await producer.send_and_wait(
-                topic, value, key=key_bytes, partition=partition, headers=headers or []
+                self._settings.topic(topic),
+                value,
+                key=key_bytes,
+                partition=partition,
+                headers=headers or [],
             )
         except (MessageSizeTooLargeError, RecordTooLargeError) as exc:
             PRODUCE_ERRORS.labels(topic).inc()
@@ -160,4 +173,4 @@ class EventProducer:
         producer = self._producer
         if producer is None:
             raise DependencyUnavailable("producer is not started")
-        return set(await producer.partitions_for(topic))
+        return set(await producer.partitions_for(self._settings.topic(topic)))
