@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
+from tollgate_core.bus.security import verify_tls
 from tollgate_core.errors import DependencyUnavailable
 from tollgate_core.settings import KafkaSettings
 from tollgate_core.topics import DEFAULT_TOPICS, TopicSpec
@@ -22,6 +23,7 @@ async def ensure_topics(
     settings: KafkaSettings, specs: Iterable[TopicSpec] = DEFAULT_TOPICS, *, replication: int = 1
 ) -> list[str]:
     """Create the topics that do not exist yet; returns the names created."""
+    await verify_tls(settings)
     admin = AIOKafkaAdminClient(client_id="tollgate-admin", **settings.client_kwargs())
     try:
         await admin.start()

@@ -31,6 +31,7 @@ from tollgate_core.bus import headers as h
 from tollgate_core.bus.codec import Decoder
 from tollgate_core.bus.interfaces import Delivered
 from tollgate_core.bus.producer import EventProducer
+from tollgate_core.bus.security import verify_tls
 from tollgate_core.errors import ContractError, DependencyUnavailable, TollgateError
 from tollgate_core.settings import KafkaSettings
 from tollgate_core.topics import DEAD_LETTER
@@ -165,6 +166,7 @@ class EventConsumer(Generic[T]):
         if self._consumer is not None:
             return
         self._stopping.clear()
+        await verify_tls(self._settings)
         consumer = AIOKafkaConsumer(
             client_id=f"{self._settings.client_id_prefix}-{self.name}",
             group_id=self._group_id,

@@ -14,6 +14,7 @@ from prometheus_client import Counter
 
 from tollgate_core.bus import headers as h
 from tollgate_core.bus.codec import encode
+from tollgate_core.bus.security import verify_tls
 from tollgate_core.contracts import Contract
 from tollgate_core.errors import DependencyUnavailable
 from tollgate_core.settings import KafkaSettings
@@ -59,6 +60,7 @@ class EventProducer:
     async def start(self) -> None:
         if self._producer is not None:
             return
+        await verify_tls(self._settings)
         producer = AIOKafkaProducer(
             client_id=self._client_id,
             acks="all",
