@@ -11,6 +11,7 @@ import httpx
 
 from tollgate_core import topics
 from tollgate_core.bus import Decoder, EventConsumer, EventProducer
+from tollgate_core.bus import headers as h
 from tollgate_core.contracts import REPLY_SCHEMA, ReplyV1
 from tollgate_core.errors import ConfigurationError, DependencyUnavailable
 from tollgate_core.health import Health
@@ -33,7 +34,7 @@ from tollgate_stream.openai.auth import (
 )
 from tollgate_stream.openai.models import RouterModelCatalog, StaticModelCatalog
 from tollgate_stream.relay import Relay
-from tollgate_stream.replies import Reply, ReplyDispatcher
+from tollgate_stream.replies import Reply, ReplyDispatcher, local_interest
 from tollgate_stream.settings import StreamSettings
 from tollgate_stream.subscriptions import Subscriptions
 from tollgate_stream.waiters import ReplyWaiters
@@ -112,8 +113,10 @@ async def _serve(settings: StreamSettings, stop: asyncio.Event, authorizer: Auth
     health.register("kafka")
     producer = EventProducer(settings.kafka, client_id="stream")
     subscriptions = Subscriptions()
-    owned: list[int] = []
-    gateway = Gateway(settings, producer, authorizer, reply_partitions=owned)
+    #: every partition of the replies topic (read from its metadata at start): a request names
+    #: any of them, and every edge replica reads them all
+    partitions: list[int] = []
+    gateway = Gateway(settings, producer, authorizer, reply_partitions=partitions)
     waiters = ReplyWaiters()
     catalog = RouterModelCatalog(settings.router_url, StaticModelCatalog(settings.model_list()))
     openai_api = OpenAIApi(
@@ -136,7 +139,7 @@ async def _serve(settings: StreamSettings, stop: asyncio.Event, authorizer: Auth
         sink = remote
         # The remote AppSync API authorized its clients (its onSubscribe/onPublish handlers);
         # what it relays is trusted as published by the channel's <sub>.
-        bridged = Gateway(settings, producer, ChannelOwnerAuthorizer(), reply_partitions=owned)
+        bridged = Gateway(settings, producer, ChannelOwnerAuthorizer(), reply_partitions=partitions)
         bridge = InboundBridge(
             settings.appsync_endpoint,
             auth,
@@ -160,25 +163,12 @@ async def _serve(settings: StreamSettings, stop: asyncio.Event, authorizer: Auth
         available = await producer.partitions_for(topics.REPLIES)
         if not available:
             raise DependencyUnavailable(f"topic {topics.REPLIES} does not exist")
-        try:
-            owned[:] = settings.owned_partitions(available)
-        except ValueError as exc:
-            raise ConfigurationError(str(exc)) from exc
+        partitions[:] = sorted(available)
         if not consumers:
-            consumers.append(
-                EventConsumer(
-                    settings.kafka,
-                    name="stream-replies",
-                    topics=[topics.REPLIES],
-                    partitions=owned,
-                    from_latest=True,
-                    decoder=Decoder.union(REPLY_SCHEMA, ReplyV1),
-                    handler=ReplyDispatcher(sink, waiters),
-                    dead_letter=producer,
-                )
-            )
-        await consumers[0].start()
-        logger.info("owning reply partitions %s", owned)
+            consumers.extend(reply_consumers(settings, producer, partitions, sink, waiters))
+        for consumer in consumers:
+            await consumer.start()
+        logger.info("reading all %d reply partitions", len(partitions))
 
     await http.start()
     try:
@@ -201,6 +191,57 @@ async def _serve(settings: StreamSettings, stop: asyncio.Event, authorizer: Auth
             await consumer.stop()
         await producer.stop()
         await catalog.aclose()
+
+
+def reply_consumers(
+    settings: StreamSettings,
+    producer: EventProducer,
+    partitions: list[int],
+    sink: Subscriptions | RemoteChannels,
+    waiters: ReplyWaiters,
+) -> list[EventConsumer[Reply]]:
+    """How replies reach this replica's clients.
+
+    Every edge replica reads every partition of the replies topic from the end, without a
+    consumer group, and delivers what its own clients wait for: subscribers of the reply's
+    channel held by this process, and the OpenAI API request waiting on this process for its
+    id. ``accept`` decides that from the record's headers, so a reply for someone else's
+    client costs a header check, not a decode. So a reply reaches every subscriber of its
+    channel on any replica, and replicas come and go without any hand-over.
+
+    In bridge mode the channel replies go to the remote AppSync API, which must see each
+    once: those are read by a consumer group shared by the replicas (a partition's replies by
+    one of them, in order), while the OpenAI API's replies still go to every replica."""
+    decoder = Decoder.union(REPLY_SCHEMA, ReplyV1)
+
+    def broadcast(channels: Subscriptions | None) -> EventConsumer[Reply]:
+        return EventConsumer(
+            settings.kafka,
+            name="stream-replies",
+            topics=[topics.REPLIES],
+            partitions=partitions,
+            from_latest=True,
+            decoder=decoder,
+            handler=ReplyDispatcher(channels, waiters),
+            dead_letter=producer,
+            accept=local_interest(channels, waiters),
+        )
+
+    if isinstance(sink, Subscriptions):
+        return [broadcast(sink)]
+    bridged = EventConsumer(
+        settings.kafka,
+        name="stream-bridge-replies",
+        topics=[topics.REPLIES],
+        group_id="tollgate-stream-bridge",
+        from_latest=True,  # a new group does not replay the topic's history to the remote
+        decoder=decoder,
+        handler=ReplyDispatcher(sink, None),
+        dead_letter=producer,
+        # an OpenAI API reply carries a request id and no channel: the broadcast reader's
+        accept=lambda headers: h.CHANNEL in headers or h.REQUEST_ID not in headers,
+    )
+    return [broadcast(None), bridged]
 
 
 def main() -> None:

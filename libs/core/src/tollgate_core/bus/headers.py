@@ -10,6 +10,8 @@ from opentelemetry.context import Context
 REQUEST_ID = "tollgate-request-id"
 SCHEMA = "tollgate-schema"
 PRINCIPAL = "tollgate-principal"
+#: the AppSync channel an event is for (replies): lets a consumer skip what it would not deliver
+CHANNEL = "tollgate-channel"
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
 

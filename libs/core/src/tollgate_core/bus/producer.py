@@ -97,6 +97,9 @@ class EventProducer:
         )
         if isinstance(principal, str):
             headers.append((h.PRINCIPAL, principal.encode()))
+        channel = getattr(event, "channel", None)
+        if isinstance(channel, str):
+            headers.append((h.CHANNEL, channel.encode()))
         with tracer.start_as_current_span(
             f"{topic} publish",
             kind=SpanKind.PRODUCER,
