@@ -16,7 +16,7 @@ from tollgate_core.contracts import REPLY_SCHEMA, ReplyV1
 from tollgate_core.errors import ConfigurationError, DependencyUnavailable
 from tollgate_core.health import Health
 from tollgate_core.http import HttpServer
-from tollgate_core.runtime import run_service, start_with_retry
+from tollgate_core.runtime import run_service, start_with_retry, watch_dependency
 from tollgate_stream.app import create_app
 from tollgate_stream.bridge.auth import ApiKeyAuth, IamAuth, RemoteAuth
 from tollgate_stream.bridge.remote import InboundBridge, RemoteChannels
@@ -178,7 +178,11 @@ async def _serve(settings: StreamSettings, stop: asyncio.Event, authorizer: Auth
                 bridge_task = asyncio.create_task(bridge.run(stop), name="appsync-bridge")
                 logger.info("bridging %s", settings.appsync_endpoint)
             logger.info("stream ready")
+            watch = asyncio.create_task(
+                watch_dependency("kafka", producer.ping, health, stop), name="kafka-watch"
+            )
             await stop.wait()
+            await watch
             if bridge is not None:
                 await bridge_task
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import warnings
 from typing import Any
@@ -135,6 +136,18 @@ class EventProducer:
             raise DependencyUnavailable(f"cannot produce to {topic}: {exc}") from exc
         PRODUCED.labels(topic).inc()
         return metadata
+
+    async def ping(self, timeout_s: float = 5.0) -> None:
+        """Ask the brokers for cluster metadata; :class:`DependencyUnavailable` when none
+        answers within ``timeout_s`` (the connection to Kafka is lost)."""
+        producer = self._producer
+        if producer is None:
+            raise DependencyUnavailable("producer is not started")
+        try:
+            async with asyncio.timeout(timeout_s):
+                await producer.client.fetch_all_metadata()
+        except (KafkaError, OSError, TimeoutError) as exc:
+            raise DependencyUnavailable(f"Kafka unreachable: {exc or type(exc).__name__}") from exc
 
     async def partitions_for(self, topic: str) -> set[int]:
         producer = self._producer
