@@ -242,8 +242,8 @@ def reply_consumers(
         decoder=decoder,
         handler=ReplyDispatcher(sink, None),
         dead_letter=producer,
-        # an OpenAI API reply carries a request id and no channel: the broadcast reader's
-        accept=lambda headers: h.CHANNEL in headers or h.REQUEST_ID not in headers,
+        # an empty channel header marks an OpenAI API reply: the broadcast reader's
+        accept=lambda headers: headers.get(h.CHANNEL) != "",
     )
     return [broadcast(None), bridged]
 

@@ -74,16 +74,17 @@ def local_interest(
     subscriptions: Subscriptions | None, waiters: ReplyWaiters | None
 ) -> Callable[[Mapping[str, str]], bool]:
     """Whether a reply, by its Kafka headers, is for a client of this process: a subscriber
-    of its channel (or of a ``/*`` above it), or the HTTP request waiting for its id. A reply
-    without those headers is let through and decided after decoding."""
+    of its channel (or of a ``/*`` above it), or — empty channel header — the HTTP request
+    waiting for its id. A reply without the channel header (from a router older than the
+    header) is let through and decided after decoding."""
 
     def accept(headers: Mapping[str, str]) -> bool:
         channel = headers.get(h.CHANNEL)
-        if channel is not None:
+        if channel is None:
+            return True
+        if channel:
             return subscriptions is not None and subscriptions.wants(channel)
         request_id = headers.get(h.REQUEST_ID)
-        if request_id is not None:
-            return waiters is not None and request_id in waiters
-        return True
+        return waiters is not None and request_id is not None and request_id in waiters
 
     return accept

@@ -98,9 +98,8 @@ class EventProducer:
         )
         if isinstance(principal, str):
             headers.append((h.PRINCIPAL, principal.encode()))
-        channel = getattr(event, "channel", None)
-        if isinstance(channel, str):
-            headers.append((h.CHANNEL, channel.encode()))
+        if hasattr(event, "channel"):  # empty: an event that could name one and does not
+            headers.append((h.CHANNEL, (getattr(event, "channel", None) or "").encode()))
         with tracer.start_as_current_span(
             f"{topic} publish",
             kind=SpanKind.PRODUCER,
