@@ -43,6 +43,12 @@ def test_without_channel_sink_or_waiters_those_replies_are_ignored() -> None:
     assert not accept({h.CHANNEL: "", h.REQUEST_ID: "r"})
 
 
+def test_bridge_mode_wants_every_channel_reply() -> None:
+    accept = local_interest(None, ReplyWaiters(), every_channel=True)
+    assert accept({h.CHANNEL: "/Outbound-Messages/anyone"})
+    assert not accept({h.CHANNEL: "", h.REQUEST_ID: "not-waited-for"})
+
+
 async def test_a_dispatcher_without_a_channel_sink_still_serves_waiters() -> None:
     waiters = ReplyWaiters()
     waiter = waiters.register("r1")

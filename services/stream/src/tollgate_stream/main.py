@@ -11,7 +11,6 @@ import httpx
 
 from tollgate_core import topics
 from tollgate_core.bus import Decoder, EventConsumer, EventProducer
-from tollgate_core.bus import headers as h
 from tollgate_core.contracts import REPLY_SCHEMA, ReplyV1
 from tollgate_core.errors import ConfigurationError, DependencyUnavailable
 from tollgate_core.health import Health
@@ -213,39 +212,25 @@ def reply_consumers(
     client costs a header check, not a decode. So a reply reaches every subscriber of its
     channel on any replica, and replicas come and go without any hand-over.
 
-    In bridge mode the channel replies go to the remote AppSync API, which must see each
-    once: those are read by a consumer group shared by the replicas (a partition's replies by
-    one of them, in order), while the OpenAI API's replies still go to every replica."""
-    decoder = Decoder.union(REPLY_SCHEMA, ReplyV1)
-
-    def broadcast(channels: Subscriptions | None) -> EventConsumer[Reply]:
-        return EventConsumer(
+    In bridge mode every channel reply goes to the remote AppSync API, and the OpenAI API's
+    to the local waiter. Bridge mode runs as one replica: several would each receive every
+    inbound event from the remote's subscription and each publish every reply."""
+    local = isinstance(sink, Subscriptions)
+    return [
+        EventConsumer(
             settings.kafka,
             name="stream-replies",
             topics=[topics.REPLIES],
             partitions=partitions,
             from_latest=True,
-            decoder=decoder,
-            handler=ReplyDispatcher(channels, waiters),
+            decoder=Decoder.union(REPLY_SCHEMA, ReplyV1),
+            handler=ReplyDispatcher(sink, waiters),
             dead_letter=producer,
-            accept=local_interest(channels, waiters),
+            accept=local_interest(
+                sink if isinstance(sink, Subscriptions) else None, waiters, every_channel=not local
+            ),
         )
-
-    if isinstance(sink, Subscriptions):
-        return [broadcast(sink)]
-    bridged = EventConsumer(
-        settings.kafka,
-        name="stream-bridge-replies",
-        topics=[topics.REPLIES],
-        group_id="tollgate-stream-bridge",
-        from_latest=True,  # a new group does not replay the topic's history to the remote
-        decoder=decoder,
-        handler=ReplyDispatcher(sink, None),
-        dead_letter=producer,
-        # an empty channel header marks an OpenAI API reply: the broadcast reader's
-        accept=lambda headers: headers.get(h.CHANNEL) != "",
-    )
-    return [broadcast(None), bridged]
+    ]
 
 
 def main() -> None:

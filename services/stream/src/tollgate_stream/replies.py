@@ -71,19 +71,23 @@ class ReplyDispatcher:
 
 
 def local_interest(
-    subscriptions: Subscriptions | None, waiters: ReplyWaiters | None
+    subscriptions: Subscriptions | None,
+    waiters: ReplyWaiters | None,
+    *,
+    every_channel: bool = False,
 ) -> Callable[[Mapping[str, str]], bool]:
     """Whether a reply, by its Kafka headers, is for a client of this process: a subscriber
     of its channel (or of a ``/*`` above it), or — empty channel header — the HTTP request
-    waiting for its id. A reply without the channel header (from a router older than the
-    header) is let through and decided after decoding."""
+    waiting for its id. ``every_channel``: every reply with a channel is wanted (bridge mode
+    hands them all to the remote AppSync API). A reply without the channel header (from a
+    router older than the header) is let through and decided after decoding."""
 
     def accept(headers: Mapping[str, str]) -> bool:
         channel = headers.get(h.CHANNEL)
         if channel is None:
             return True
         if channel:
-            return subscriptions is not None and subscriptions.wants(channel)
+            return every_channel or (subscriptions is not None and subscriptions.wants(channel))
         request_id = headers.get(h.REQUEST_ID)
         return waiters is not None and request_id is not None and request_id in waiters
 
