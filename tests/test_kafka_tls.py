@@ -6,6 +6,7 @@ it, and Tansu advertises the proxy's port."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import ssl
 import subprocess
@@ -32,6 +33,7 @@ from tollgate_dev.stack import (
     bin_path,
     dev_auth_env,
     migrations_dir,
+    service_env,
 )
 
 pytestmark = pytest.mark.e2e
@@ -130,13 +132,12 @@ async def test_a_request_flows_end_to_end_over_tls(
 
 def test_a_wrong_ca_ends_start_up_with_a_clear_message(tls_kafka: TlsKafka, tmp_path: Path) -> None:
     env = {
-        **Stack(
+        **service_env(
+            {**os.environ, **tls_kafka.env(ca=tls_kafka.wrong_ca)},
             bootstrap_servers=tls_kafka.bootstrap,
             database_url="postgresql://unused@127.0.0.1:1/unused",
-            log_dir=tmp_path,
             ports={},
-            extra_env=tls_kafka.env(ca=tls_kafka.wrong_ca),
-        ).env,
+        ),
         "TOLLGATE_STREAM_PORT": str(free_port()),
         "TOLLGATE_ANALYTICS_PORT": str(free_port()),
         "TOLLGATE_ANALYTICS_STATE_DIR": str(tmp_path / "state"),
