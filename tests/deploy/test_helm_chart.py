@@ -96,6 +96,20 @@ VARIANTS: dict[str, dict[str, Any]] = {
             "sasl": {"mechanism": "SCRAM-SHA-512", "username": "gw", "existingSecret": "k"},
         },
     },
+    "kafka-mutual-tls": {
+        **DEV_DB,
+        "kafka": {
+            "securityProtocol": "SSL",
+            "tls": {"existingSecret": "kafka-ca", "certKey": "tls.crt", "keyKey": "tls.key"},
+        },
+    },
+    "kafka-msk-iam": {
+        **DEV_DB,
+        "kafka": {
+            "securityProtocol": "SASL_SSL",
+            "sasl": {"mechanism": "AWS_MSK_IAM", "awsRegion": "eu-west-1"},
+        },
+    },
     "autoscaling-strimzi": {
         **DEV_DB,
         "kafka": {"topics": {"mode": "strimzi"}},
@@ -371,6 +385,31 @@ def test_router_and_meter_scale_on_consumer_lag_with_keda() -> None:
                 },
             }
         )
+
+
+def test_kafka_tls_files_come_from_a_secret_in_every_pod() -> None:
+    docs = render(VARIANTS["kafka-mutual-tls"])
+    workloads = {**by_kind(docs, "Deployment"), **by_kind(docs, "StatefulSet")}
+    workloads.update(by_kind(docs, "Job"))
+    assert len(workloads) == 6
+    for workload in workloads.values():
+        env = env_of(workload)
+        assert env["KAFKA_SECURITY_PROTOCOL"] == "SSL"
+        assert env["KAFKA_SSL_CAFILE"] == "/etc/tollgate/kafka-tls/ca.crt"
+        assert env["KAFKA_SSL_CERTFILE"] == "/etc/tollgate/kafka-tls/tls.crt"
+        assert env["KAFKA_SSL_KEYFILE"] == "/etc/tollgate/kafka-tls/tls.key"
+        pod = workload["spec"]["template"]["spec"]
+        assert {"name": "kafka-tls", "secret": {"secretName": "kafka-ca"}} in pod["volumes"]
+        [container] = pod["containers"]
+        assert any(m["name"] == "kafka-tls" for m in container["volumeMounts"])
+
+
+def test_aws_msk_iam_needs_a_region_and_no_password() -> None:
+    docs = render(VARIANTS["kafka-msk-iam"])
+    env = env_of(by_kind(docs, "Deployment")["gw-tollgate-router"])
+    assert env["KAFKA_SASL_MECHANISM"] == "AWS_MSK_IAM"
+    assert env["KAFKA_AWS_REGION"] == "eu-west-1"
+    assert "KAFKA_SASL_PASSWORD" not in env
 
 
 def test_the_edge_splits_reply_partitions_by_pod_index() -> None:

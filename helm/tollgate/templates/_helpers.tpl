@@ -70,7 +70,12 @@ app.kubernetes.io/component: {{ .service }}
 - name: KAFKA_TOPIC_PREFIX
   value: {{ . | quote }}
 {{- end }}
-{{- if .Values.kafka.sasl.mechanism }}
+{{- if eq .Values.kafka.sasl.mechanism "AWS_MSK_IAM" }}
+- name: KAFKA_SASL_MECHANISM
+  value: AWS_MSK_IAM
+- name: KAFKA_AWS_REGION
+  value: {{ required "kafka.sasl.awsRegion is required with AWS_MSK_IAM" .Values.kafka.sasl.awsRegion | quote }}
+{{- else if .Values.kafka.sasl.mechanism }}
 - name: KAFKA_SASL_MECHANISM
   value: {{ .Values.kafka.sasl.mechanism | quote }}
 - name: KAFKA_SASL_USERNAME
@@ -80,6 +85,16 @@ app.kubernetes.io/component: {{ .service }}
     secretKeyRef:
       name: {{ required "kafka.sasl.existingSecret is required with SASL" .Values.kafka.sasl.existingSecret }}
       key: {{ .Values.kafka.sasl.passwordKey }}
+{{- end }}
+{{- with .Values.kafka.tls.existingSecret }}
+- name: KAFKA_SSL_CAFILE
+  value: /etc/tollgate/kafka-tls/{{ $.Values.kafka.tls.caKey }}
+{{- if $.Values.kafka.tls.certKey }}
+- name: KAFKA_SSL_CERTFILE
+  value: /etc/tollgate/kafka-tls/{{ $.Values.kafka.tls.certKey }}
+- name: KAFKA_SSL_KEYFILE
+  value: /etc/tollgate/kafka-tls/{{ required "kafka.tls.keyKey is required with certKey" $.Values.kafka.tls.keyKey }}
+{{- end }}
 {{- end }}
 {{- if .Values.otel.endpoint }}
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
@@ -272,6 +287,11 @@ securityContext:
 volumeMounts:
   - name: tmp
     mountPath: /tmp
+{{- if $root.Values.kafka.tls.existingSecret }}
+  - name: kafka-tls
+    mountPath: /etc/tollgate/kafka-tls
+    readOnly: true
+{{- end }}
 {{- if eq $name "analytics" }}
   - name: data
     mountPath: /var/lib/tollgate
@@ -327,6 +347,11 @@ containers:
 volumes:
   - name: tmp
     emptyDir: {}
+{{- with .root.Values.kafka.tls.existingSecret }}
+  - name: kafka-tls
+    secret:
+      secretName: {{ . }}
+{{- end }}
 {{- if eq .service "analytics" }}
   - name: data
     emptyDir: {}

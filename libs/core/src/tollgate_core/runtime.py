@@ -103,3 +103,28 @@ async def start_with_retry(
             health.ok(name)
             return True
     return False
+
+
+async def watch_dependency(
+    name: str,
+    check: Callable[[], Awaitable[None]],
+    health: Health,
+    stop: asyncio.Event,
+    *,
+    interval_s: float = 5.0,
+) -> None:
+    """After start-up, run ``check`` every ``interval_s`` until ``stop``: a failure makes
+    readiness check ``name`` not ready with the reason, the next success makes it ready
+    again. A dependency that comes back needs nothing else: the clients reconnect by
+    themselves, this only tells the load balancer in the meantime."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval_s)
+        if stop.is_set():
+            return
+        try:
+            await check()
+        except Exception as exc:  # noqa: BLE001 - any failure means not ready, and why
+            health.fail(name, f"{type(exc).__name__}: {exc}")  # logged when it changes
+        else:
+            health.ok(name)

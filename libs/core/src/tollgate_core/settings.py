@@ -8,10 +8,14 @@ Tollgate reads the environment.
 
 from __future__ import annotations
 
+import ssl
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tollgate_core.errors import ConfigurationError
 
 
 class KafkaSettings(BaseSettings):
@@ -23,7 +27,13 @@ class KafkaSettings(BaseSettings):
     (Tansu, the local stand-in) needs a short wait on the request path instead; there
     ``fetch_idle_max_wait_ms`` lets a consumer that has seen no record for
     ``fetch_idle_after_ms`` poll with a long wait, and go back to the short one with the first
-    record, so an idle stack costs next to nothing. The local runner sets all three."""
+    record, so an idle stack costs next to nothing. The local runner sets all three.
+
+    Security: ``security_protocol`` ``SSL`` or ``SASL_SSL`` verifies the brokers against
+    ``ssl_cafile`` (the system's trust store when unset), with an optional client certificate
+    (``ssl_certfile`` + ``ssl_keyfile``); ``SASL_*`` adds ``PLAIN``, ``SCRAM-SHA-256``/``512``
+    (``sasl_username``/``sasl_password``) or ``AWS_MSK_IAM`` (SASL/OAUTHBEARER with a token
+    signed by the AWS default credential chain, for ``aws_region``)."""
 
     model_config = SettingsConfigDict(env_prefix="KAFKA_", frozen=True, extra="ignore")
 
@@ -36,7 +46,7 @@ class KafkaSettings(BaseSettings):
     linger_ms: int = Field(default=0, ge=0, le=1_000)
     request_timeout_ms: int = Field(default=30_000, ge=1_000)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "AWS_MSK_IAM"] | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     #: prepended to every Tollgate topic name (e.g. ``<release>.``), so that two installations
@@ -51,6 +61,69 @@ class KafkaSettings(BaseSettings):
         """The name the code knows a broker topic by (the prefix taken off)."""
         return name.removeprefix(self.topic_prefix)
 
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_key_password: SecretStr | None = None
+    ssl_check_hostname: bool = True
+    aws_region: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> KafkaSettings:
+        tls = self.security_protocol in ("SSL", "SASL_SSL")
+        sasl = self.security_protocol.startswith("SASL_")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE go together")
+        if not tls and (self.ssl_cafile or self.ssl_certfile):
+            raise ValueError("KAFKA_SSL_* files need KAFKA_SECURITY_PROTOCOL=SSL or SASL_SSL")
+        if sasl and self.sasl_mechanism is None:
+            raise ValueError(
+                f"KAFKA_SECURITY_PROTOCOL={self.security_protocol} needs KAFKA_SASL_MECHANISM"
+            )
+        if not sasl and self.sasl_mechanism is not None:
+            raise ValueError(
+                "KAFKA_SASL_MECHANISM needs KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT or SASL_SSL"
+            )
+        if self.sasl_mechanism == "AWS_MSK_IAM":
+            if self.security_protocol != "SASL_SSL" or not self.aws_region:
+                raise ValueError(
+                    "KAFKA_SASL_MECHANISM=AWS_MSK_IAM needs "
+                    "KAFKA_SECURITY_PROTOCOL=SASL_SSL and KAFKA_AWS_REGION"
+                )
+        elif self.sasl_mechanism is not None and not (self.sasl_username and self.sasl_password):
+            raise ValueError(
+                f"KAFKA_SASL_MECHANISM={self.sasl_mechanism} needs "
+                "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"
+            )
+        return self
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context for the brokers, or None for a plaintext protocol. A file that
+        cannot be read is a :class:`ConfigurationError` naming the setting."""
+        if not self.uses_tls:
+            return None
+        try:
+            context = ssl.create_default_context(
+                cafile=str(self.ssl_cafile) if self.ssl_cafile else None
+            )
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigurationError(f"KAFKA_SSL_CAFILE={self.ssl_cafile}: {exc}") from exc
+        context.check_hostname = self.ssl_check_hostname
+        if self.ssl_certfile is not None:
+            password = self.ssl_key_password.get_secret_value() if self.ssl_key_password else None
+            try:
+                context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile, password)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigurationError(
+                    f"KAFKA_SSL_CERTFILE={self.ssl_certfile} / KAFKA_SSL_KEYFILE="
+                    f"{self.ssl_keyfile}: {exc}"
+                ) from exc
+        return context
+
     def client_kwargs(self) -> dict[str, Any]:
         """Connection arguments common to aiokafka producers, consumers and admin clients."""
         kwargs: dict[str, Any] = {
@@ -58,7 +131,15 @@ class KafkaSettings(BaseSettings):
             "request_timeout_ms": self.request_timeout_ms,
             "security_protocol": self.security_protocol,
         }
-        if self.sasl_mechanism is not None:
+        context = self.ssl_context()
+        if context is not None:
+            kwargs["ssl_context"] = context
+        if self.sasl_mechanism == "AWS_MSK_IAM":
+            from tollgate_core.bus.msk import MskIamTokenProvider
+
+            kwargs["sasl_mechanism"] = "OAUTHBEARER"
+            kwargs["sasl_oauth_token_provider"] = MskIamTokenProvider(str(self.aws_region))
+        elif self.sasl_mechanism is not None:
             kwargs["sasl_mechanism"] = self.sasl_mechanism
             kwargs["sasl_plain_username"] = self.sasl_username
             kwargs["sasl_plain_password"] = (

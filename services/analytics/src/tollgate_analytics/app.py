@@ -29,6 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from tollgate_analytics import aggregates, dataset, metrics, reports
 from tollgate_analytics.access import AdminAccess
 from tollgate_analytics.adapters.storage import LocalStore, ObjectStore, S3Store
+from tollgate_analytics.credentials import broker_credentials
 from tollgate_analytics.errors import QueryError, Unauthorized
 from tollgate_analytics.query import Catalog, Limits, render
 from tollgate_analytics.settings import AnalyticsSettings
@@ -78,6 +79,7 @@ def create_app(settings: AnalyticsSettings, store: ObjectStore | None = None) ->
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{server}" for server in kafka.bootstrap_servers.split(",")],
+        broker_credentials=broker_credentials(kafka),
         store="memory://",
         datadir=settings.state_dir,
         web_host=settings.host,

@@ -16,7 +16,7 @@ from tollgate_core.contracts import REPLY_SCHEMA, ReplyV1
 from tollgate_core.errors import ConfigurationError, DependencyUnavailable
 from tollgate_core.health import Health
 from tollgate_core.http import HttpServer
-from tollgate_core.runtime import run_service, start_with_retry
+from tollgate_core.runtime import run_service, start_with_retry, watch_dependency
 from tollgate_stream.app import create_app
 from tollgate_stream.bridge.auth import ApiKeyAuth, IamAuth, RemoteAuth
 from tollgate_stream.bridge.remote import InboundBridge, RemoteChannels
@@ -34,7 +34,7 @@ from tollgate_stream.openai.auth import (
 )
 from tollgate_stream.openai.models import RouterModelCatalog, StaticModelCatalog
 from tollgate_stream.relay import Relay
-from tollgate_stream.replies import Reply, ReplyDispatcher
+from tollgate_stream.replies import Reply, ReplyDispatcher, local_interest
 from tollgate_stream.settings import StreamSettings
 from tollgate_stream.subscriptions import Subscriptions
 from tollgate_stream.waiters import ReplyWaiters
@@ -122,8 +122,10 @@ async def _serve(settings: StreamSettings, stop: asyncio.Event, authorizer: Auth
         settings.kafka, client_id="stream", max_record_bytes=settings.limits.max_record_bytes
     )
     subscriptions = Subscriptions()
-    owned: list[int] = []
-    gateway = Gateway(settings, producer, authorizer, reply_partitions=owned)
+    #: every partition of the replies topic (read from its metadata at start): a request names
+    #: any of them, and every edge replica reads them all
+    partitions: list[int] = []
+    gateway = Gateway(settings, producer, authorizer, reply_partitions=partitions)
     waiters = ReplyWaiters()
     catalog = RouterModelCatalog(settings.router_url, StaticModelCatalog(settings.model_list()))
     openai_api = OpenAIApi(
@@ -146,7 +148,7 @@ async def _serve(settings: StreamSettings, stop: asyncio.Event, authorizer: Auth
         sink = remote
         # The remote AppSync API authorized its clients (its onSubscribe/onPublish handlers);
         # what it relays is trusted as published by the channel's <sub>.
-        bridged = Gateway(settings, producer, ChannelOwnerAuthorizer(), reply_partitions=owned)
+        bridged = Gateway(settings, producer, ChannelOwnerAuthorizer(), reply_partitions=partitions)
         bridge = InboundBridge(
             settings.appsync_endpoint,
             auth,
@@ -169,25 +171,12 @@ async def _serve(settings: StreamSettings, stop: asyncio.Event, authorizer: Auth
         available = await producer.partitions_for(topics.REPLIES)
         if not available:
             raise DependencyUnavailable(f"topic {topics.REPLIES} does not exist")
-        try:
-            owned[:] = settings.owned_partitions(available)
-        except ValueError as exc:
-            raise ConfigurationError(str(exc)) from exc
+        partitions[:] = sorted(available)
         if not consumers:
-            consumers.append(
-                EventConsumer(
-                    settings.kafka,
-                    name="stream-replies",
-                    topics=[topics.REPLIES],
-                    partitions=owned,
-                    from_latest=True,
-                    decoder=Decoder.union(REPLY_SCHEMA, ReplyV1),
-                    handler=ReplyDispatcher(sink, waiters),
-                    dead_letter=producer,
-                )
-            )
-        await consumers[0].start()
-        logger.info("owning reply partitions %s", owned)
+            consumers.extend(reply_consumers(settings, producer, partitions, sink, waiters))
+        for consumer in consumers:
+            await consumer.start()
+        logger.info("reading all %d reply partitions", len(partitions))
 
     await http.start()
     try:
@@ -197,7 +186,11 @@ async def _serve(settings: StreamSettings, stop: asyncio.Event, authorizer: Auth
                 bridge_task = asyncio.create_task(bridge.run(stop), name="appsync-bridge")
                 logger.info("bridging %s", settings.appsync_endpoint)
             logger.info("stream ready")
+            watch = asyncio.create_task(
+                watch_dependency("kafka", producer.ping, health, stop), name="kafka-watch"
+            )
             await stop.wait()
+            await watch
             if bridge is not None:
                 await bridge_task
     finally:
@@ -210,6 +203,43 @@ async def _serve(settings: StreamSettings, stop: asyncio.Event, authorizer: Auth
             await consumer.stop()
         await producer.stop()
         await catalog.aclose()
+
+
+def reply_consumers(
+    settings: StreamSettings,
+    producer: EventProducer,
+    partitions: list[int],
+    sink: Subscriptions | RemoteChannels,
+    waiters: ReplyWaiters,
+) -> list[EventConsumer[Reply]]:
+    """How replies reach this replica's clients.
+
+    Every edge replica reads every partition of the replies topic from the end, without a
+    consumer group, and delivers what its own clients wait for: subscribers of the reply's
+    channel held by this process, and the OpenAI API request waiting on this process for its
+    id. ``accept`` decides that from the record's headers, so a reply for someone else's
+    client costs a header check, not a decode. So a reply reaches every subscriber of its
+    channel on any replica, and replicas come and go without any hand-over.
+
+    In bridge mode every channel reply goes to the remote AppSync API, and the OpenAI API's
+    to the local waiter. Bridge mode runs as one replica: several would each receive every
+    inbound event from the remote's subscription and each publish every reply."""
+    local = isinstance(sink, Subscriptions)
+    return [
+        EventConsumer(
+            settings.kafka,
+            name="stream-replies",
+            topics=[topics.REPLIES],
+            partitions=partitions,
+            from_latest=True,
+            decoder=Decoder.union(REPLY_SCHEMA, ReplyV1),
+            handler=ReplyDispatcher(sink, waiters),
+            dead_letter=producer,
+            accept=local_interest(
+                sink if isinstance(sink, Subscriptions) else None, waiters, every_channel=not local
+            ),
+        )
+    ]
 
 
 def main() -> None:

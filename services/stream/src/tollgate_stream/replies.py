@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from tollgate_core.bus import Delivered
+from tollgate_core.bus import headers as h
 from tollgate_core.contracts import ReplyChunkV1, ReplyDoneV1, ReplyErrorV1
 from tollgate_stream.appsync.channels import Channel, parse_channel
 from tollgate_stream.chat import dumps, outbound_events
 from tollgate_stream.errors import AppSyncError
+from tollgate_stream.subscriptions import Subscriptions
 from tollgate_stream.waiters import ReplyWaiters
 
 logger = logging.getLogger(__name__)
@@ -27,18 +30,19 @@ class ChannelSink(Protocol):
 class ReplyDispatcher:
     """Delivers each reply once, in order: a redelivered (request, seq) is dropped.
 
-    Replies that name an AppSync channel go to its subscribers; the others (OpenAI API
-    requests) go to the HTTP request waiting for them, if it still is."""
+    Replies that name an AppSync channel go to its subscribers (``subscriptions``); the others
+    (OpenAI API requests) go to the HTTP request waiting for them (``waiters``), if it still
+    is. Either may be None: those replies are then not this dispatcher's to deliver."""
 
     def __init__(
         self,
-        subscriptions: ChannelSink,
+        subscriptions: ChannelSink | None,
         waiters: ReplyWaiters | None = None,
         *,
         remember: int = 100_000,
     ) -> None:
         self._subscriptions = subscriptions
-        self._waiters = waiters if waiters is not None else ReplyWaiters()
+        self._waiters = waiters
         self._next_seq: OrderedDict[str, int] = OrderedDict()
         self._remember = remember
 
@@ -52,7 +56,10 @@ class ReplyDispatcher:
         while len(self._next_seq) > self._remember:
             self._next_seq.popitem(last=False)
         if reply.channel is None:
-            self._waiters.deliver(reply)
+            if self._waiters is not None:
+                self._waiters.deliver(reply)
+            return
+        if self._subscriptions is None:
             return
         try:
             channel = parse_channel(reply.channel, allow_wildcard=False)
@@ -61,3 +68,27 @@ class ReplyDispatcher:
             return
         for event in outbound_events(reply):
             self._subscriptions.deliver(channel, dumps(event))
+
+
+def local_interest(
+    subscriptions: Subscriptions | None,
+    waiters: ReplyWaiters | None,
+    *,
+    every_channel: bool = False,
+) -> Callable[[Mapping[str, str]], bool]:
+    """Whether a reply, by its Kafka headers, is for a client of this process: a subscriber
+    of its channel (or of a ``/*`` above it), or — empty channel header — the HTTP request
+    waiting for its id. ``every_channel``: every reply with a channel is wanted (bridge mode
+    hands them all to the remote AppSync API). A reply without the channel header (from a
+    router older than the header) is let through and decided after decoding."""
+
+    def accept(headers: Mapping[str, str]) -> bool:
+        channel = headers.get(h.CHANNEL)
+        if channel is None:
+            return True
+        if channel:
+            return every_channel or (subscriptions is not None and subscriptions.wants(channel))
+        request_id = headers.get(h.REQUEST_ID)
+        return waiters is not None and request_id is not None and request_id in waiters
+
+    return accept

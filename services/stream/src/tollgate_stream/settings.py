@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tollgate_core.limits import Limits
@@ -17,11 +17,6 @@ class StreamSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8080
-    #: reply partitions this process owns: "all", a list such as "0,1,2", or "replica": every
-    #: partition p with p % replica_count == replica_index (a StatefulSet's pod index)
-    reply_partitions: str = "all"
-    replica_index: int = Field(default=0, ge=0)
-    replica_count: int = Field(default=1, ge=1)
     inbound_namespace: str = "Inbound-Messages"
     outbound_namespace: str = "Outbound-Messages"
     connection_timeout_ms: int = Field(default=300_000, ge=10_000)
@@ -107,31 +102,3 @@ class StreamSettings(BaseSettings):
 
     def model_list(self) -> list[str]:
         return [m.strip() for m in self.default_models.split(",") if m.strip()]
-
-    @field_validator("reply_partitions")
-    @classmethod
-    def _partitions(cls, value: str) -> str:
-        value = value.strip()
-        if value not in ("all", "replica") and not all(
-            p.strip().isdigit() for p in value.split(",")
-        ):
-            raise ValueError('reply_partitions is "all", "replica" or a list like "0,1,2"')
-        return value
-
-    def owned_partitions(self, available: set[int]) -> list[int]:
-        if self.reply_partitions == "all":
-            return sorted(available)
-        if self.reply_partitions == "replica":
-            if self.replica_index >= self.replica_count:
-                raise ValueError("replica_index must be below replica_count")
-            owned = [p for p in sorted(available) if p % self.replica_count == self.replica_index]
-            if not owned:
-                raise ValueError(
-                    f"replica {self.replica_index} owns none of {len(available)} partitions"
-                )
-            return owned
-        wanted = {int(p) for p in self.reply_partitions.split(",")}
-        missing = wanted - available
-        if missing:
-            raise ValueError(f"reply partitions {sorted(missing)} do not exist")
-        return sorted(wanted)

@@ -57,6 +57,14 @@ class Subscriptions:
     def has(self, subscriber: Subscriber, subscription_id: str) -> bool:
         return subscription_id in self._by_subscriber.get(subscriber, {})
 
+    def wants(self, channel: str) -> bool:
+        """Whether any subscription here would receive an event on ``channel`` (a path such
+        as ``/Outbound-Messages/u1``), without parsing or validating it."""
+        segments = tuple(channel.strip("/").split("/"))
+        if segments in self._exact:
+            return True
+        return any(segments[:n] in self._prefix for n in range(1, len(segments) + 1))
+
     def deliver(self, channel: Channel, event: str) -> int:
         targets = list(self._exact.get(channel.segments, {}))
         for n in range(1, len(channel.segments) + 1):

@@ -76,5 +76,8 @@ class ReplyWaiters:
         waiter.put(reply)
         return True
 
+    def __contains__(self, request_id: object) -> bool:
+        return request_id in self._waiters
+
     def __len__(self) -> int:
         return len(self._waiters)

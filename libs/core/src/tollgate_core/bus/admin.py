@@ -11,6 +11,7 @@ from dataclasses import replace
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
+from tollgate_core.bus.security import verify_tls
 from tollgate_core.errors import DependencyUnavailable
 from tollgate_core.settings import KafkaSettings
 from tollgate_core.topics import DEFAULT_TOPICS, TopicSpec
@@ -26,6 +27,7 @@ async def ensure_topics(
     created as named; by default Tollgate's own topics, with the configured prefix."""
     if specs is None:
         specs = [replace(s, name=settings.topic(s.name)) for s in DEFAULT_TOPICS]
+    await verify_tls(settings)
     admin = AIOKafkaAdminClient(client_id="tollgate-admin", **settings.client_kwargs())
     try:
         await admin.start()

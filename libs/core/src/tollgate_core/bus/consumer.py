@@ -12,6 +12,9 @@
   producer wrote, so one request is one trace across services; a record of a stream
   (:attr:`~tollgate_core.contracts.Contract.TRACED_AS_EVENT`, a reply chunk) is processed in
   that context without a span of its own.
+* ``accept`` sees a record's headers before anything else: a record it refuses is finished
+  without being decoded, traced or handled (the edge skips replies for clients it does not
+  hold).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -33,6 +36,7 @@ from tollgate_core.bus import headers as h
 from tollgate_core.bus.codec import Decoder
 from tollgate_core.bus.interfaces import Delivered
 from tollgate_core.bus.producer import EventProducer
+from tollgate_core.bus.security import verify_tls
 from tollgate_core.contracts import Contract
 from tollgate_core.errors import ContractError, DependencyUnavailable, TollgateError
 from tollgate_core.settings import KafkaSettings
@@ -45,6 +49,11 @@ T = TypeVar("T")
 Handler = Callable[[Delivered[T]], Awaitable[None]]
 
 CONSUMED = Counter("tollgate_kafka_consumed_total", "Records handled", ["topic", "consumer"])
+SKIPPED = Counter(
+    "tollgate_kafka_skipped_total",
+    "Records the consumer's accept() refused by their headers",
+    ["topic", "consumer"],
+)
 DEAD_LETTERED = Counter(
     "tollgate_kafka_dead_lettered_total",
     "Records sent to the dead-letter topic",
@@ -139,6 +148,7 @@ class EventConsumer(Generic[T]):
         commit_interval_s: float = 0.5,
         max_retry_delay_s: float = 10.0,
         max_poll_interval_ms: int = 600_000,
+        accept: Callable[[Mapping[str, str]], bool] | None = None,
     ) -> None:
         if (group_id is None) == (partitions is None):
             raise ValueError("give exactly one of group_id and partitions")
@@ -152,6 +162,7 @@ class EventConsumer(Generic[T]):
         self._decoder = decoder
         self._handler = handler
         self._dead_letter = dead_letter
+        self._accept = accept
         self._group_id = group_id
         self._partitions = list(partitions) if partitions is not None else None
         self._from_latest = from_latest
@@ -171,6 +182,7 @@ class EventConsumer(Generic[T]):
         if self._consumer is not None:
             return
         self._stopping.clear()
+        await verify_tls(self._settings)
         consumer = AIOKafkaConsumer(
             client_id=f"{self._settings.client_id_prefix}-{self.name}",
             group_id=self._group_id,
@@ -308,6 +320,10 @@ class EventConsumer(Generic[T]):
 
     async def _process(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
         headers = h.to_dict(record.headers)
+        if self._accept is not None and not self._accept(headers):
+            SKIPPED.labels(record.topic, self.name).inc()
+            self._tracker.done(tp, record.offset)
+            return
         try:
             event: T = self._decoder.decode(record.value, headers.get(h.SCHEMA))
         except ContractError as exc:

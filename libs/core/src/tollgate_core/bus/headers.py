@@ -10,6 +10,9 @@ from opentelemetry.context import Context
 REQUEST_ID = "tollgate-request-id"
 SCHEMA = "tollgate-schema"
 PRINCIPAL = "tollgate-principal"
+#: the AppSync channel an event is for, empty when it could name one and does not (an OpenAI
+#: API reply): lets a consumer skip what it would not deliver
+CHANNEL = "tollgate-channel"
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
 

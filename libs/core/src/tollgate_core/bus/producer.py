@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import warnings
 from typing import Any
@@ -14,6 +15,7 @@ from prometheus_client import Counter
 
 from tollgate_core.bus import headers as h
 from tollgate_core.bus.codec import encode
+from tollgate_core.bus.security import verify_tls
 from tollgate_core.contracts import Contract
 from tollgate_core.errors import DependencyUnavailable, RecordTooLarge
 from tollgate_core.limits import DEFAULT_MAX_RECORD_BYTES
@@ -74,6 +76,7 @@ class EventProducer:
     async def start(self) -> None:
         if self._producer is not None:
             return
+        await verify_tls(self._settings)
         producer = AIOKafkaProducer(
             client_id=self._client_id,
             acks="all",
@@ -111,6 +114,8 @@ class EventProducer:
         )
         if isinstance(principal, str):
             headers.append((h.PRINCIPAL, principal.encode()))
+        if hasattr(event, "channel"):  # empty: an event that could name one and does not
+            headers.append((h.CHANNEL, (getattr(event, "channel", None) or "").encode()))
         attributes = {
             "messaging.system": "kafka",
             "messaging.operation.type": "send",
@@ -168,6 +173,18 @@ class EventProducer:
             raise DependencyUnavailable(f"cannot produce to {topic}: {exc}") from exc
         PRODUCED.labels(topic).inc()
         return metadata
+
+    async def ping(self, timeout_s: float = 5.0) -> None:
+        """Ask the brokers for cluster metadata; :class:`DependencyUnavailable` when none
+        answers within ``timeout_s`` (the connection to Kafka is lost)."""
+        producer = self._producer
+        if producer is None:
+            raise DependencyUnavailable("producer is not started")
+        try:
+            async with asyncio.timeout(timeout_s):
+                await producer.client.fetch_all_metadata()
+        except (KafkaError, OSError, TimeoutError) as exc:
+            raise DependencyUnavailable(f"Kafka unreachable: {exc or type(exc).__name__}") from exc
 
     async def partitions_for(self, topic: str) -> set[int]:
         producer = self._producer
