@@ -86,7 +86,7 @@ class Load:
 LOADS = {
     "c1": Load("c1", concurrency=1, requests=100),
     "c20": Load("c20", concurrency=20, requests=600),
-    "c100": Load("c100", concurrency=100, requests=1000),
+    "c100": Load("c100", concurrency=100, requests=600),
     "soak": Load("soak", concurrency=20, requests=4000),
     "r20": Load("r20", rate=20, seconds=10),
     "r50": Load("r50", rate=50, seconds=10),
