@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -753,6 +754,8 @@ def main() -> None:
     parser.add_argument("--markdown", type=Path, default=None, help="write the tables here")
     parser.add_argument("--keep", type=Path, default=None, help="keep logs and data here")
     args = parser.parse_args()
+    # a SIGTERM (a time limit, a CI runner) unwinds like Ctrl-C: every process it started stops
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
         asyncio.run(_main(args, args.keep))

@@ -92,3 +92,35 @@ async def test_an_edge_that_loses_kafka_is_not_ready_until_it_is_back(tmp_path: 
             raise
         finally:
             stack.stop()
+
+
+async def test_a_router_that_loses_kafka_is_not_ready_until_it_is_back(tmp_path: Path) -> None:
+    """The same watch runs in every service that consumes (meter, router, auth as well)."""
+    proxy_port = free_port()
+    with (
+        TansuBroker(advertised_port=proxy_port, log_path=tmp_path / "tansu.log") as broker,
+        TcpProxy(broker.port, port=proxy_port) as proxy,
+    ):
+        kafka = KafkaSettings(bootstrap_servers=f"127.0.0.1:{proxy_port}", fetch_max_wait_ms=5)
+        await ensure_topics(kafka)
+        stack = Stack(
+            bootstrap_servers=kafka.bootstrap_servers,
+            database_url="postgresql://unused@127.0.0.1:1/unused",
+            log_dir=tmp_path,
+            ports={"router": free_port()},
+            services=["router"],
+            extra_env={"TOLLGATE_ROUTER_USE_DATABASE": "false"},
+        )
+        url = stack.url("router")
+        try:
+            await asyncio.to_thread(stack.start, timeout=60)
+            proxy.cut()
+            body = await until_ready(url, False, timeout=30)
+            assert "Kafka unreachable" in str(body["checks"]), body  # type: ignore[index]
+            proxy.restore()
+            await until_ready(url, True, timeout=90)
+        except BaseException:
+            print(stack.logs("router")[-4000:])  # noqa: T201
+            raise
+        finally:
+            stack.stop()

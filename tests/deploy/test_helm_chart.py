@@ -280,7 +280,7 @@ def test_service_accounts_images_and_scheduling_are_set_per_service() -> None:
         "tolerations"
         not in by_kind(docs, "Deployment")["gw-tollgate-auth"]["spec"]["template"]["spec"]
     )
-    stream = by_kind(docs, "StatefulSet")["gw-tollgate-stream"]
+    stream = by_kind(docs, "Deployment")["gw-tollgate-stream"]
     assert stream["spec"]["template"]["spec"]["serviceAccountName"] == "edge"
 
 
@@ -330,7 +330,7 @@ def test_the_edge_is_reachable_through_an_ingress_or_a_gateway_with_long_timeout
     edge = by_kind(docs, "Service")["gw-tollgate-stream"]
     assert edge["spec"]["type"] == "LoadBalancer" and edge["metadata"]["annotations"] == {"x": "y"}
     keepalive = float(
-        env_of(by_kind(docs, "StatefulSet")["gw-tollgate-stream"])[
+        env_of(by_kind(docs, "Deployment")["gw-tollgate-stream"])[
             "TOLLGATE_STREAM_KEEPALIVE_INTERVAL_S"
         ]
     )
@@ -412,19 +412,25 @@ def test_aws_msk_iam_needs_a_region_and_no_password() -> None:
     assert "KAFKA_SASL_PASSWORD" not in env
 
 
-def test_the_edge_splits_reply_partitions_by_pod_index() -> None:
-    stream = by_kind(render({**DEV_DB, "services": {"stream": {"replicas": 3}}}), "StatefulSet")[
-        "gw-tollgate-stream"
-    ]
+def test_the_edge_is_a_deployment_whose_pods_are_interchangeable() -> None:
+    """Every edge pod reads every reply, so the edge needs no pod identity: a Deployment,
+    scaled by hand or by a CPU autoscaler."""
+    docs = render({**DEV_DB, "services": {"stream": {"replicas": 3}}})
+    assert "gw-tollgate-stream" not in by_kind(docs, "StatefulSet")
+    stream = by_kind(docs, "Deployment")["gw-tollgate-stream"]
     env = env_of(stream)
-    assert env["TOLLGATE_STREAM_REPLY_PARTITIONS"] == "replica"
-    assert env["TOLLGATE_STREAM_REPLICA_COUNT"] == "3"
-    assert env["TOLLGATE_STREAM_REPLICA_INDEX"] == {
-        "fieldRef": {"fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}
-    }
+    assert not [k for k in env if "REPLY_PARTITIONS" in k or "REPLICA_" in k]
     assert stream["spec"]["replicas"] == 3
     assert env["TOLLGATE_STREAM_AUTH_URL"] == "http://gw-tollgate-auth:8081"
     assert env["TOLLGATE_STREAM_ROUTER_URL"] == "http://gw-tollgate-router:8082"
+    scaled = render({**DEV_DB, "services": {"stream": {"autoscaling": {"enabled": True}}}})
+    hpa = by_kind(scaled, "HorizontalPodAutoscaler")["gw-tollgate-stream"]
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "gw-tollgate-stream",
+    }
+    assert "replicas" not in by_kind(scaled, "Deployment")["gw-tollgate-stream"]["spec"]
 
 
 def test_the_meter_asks_the_auth_service_and_takes_its_admin_token_from_a_secret() -> None:

@@ -217,14 +217,6 @@ env:
     value: {{ printf "http://%s-router:%v" (include "tollgate.fullname" $root) $root.Values.services.router.port | quote }}
   - name: TOLLGATE_STREAM_AUTH_URL
     value: {{ printf "http://%s-auth:%v" (include "tollgate.fullname" $root) $root.Values.services.auth.port | quote }}
-  - name: TOLLGATE_STREAM_REPLY_PARTITIONS
-    value: replica
-  - name: TOLLGATE_STREAM_REPLICA_INDEX
-    valueFrom:
-      fieldRef:
-        fieldPath: metadata.labels['apps.kubernetes.io/pod-index']
-  - name: TOLLGATE_STREAM_REPLICA_COUNT
-    value: {{ $spec.replicas | quote }}
   - name: TOLLGATE_STREAM_KEEPALIVE_INTERVAL_S
     value: {{ $spec.keepaliveIntervalSeconds | quote }}
 {{- end }}

@@ -15,7 +15,7 @@ from tollgate_core import db
 from tollgate_core.bus import EventProducer
 from tollgate_core.health import Health
 from tollgate_core.http import HttpServer
-from tollgate_core.runtime import run_service, start_with_retry
+from tollgate_core.runtime import run_service, start_with_retry, watch_dependency
 
 logger = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -53,7 +53,8 @@ async def serve(settings: AuthSettings, stop: asyncio.Event) -> None:
                 await start_with_retry("kafka", producer.start, health, stop)
             ):
                 logger.info("auth ready")
-                await stop.wait()
+                # not ready while the brokers are lost; the clients reconnect by themselves
+                await watch_dependency("kafka", producer.ping, health, stop)
         finally:
             await http.stop()
             await producer.stop()

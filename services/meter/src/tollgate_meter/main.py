@@ -14,7 +14,7 @@ from tollgate_core.bus import Decoder, EventConsumer, EventProducer
 from tollgate_core.contracts import ChatRequestV1, UsageRecordV1
 from tollgate_core.health import Health
 from tollgate_core.http import HttpServer, ops_app
-from tollgate_core.runtime import run_service, start_with_retry
+from tollgate_core.runtime import run_service, start_with_retry, watch_dependency
 from tollgate_meter.adapters.ledger import PostgresLedger, create_engine
 from tollgate_meter.api import AuthServiceIdentity, UsageApi
 from tollgate_meter.batching import AdmissionBatcher
@@ -105,7 +105,8 @@ async def serve(settings: MeterSettings, stop: asyncio.Event) -> None:
         ):
             sweeper.start()
             logger.info("meter ready")
-            await stop.wait()
+            # not ready while the brokers are lost; the clients reconnect by themselves
+            await watch_dependency("kafka", producer.ping, health, stop)
     finally:
         await sweeper.stop()
         # both drain at once: one after the other they could outlast the pod's grace period

@@ -15,7 +15,7 @@ from tollgate_core.contracts import AdmissionV1, utcnow
 from tollgate_core.errors import TollgateError
 from tollgate_core.health import Health
 from tollgate_core.http import HttpServer, ops_app
-from tollgate_core.runtime import run_service, start_with_retry
+from tollgate_core.runtime import run_service, start_with_retry, watch_dependency
 from tollgate_router.adapters.postgres import PostgresJournal, PostgresPreparedStore
 from tollgate_router.api import admin_routes, models_route
 from tollgate_router.catalog import CatalogSource, local_catalog
@@ -162,7 +162,8 @@ async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
             engine is None or await start_with_retry("postgres", start_postgres, health, stop)
         ) and (await start_with_retry("kafka", start_kafka, health, stop)):
             logger.info("router ready")
-            await stop.wait()
+            # not ready while the brokers are lost; the clients reconnect by themselves
+            await watch_dependency("kafka", producer.ping, health, stop)
     finally:
         stop.set()
         await asyncio.gather(*background, return_exceptions=True)

@@ -287,7 +287,8 @@ class EventConsumer(Generic[T]):
         self._last_record = last_commit
         while not self._stopping.is_set():
             try:
-                batch = await consumer.getmany(timeout_ms=100, max_records=200)
+                # returns as soon as records are there; the timeout only paces an idle loop
+                batch = await consumer.getmany(timeout_ms=500, max_records=200)
             except KafkaError as exc:
                 logger.warning("%s: fetch failed: %s", self.name, exc)
                 await self._sleep(1.0)
