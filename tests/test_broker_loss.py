@@ -1,10 +1,12 @@
-"""An edge replica that loses its broker reports not-ready, and recovers by itself: ready
+"""A service that loses its broker reports not-ready, and recovers by itself: ready
 again, and delivering replies, once the broker is back (cut here by a proxy in front of
 Tansu, which Tansu advertises)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -38,7 +40,12 @@ async def until_ready(url: str, ready: bool, timeout: float) -> dict[str, object
             await asyncio.sleep(0.5)
 
 
-async def test_an_edge_that_loses_kafka_is_not_ready_until_it_is_back(tmp_path: Path) -> None:
+@asynccontextmanager
+async def behind_a_proxy(
+    tmp_path: Path, service: str, env: dict[str, str]
+) -> AsyncIterator[tuple[Stack, TcpProxy, KafkaSettings]]:
+    """``service`` alone, reaching Tansu through a proxy the test can cut (Tansu advertises
+    the proxy's port, so every connection goes through it)."""
     proxy_port = free_port()
     with (
         TansuBroker(advertised_port=proxy_port, log_path=tmp_path / "tansu.log") as broker,
@@ -50,77 +57,58 @@ async def test_an_edge_that_loses_kafka_is_not_ready_until_it_is_back(tmp_path: 
             bootstrap_servers=kafka.bootstrap_servers,
             database_url="postgresql://unused@127.0.0.1:1/unused",
             log_dir=tmp_path,
-            ports={"stream": free_port()},
-            services=["stream"],
-            extra_env={"TOLLGATE_STREAM_AUTH_MODE": "none"},
+            ports={service: free_port()},
+            services=[service],
+            extra_env=env,
         )
-        url = stack.url("stream")
         try:
             await asyncio.to_thread(stack.start, timeout=60)
-            async with connect(url) as socket:
-                await socket.send(
-                    {"type": "subscribe", "id": "s", "channel": "/Outbound-Messages/u1"}
-                )
-                assert (await socket.receive())["type"] == "subscribe_success"
-
-                proxy.cut()
-                body = await until_ready(url, False, timeout=30)
-                assert "Kafka unreachable" in str(body["checks"]), body  # type: ignore[index]
-                proxy.restore()
-                await until_ready(url, True, timeout=90)
-
-                # and replies flow to its subscribers again
-                request_id = new_request_id()
-                async with EventProducer(kafka, client_id="test") as producer:
-                    await producer.publish(
-                        topics.REPLIES,
-                        ReplyChunkV1(
-                            request_id=request_id,
-                            principal="u1",
-                            seq=0,
-                            channel="/Outbound-Messages/u1",
-                            text="back",
-                        ),
-                        key=request_id,
-                    )
-                async with asyncio.timeout(30):
-                    async for event in socket.events("s"):
-                        if event.get("requestId") == request_id:
-                            break
+            yield stack, proxy, kafka
         except BaseException:
-            print(stack.logs("stream")[-4000:])  # noqa: T201
+            print(stack.logs(service)[-4000:])  # noqa: T201
             raise
         finally:
             stack.stop()
+
+
+async def lose_and_regain_kafka(url: str, proxy: TcpProxy) -> None:
+    proxy.cut()
+    body = await until_ready(url, False, timeout=30)
+    assert "Kafka unreachable" in str(body["checks"]), body  # type: ignore[index]
+    proxy.restore()
+    await until_ready(url, True, timeout=90)
+
+
+async def test_an_edge_that_loses_kafka_is_not_ready_until_it_is_back(tmp_path: Path) -> None:
+    env = {"TOLLGATE_STREAM_AUTH_MODE": "none"}
+    async with behind_a_proxy(tmp_path, "stream", env) as (stack, proxy, kafka):
+        url = stack.url("stream")
+        async with connect(url) as socket:
+            await socket.send({"type": "subscribe", "id": "s", "channel": "/Outbound-Messages/u1"})
+            assert (await socket.receive())["type"] == "subscribe_success"
+            await lose_and_regain_kafka(url, proxy)
+            # and replies flow to its subscribers again
+            request_id = new_request_id()
+            async with EventProducer(kafka, client_id="test") as producer:
+                await producer.publish(
+                    topics.REPLIES,
+                    ReplyChunkV1(
+                        request_id=request_id,
+                        principal="u1",
+                        seq=0,
+                        channel="/Outbound-Messages/u1",
+                        text="back",
+                    ),
+                    key=request_id,
+                )
+            async with asyncio.timeout(30):
+                async for event in socket.events("s"):
+                    if event.get("requestId") == request_id:
+                        break
 
 
 async def test_a_router_that_loses_kafka_is_not_ready_until_it_is_back(tmp_path: Path) -> None:
     """The same watch runs in every service that consumes (meter, router, auth as well)."""
-    proxy_port = free_port()
-    with (
-        TansuBroker(advertised_port=proxy_port, log_path=tmp_path / "tansu.log") as broker,
-        TcpProxy(broker.port, port=proxy_port) as proxy,
-    ):
-        kafka = KafkaSettings(bootstrap_servers=f"127.0.0.1:{proxy_port}", fetch_max_wait_ms=5)
-        await ensure_topics(kafka)
-        stack = Stack(
-            bootstrap_servers=kafka.bootstrap_servers,
-            database_url="postgresql://unused@127.0.0.1:1/unused",
-            log_dir=tmp_path,
-            ports={"router": free_port()},
-            services=["router"],
-            extra_env={"TOLLGATE_ROUTER_USE_DATABASE": "false"},
-        )
-        url = stack.url("router")
-        try:
-            await asyncio.to_thread(stack.start, timeout=60)
-            proxy.cut()
-            body = await until_ready(url, False, timeout=30)
-            assert "Kafka unreachable" in str(body["checks"]), body  # type: ignore[index]
-            proxy.restore()
-            await until_ready(url, True, timeout=90)
-        except BaseException:
-            print(stack.logs("router")[-4000:])  # noqa: T201
-            raise
-        finally:
-            stack.stop()
+    env = {"TOLLGATE_ROUTER_USE_DATABASE": "false"}
+    async with behind_a_proxy(tmp_path, "router", env) as (stack, proxy, _):
+        await lose_and_regain_kafka(stack.url("router"), proxy)
