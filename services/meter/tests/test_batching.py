@@ -14,6 +14,7 @@ from tollgate_core.errors import DependencyUnavailable
 from tollgate_meter.adapters.ledger import AdmissionRequest, Decision, PostgresLedger
 from tollgate_meter.batching import AdmissionBatcher
 from tollgate_meter.domain import Estimate
+from tollgate_meter.limits import WindowSpec
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
@@ -145,3 +146,14 @@ async def test_a_batch_with_a_request_twice_decides_it_once(
     assert [d.admitted for d in decisions] == [True, True, True]
     assert [d.repeated for d in decisions] == [False, True, False]
     assert await inspect.buckets("dave") == (0, 0, 10, 200)
+
+
+async def test_a_batch_counts_its_own_requests_against_a_monthly_request_limit(
+    ledger: PostgresLedger,
+) -> None:
+    await ledger.set_principal(
+        "mona", None, (WindowSpec(name="monthly", kind="calendar-month", requests=2),)
+    )
+    decisions = await ledger.admit_many("mona", [req("m1"), req("m2"), req("m3")], NOW)
+    assert [d.admitted for d in decisions] == [True, True, False]
+    assert decisions[2].violation is not None and decisions[2].violation.window == "monthly"

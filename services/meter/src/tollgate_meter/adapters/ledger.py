@@ -654,22 +654,40 @@ class PostgresLedger:
 
 
 class _Batch:
-    """The decisions of one admission batch: the rows to write, and the counters as the
-    requests decided so far in the batch leave them."""
+    """The decisions of one admission batch: the rows to write, and what the requests
+    admitted so far in it reserved, which the counters as read (``buckets``, ``month``) show
+    to the requests after them."""
 
     def __init__(
         self, now: datetime, bucket: datetime, buckets: list[Bucket], month: Bucket | None
     ) -> None:
         self.now = now
         self.bucket = bucket
-        self.buckets = buckets
-        self.month = month
+        self._buckets = buckets
+        self._month = month
         self.rows: list[tuple[str, str | None, int, int, str, str, str | None]] = []
         self.reserved = Totals()
 
     @property
     def admitted(self) -> int:
         return self.reserved.requests
+
+    @property
+    def buckets(self) -> list[Bucket]:
+        if not self.admitted:
+            return self._buckets
+        return [*self._buckets, Bucket(self.bucket, Totals(), self.reserved)]
+
+    @property
+    def month(self) -> Bucket | None:
+        if not self.admitted:
+            return self._month
+        used, reserved = Totals(), Totals()
+        if self._month is not None:
+            used.add(self._month.used)
+            reserved.add(self._month.reserved)
+        reserved.add(self.reserved)
+        return Bucket(self.now, used, reserved)
 
     def add(self, request: AdmissionRequest, tier: str, violation: Violation | None) -> None:
         est = request.estimate
@@ -679,16 +697,8 @@ class _Batch:
             (request.request_id, request.model, est.input_tokens, est.output_tokens, status,
              tier, rejection)
         )  # fmt: skip
-        if violation is not None:
-            return
-        reserved = Totals(est.input_tokens, est.output_tokens, 1)
-        self.reserved.add(reserved)
-        self.buckets.append(Bucket(self.bucket, Totals(), reserved))
-        month_reserved = Totals(est.input_tokens, est.output_tokens, 0)
-        if self.month is not None:
-            month_reserved.add(self.month.reserved)
-        used = self.month.used if self.month is not None else Totals()
-        self.month = Bucket(self.now, used, month_reserved)
+        if violation is None:
+            self.reserved.add(Totals(est.input_tokens, est.output_tokens, 1))
 
     def parameters(self, principal: str, period: date) -> dict[str, Any]:
         columns = list(zip(*self.rows, strict=True))
