@@ -14,20 +14,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import Protocol
 
 from tollgate_core.errors import DependencyUnavailable
-from tollgate_meter.adapters.ledger import AdmissionRequest, Decision, Ledger
+from tollgate_meter.adapters.ledger import AdmissionRequest, Decision
 
 logger = logging.getLogger(__name__)
 
 _Waiting = tuple[AdmissionRequest, "asyncio.Future[Decision]"]
 
 
+class BatchAdmission(Protocol):
+    """All the batcher needs of a ledger."""
+
+    async def admit_many(
+        self, principal: str, requests: Sequence[AdmissionRequest], now: datetime
+    ) -> list[Decision]: ...
+
+
 class AdmissionBatcher:
     def __init__(
-        self, ledger: Ledger, clock: Callable[[], datetime], *, max_batch: int = 100
+        self, ledger: BatchAdmission, clock: Callable[[], datetime], *, max_batch: int = 100
     ) -> None:
         self._ledger = ledger
         self._clock = clock
