@@ -53,8 +53,14 @@ def bearer_matches(authorization: str | None, token: str | None) -> bool:
     scheme, _, given = authorization.strip().partition(" ")
     if scheme.lower() != "bearer" or not given.strip():
         return False
+    return secret_equals(given.strip(), token)
+
+
+def secret_equals(given: str, secret: str) -> bool:
+    """``given == secret`` in constant time, as bytes (``hmac.compare_digest`` refuses
+    non-ASCII ``str``)."""
     return hmac.compare_digest(
-        given.strip().encode("utf-8", "surrogateescape"), token.encode("utf-8", "surrogateescape")
+        given.encode("utf-8", "surrogateescape"), secret.encode("utf-8", "surrogateescape")
     )
 
 
@@ -67,13 +73,10 @@ def ops_routes(health: Health, *, metrics: bool = True) -> list[BaseRoute]:
     of their own, see :func:`metrics_server`), ``/metrics``."""
 
     async def healthz(_: Request) -> Response:
-        return JSONResponse(
-            {"status": "ok" if health.live else "dead"}, 200 if health.live else 503
-        )
+        return JSONResponse(*health.liveness())
 
     async def readyz(_: Request) -> Response:
-        body = {"ready": health.ready, "checks": health.report()}
-        return JSONResponse(body, 200 if health.ready else 503)
+        return JSONResponse(*health.readiness())
 
     return [
         Route("/healthz", healthz, methods=["GET"]),

@@ -8,7 +8,6 @@ edge to proxy) and the admin API of prepared responses (Bearer admin token)::
 
 from __future__ import annotations
 
-import hmac
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import uuid4
@@ -20,6 +19,7 @@ from starlette.routing import BaseRoute, Route
 
 from tollgate_core.contracts import ChatMessage, utcnow
 from tollgate_core.errors import TollgateError
+from tollgate_core.http import bearer_matches
 from tollgate_router.catalog import CatalogSource
 from tollgate_router.prepared import ANY_MODEL, PreparedResponse, PreparedStore, prepared_key
 
@@ -104,10 +104,8 @@ def models_route(catalog: CatalogSource) -> BaseRoute:
 
 def admin_routes(store: PreparedStore, token: SecretStr | None) -> list[BaseRoute]:
     def authorized(request: Request) -> bool:
-        if token is None:
-            return False
-        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        return hmac.compare_digest(given.encode(), token.get_secret_value().encode())
+        secret = token.get_secret_value() if token is not None else None
+        return bearer_matches(request.headers.get("authorization"), secret)
 
     async def add(request: Request) -> Response:
         if not authorized(request):

@@ -421,14 +421,12 @@ class EventConsumer(Generic[T]):
         reason: str,
         message: str,
     ) -> bool:
-        dl_headers: h.Headers = list(record.headers or [])
-        dl_headers += [
-            (h.DLQ_REASON, f"{reason}: {message}"[:1000].encode()),
-            (h.DLQ_TOPIC, record.topic.encode()),
-            (h.DLQ_PARTITION, str(record.partition).encode()),
-            (h.DLQ_OFFSET, str(record.offset).encode()),
-            (h.DLQ_GROUP, (self._group_id or self.name).encode()),
-        ]
+        dl_headers = h.dead_letter_headers(
+            record.headers,
+            f"{reason}: {message}",
+            (record.topic, record.partition, record.offset),
+            self._group_id or self.name,
+        )
         delay = 0.2
         while True:
             try:
