@@ -3,7 +3,6 @@ Parquet rows, log records also count in the per-minute aggregates table."""
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import time
@@ -19,6 +18,7 @@ from tollgate_analytics.source import Source
 from tollgate_core.bus import Decoder
 from tollgate_core.bus import headers as h
 from tollgate_core.contracts import RequestLogV1, UsageRecordV1
+from tollgate_core.retry import Backoff
 
 logger = logging.getLogger(__name__)
 tracer = trace.get_tracer("tollgate.analytics")
@@ -105,12 +105,11 @@ class Handlers:
 
     async def check_storage(self) -> None:
         """Until the dataset's storage answers (reported on ``/readyz`` meanwhile)."""
-        delay = 0.5
+        backoff = Backoff(0.5, 15)
         while True:
             try:
                 await self._sink.check()
                 return
             except Exception as exc:  # noqa: BLE001 - reported on /readyz, retried
                 logger.warning("dataset storage not usable: %s", exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 15)
+            await backoff.wait()

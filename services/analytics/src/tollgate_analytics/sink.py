@@ -40,6 +40,7 @@ from tollgate_analytics.adapters.storage import ObjectStore
 from tollgate_analytics.errors import RowNotRepresentable, StorageUnavailable
 from tollgate_core.errors import DependencyUnavailable
 from tollgate_core.health import Health
+from tollgate_core.retry import Backoff
 
 logger = logging.getLogger(__name__)
 
@@ -425,7 +426,7 @@ class ParquetSink:
         fail for their values; if it fails anyway (a bug), the segment is kept, readiness
         reports it and the encoding is retried with backoff: no offset is committed past
         a segment that is not written."""
-        delay = self._settings.retry_initial_s
+        backoff = self._backoff()
         while True:
             try:
                 # in a thread: a 64 MiB segment takes seconds to encode, and the event loop
@@ -444,11 +445,8 @@ class ParquetSink:
                 )
                 self._encode_failing = True
                 self._health.fail(SEGMENTS_CHECK, reason)
-                logger.exception("%s; retrying in %.1fs", reason, delay)
-                try:
-                    await asyncio.wait_for(self._stopping.wait(), delay)
-                except TimeoutError:
-                    delay = min(delay * 2, self._settings.retry_max_s)
+                logger.exception("%s; retrying in %.1fs", reason, backoff.delay)
+                if await backoff.wait(self._stopping):
                     continue
                 raise
             if self._encode_failing:
@@ -460,19 +458,19 @@ class ParquetSink:
         await self._retrying(f"write {path}", lambda: self._store.put(path, data))
 
     async def _retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        delay = self._settings.retry_initial_s
+        backoff = self._backoff()
         while True:
             try:
                 result = await call()
             except StorageUnavailable as exc:
                 STORAGE_ERRORS.inc()
                 self._health.fail(STORAGE_CHECK, exc.message)
-                logger.warning("cannot %s: %s; retrying in %.1fs", what, exc.message, delay)
-                try:
-                    await asyncio.wait_for(self._stopping.wait(), delay)
-                except TimeoutError:
-                    delay = min(delay * 2, self._settings.retry_max_s)
+                logger.warning("cannot %s: %s; retrying in %.1fs", what, exc.message, backoff.delay)
+                if await backoff.wait(self._stopping):
                     continue
                 raise
             self._health.ok(STORAGE_CHECK)
             return result
+
+    def _backoff(self) -> Backoff:
+        return Backoff(self._settings.retry_initial_s, self._settings.retry_max_s)
