@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tollgate_core.errors import RequestError
+from tollgate_core.errors import RequestError, TollgateError
 from tollgate_core.health import Health
 from tollgate_core.settings import TelemetrySettings
 
@@ -43,6 +43,20 @@ async def parse_body(request: Request, model: type[M]) -> M:
         first = exc.errors(include_url=False, include_input=False)[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
         raise RequestError(f"{where}: {first['msg']}") from exc
+
+
+def error_body(exc: TollgateError) -> dict[str, object]:
+    """``exc`` as every Tollgate HTTP API answers an error."""
+    body: dict[str, object] = {"type": exc.error_type, "message": exc.message}
+    if exc.details:
+        body["details"] = exc.details
+    return {"error": body}
+
+
+def error_response(exc: TollgateError) -> JSONResponse:
+    """``exc`` as an HTTP answer with its status; a 401 says the scheme it wants."""
+    headers = {"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None
+    return JSONResponse(error_body(exc), exc.http_status, headers=headers)
 
 
 def bearer_matches(authorization: str | None, token: str | None) -> bool:

@@ -16,25 +16,19 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tollgate_analytics import aggregates, reports
 from tollgate_analytics.access import AdminAccess
-from tollgate_analytics.errors import QueryError, Unauthorized
+from tollgate_analytics.errors import QueryError
 from tollgate_analytics.query import Catalog, Limits, render
-from tollgate_core.errors import RequestError, TollgateError
+from tollgate_core.errors import NotFound, RequestError, TollgateError
 from tollgate_core.health import Health
+from tollgate_core.http import error_body
 
 _FORMATS = ("json", "csv", "table")
 
 
-class RouteNotFound(RequestError):
-    error_type = "not_found"
-    http_status = 404
-
-
 def error_response(view: Any, exc: TollgateError) -> Any:
-    body: dict[str, Any] = {"type": exc.error_type, "message": exc.message}
-    if exc.details:
-        body["details"] = exc.details
-    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
-    return view.json({"error": body}, status=exc.http_status, headers=headers)
+    """:func:`tollgate_core.http.error_response`, on Faust's web server."""
+    headers = {"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None
+    return view.json(error_body(exc), status=exc.http_status, headers=headers)
 
 
 class DataPages:
@@ -62,9 +56,7 @@ class DataPages:
             self._access.check(request.headers.get("Authorization"))
             canned = reports.REPORTS.get(name)
             if canned is None:
-                raise RouteNotFound(
-                    f"no report {name!r}", details={"reports": sorted(reports.REPORTS)}
-                )
+                raise NotFound(f"no report {name!r}", details={"reports": sorted(reports.REPORTS)})
             fmt = _format(request)
             params = _report_window(request)
         except RequestError as exc:
