@@ -351,7 +351,7 @@ async def test_kafka_down_is_503_and_leaves_no_waiter(edge: Edge) -> None:
         (b"not json", None),
         (b'{"model":"m"}', "messages"),
         (b'{"model":"m","messages":[]}', "messages"),
-        (b'{"model":"m","messages":[{"role":"tool","content":"x"}]}', "messages.0.role"),
+        (b'{"model":"m","messages":[{"role":"tool","content":"x"}]}', "messages.0.tool_call_id"),
         (b'{"model":"m","messages":[{"role":"system","content":"x"}]}', "messages"),
         (b'{"model":"m","messages":[{"role":"user","content":"x"}],"n":2}', "n"),
     ],

@@ -59,10 +59,10 @@ class TextContent(_Piece):
 
 
 class ImageContent(_Piece):
-    """An image, inline (base64 ``data``) or by ``url``: exactly one of them."""
+    """An image, inline (base64 ``data`` with its ``media_type``) or by ``url``."""
 
     type: Literal["image"] = "image"
-    media_type: Literal["image/png", "image/jpeg", "image/gif", "image/webp"]
+    media_type: Literal["image/png", "image/jpeg", "image/gif", "image/webp"] | None = None
     data: str | None = Field(default=None, description="base64, no data: prefix")
     url: str | None = Field(default=None, max_length=8192)
 
@@ -70,6 +70,8 @@ class ImageContent(_Piece):
     def _one_source(self) -> ImageContent:
         if (self.data is None) == (self.url is None):
             raise ValueError("an image has exactly one of data (base64) or url")
+        if self.data is not None and self.media_type is None:
+            raise ValueError("an inline image needs its media_type")
         return self
 
 
