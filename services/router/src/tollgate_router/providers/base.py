@@ -63,6 +63,16 @@ class ToolUseDelta:
     name: str | None = None
     arguments: str = ""
 
+    def __post_init__(self) -> None:
+        # built from a provider's JSON: a shape the API does not promise is malformed
+        if not isinstance(self.index, int) or self.index < 0:
+            raise ValueError(f"tool call index {self.index!r}")
+        for value in (self.id, self.name):
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"tool call id or name {value!r}")
+        if not isinstance(self.arguments, str):
+            raise TypeError("tool call arguments are not a string")
+
 
 @dataclass(frozen=True, slots=True)
 class Finished:

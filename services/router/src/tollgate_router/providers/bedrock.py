@@ -90,7 +90,7 @@ def block_of(block: ContentBlock) -> dict[str, Any]:
     if isinstance(block, TextContent):
         return {"text": block.text}
     if isinstance(block, ImageContent):
-        image_format = block.media_type.removeprefix("image/")
+        image_format = (block.media_type or "").removeprefix("image/")
         return {"image": {"format": image_format, "source": {"bytes": block.data}}}
     if isinstance(block, ToolUseContent):
         return {"toolUse": {"toolUseId": block.id, "name": block.name, "input": block.input}}
