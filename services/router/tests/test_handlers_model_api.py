@@ -19,6 +19,7 @@ from tollgate_core.contracts import (
     ToolSpec,
 )
 from tollgate_router.errors import ProviderUnavailable
+from tollgate_router.streaming import Coalescing
 from tollgate_router.testing import FakeToolCall, ScriptedProvider, Step
 
 from .test_handlers import Rig, admission
@@ -87,3 +88,25 @@ async def test_a_v1_request_is_still_answered_in_v1_chunks() -> None:
     rig = Rig()
     await rig.handler(admission())
     assert {type(r) for r in rig.replies()[:-1]} == {ReplyChunkV1}
+
+
+async def test_argument_pieces_are_coalesced_like_text_and_calls_stay_apart() -> None:
+    calls = (
+        FakeToolCall("c1", "lookup", '{"q": "' + "x" * 40 + '"}', pieces=20),
+        FakeToolCall("c2", "lookup", '{"q": "y"}', pieces=5),
+    )
+    rig = Rig(
+        ScriptedProvider("cloud", [Step(chunks=(), tool_calls=calls)]),
+        coalescing=Coalescing(delay_s=60, max_chars=512),
+    )
+    await rig.handler(admission_v2("priced", tools=(TOOL,)))
+    chunks = [r for r in rig.replies() if isinstance(r, ReplyChunkV2)]
+    assert all(c.tool_call is not None for c in chunks)
+    by_call: dict[int, str] = {}
+    for c in chunks:
+        assert c.tool_call is not None
+        by_call[c.tool_call.index] = by_call.get(c.tool_call.index, "") + c.tool_call.arguments
+    assert by_call == {0: calls[0].arguments, 1: calls[1].arguments}
+    # per call: its start, its first piece at once, the rest in one chunk
+    assert len(chunks) <= 6 < len(calls[0].parts()) + len(calls[1].parts())
+    assert [c.tool_call.block for c in chunks if c.tool_call.id] == [0, 1]  # type: ignore[union-attr]

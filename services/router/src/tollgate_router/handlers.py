@@ -107,7 +107,9 @@ LATENCY = Histogram(
 
 class _Stream:
     """Reply publishing for one request: seq numbering and chunk coalescing. A v2 request's
-    chunks are v2 (text or tool-call deltas); a v1 request's stay v1, for older edges."""
+    chunks are v2 (text or tool-call deltas); a v1 request's stay v1, for older edges. A tool
+    call's first piece (its id and name) goes out at once, its argument pieces coalesced as
+    text is."""
 
     def __init__(
         self, handler: GenerationHandler, request: ChatRequestV2, model: str, *, v2: bool
@@ -118,8 +120,10 @@ class _Stream:
         self.seq = 0
         self.v2 = v2
         self.writer = ChunkWriter(self._chunk, handler.coalescing)
-        self.calls = 0
+        self._call: ToolCallDelta | None = None
+        self._arguments = ChunkWriter(self._call_arguments, handler.coalescing)
         self._block_offset: int | None = None
+        self._tool_sent: list[str] = []
 
     async def _chunk(self, text: str) -> None:
         if self.v2:
@@ -132,6 +136,10 @@ class _Stream:
             )
         self.seq += 1
 
+    async def text(self, text: str) -> None:
+        await self._arguments.flush()
+        await self.writer.write(text)
+
     async def tool(self, delta: ToolUseDelta) -> None:
         """One tool-call delta, after the text before it; its content block index counts
         a text block before the first call."""
@@ -143,18 +151,37 @@ class _Stream:
         await self.writer.flush()
         if self._block_offset is None:
             self._block_offset = 1 if self.writer.sent else 0
-        self.calls = max(self.calls, delta.index + 1)
-        call = ToolCallDelta(
-            index=delta.index,
-            block=delta.index + self._block_offset,
-            id=delta.id,
-            name=delta.name,
-            arguments=delta.arguments,
-        )
+        if self._call is None or delta.id or delta.name or delta.index != self._call.index:
+            await self._arguments.flush()
+            self._call = ToolCallDelta(index=delta.index, block=delta.index + self._block_offset)
+            self._arguments = ChunkWriter(self._call_arguments, self.handler.coalescing)
+            if delta.id or delta.name:
+                start = self._call.model_copy(
+                    update={"id": delta.id, "name": delta.name, "arguments": delta.arguments}
+                )
+                await self._publish(start)
+                return
+        if delta.arguments:
+            await self._arguments.write(delta.arguments)
+
+    async def _call_arguments(self, arguments: str) -> None:
+        assert self._call is not None  # noqa: S101 - written only once a call is open
+        await self._publish(self._call.model_copy(update={"arguments": arguments}))
+
+    async def _publish(self, call: ToolCallDelta) -> None:
+        self._tool_sent.append(call.arguments)
         await self.handler.reply(
             self.request, ReplyChunkV2, seq=self.seq, model=self.model, tool_call=call
         )
         self.seq += 1
+
+    async def flush(self) -> None:
+        await self.writer.flush()
+        await self._arguments.flush()
+
+    def sent(self) -> str:
+        """What the client has received, tool-call arguments included (to count it)."""
+        return "".join(self.writer.sent) + "".join(self._tool_sent)
 
 
 class GenerationHandler:
@@ -301,13 +328,13 @@ class GenerationHandler:
                             # journal first: a crash in between must not serve it twice
                             await self._journal.streaming(request.request_id)
                         if isinstance(event, TextDelta):
-                            await stream.writer.write(event.text)
+                            await stream.text(event.text)
                         else:
                             await stream.tool(event)
                     elif isinstance(event, Finished):
                         usage = event.usage
                         stop_reason = event.stop_reason
-                await stream.writer.flush()
+                await stream.flush()
             except ProviderError as exc:
                 error = exc
             served = outcome.model
@@ -320,10 +347,10 @@ class GenerationHandler:
                 span.set_status(Status(StatusCode.ERROR, error.message))
                 if outcome.started:
                     # settle what the client received: provider usage never arrived
-                    await stream.writer.flush()
+                    await stream.flush()
                     usage = Usage(
                         input_tokens=_prompt_tokens(request),
-                        output_tokens=count_tokens("".join(stream.writer.sent)),
+                        output_tokens=count_tokens(stream.sent()),
                     )
                 else:
                     usage = Usage()
