@@ -250,22 +250,8 @@ class ResilientRouter:
         last: ProviderError | None = None
         for index, spec in enumerate(chain):
             provider = self._providers(spec.provider)
-            try:
-                upstream = fit(
-                    dataclasses.replace(
-                        request,
-                        model=spec.upstream_id,
-                        max_tokens=spec.max_tokens(request.max_tokens, request.max_tokens_cap),
-                        max_tokens_cap=None,
-                    ),
-                    provider,
-                    model=spec.id,
-                    drop=spec.drop_params,
-                )
-            except InvalidProviderRequest:
-                if not index:
-                    outcome.provider = provider.name
-                    raise
+            upstream = _fitted(request, spec, provider, outcome, primary=not index)
+            if upstream is None:
                 continue  # a fallback that cannot take the request is not one
             if index:
                 outcome.fallback_used = True
@@ -321,6 +307,36 @@ class ResilientRouter:
                 raise last
         assert last is not None  # noqa: S101 - chain is never empty here
         raise last
+
+
+def _fitted(
+    request: ProviderRequest,
+    spec: ModelSpec,
+    provider: Provider,
+    outcome: Outcome,
+    *,
+    primary: bool,
+) -> ProviderRequest | None:
+    """The request for ``spec`` on ``provider``: the model's upstream id and output limit, and
+    the parameters the provider cannot take dropped or refused. A fallback that cannot take
+    it gives None (skipped); the primary raises, naming the parameter."""
+    try:
+        return fit(
+            dataclasses.replace(
+                request,
+                model=spec.upstream_id,
+                max_tokens=spec.max_tokens(request.max_tokens, request.max_tokens_cap),
+                max_tokens_cap=None,
+            ),
+            provider,
+            model=spec.id,
+            drop=spec.drop_params,
+        )
+    except InvalidProviderRequest:
+        if primary:
+            outcome.provider = provider.name
+            raise
+        return None
 
 
 def _attempt_span(provider: str, spec: ModelSpec, upstream: ProviderRequest, attempt: int) -> Span:

@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from tollgate_core.contracts import (
+    ChatRequestV1,
     ChatRequestV2,
     ReplyChunkV1,
     ReplyChunkV2,
@@ -35,6 +36,7 @@ from tollgate_core.limits import count_bad_input
 from tollgate_stream import limits
 from tollgate_stream.errors import OpenAIError
 from tollgate_stream.gateway import Gateway
+from tollgate_stream.identity import Identity
 from tollgate_stream.openai import convert, schema
 from tollgate_stream.openai.auth import BearerAuthenticator, bearer_token
 from tollgate_stream.openai.models import ModelCatalog
@@ -120,29 +122,10 @@ class OpenAIApi:
         except limits.BodyTooLarge as exc:
             raise OpenAIError(413, "Request body too large.") from exc
         chat = schema.parse_request(body, self._gateway.limits)
-        fields = _request_fields(chat)
+        fields = _request_fields(chat)  # bad input is a 400 before any policy decision
         await self._auth.authorize_model(identity, chat.model)
         request_id = new_request_id()
-        try:
-            event = ChatRequestV2(
-                request_id=request_id,
-                principal=identity.principal,
-                groups=identity.groups,
-                allowed_models=identity.allowed_models(),
-                tier=identity.tier,
-                model=chat.model,
-                protocol="openai",
-                reply_to=self._gateway.reply_to(),
-                **fields,
-            ).to_wire()
-        except ValidationError as exc:
-            problem = exc.errors(include_url=False, include_input=False)[0]
-            where = ".".join(str(p) for p in problem["loc"]) or None
-            raise OpenAIError.bad_request(
-                f"Invalid request: {problem['msg']}", param=where
-            ) from exc
-        except TollgateError as exc:
-            raise OpenAIError.unavailable(exc.message) from exc
+        event = self._event(request_id, identity, chat.model, fields)
         try:
             self._gateway.check_size(event, raw_bytes=len(body))
         except RecordTooLarge as exc:
@@ -175,6 +158,31 @@ class OpenAIApi:
         finally:
             if not handed_over:
                 self._waiters.discard(request_id)
+
+    def _event(
+        self, request_id: str, identity: Identity, model: str, fields: dict[str, Any]
+    ) -> ChatRequestV1 | ChatRequestV2:
+        """The pipeline's request: v2, or v1 when it uses nothing v1 lacks."""
+        try:
+            return ChatRequestV2(
+                request_id=request_id,
+                principal=identity.principal,
+                groups=identity.groups,
+                allowed_models=identity.allowed_models(),
+                tier=identity.tier,
+                model=model,
+                protocol="openai",
+                reply_to=self._gateway.reply_to(),
+                **fields,
+            ).to_wire()
+        except ValidationError as exc:
+            problem = exc.errors(include_url=False, include_input=False)[0]
+            where = ".".join(str(p) for p in problem["loc"]) or None
+            raise OpenAIError.bad_request(
+                f"Invalid request: {problem['msg']}", param=where
+            ) from exc
+        except TollgateError as exc:
+            raise OpenAIError.unavailable(exc.message) from exc
 
     async def _next(self, waiter: Waiter) -> Reply:
         try:
