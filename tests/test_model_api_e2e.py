@@ -3,12 +3,14 @@ gateway (edge, meter and router as processes) to a provider speaking OpenAI's wi
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 import openai
 import pytest
 
+from tests.appsync_client import connect, dev_token, http_publish
 from tests.ledger import wait_settled
 from tests.test_openai_e2e import sdk
 from tollgate_dev.platform import EmbeddedPostgres
@@ -110,3 +112,64 @@ async def test_a_parameter_the_models_provider_cannot_take_is_a_typed_400(stack:
             )
     assert exc.value.param == "tools"
     assert "tollgate-local" in exc.value.message
+
+
+async def test_an_appsync_client_gets_the_tool_call_as_bedrock_streams_it(
+    stack: Stack, fake_upstream: FakeProviderServer, embedded_postgres: EmbeddedPostgres
+) -> None:
+    fake_upstream.received.clear()
+    fake_upstream.script = [
+        Scenario(
+            chunks=("Checking.",),
+            tool_calls=(FakeToolCall("tu_1", "get_weather", '{"city": "Oslo"}'),),
+            input_tokens=44,
+        )
+    ]
+    event = {
+        "modelId": "fake-gpt",
+        "conversationId": "trip",
+        "messages": [{"role": "user", "content": [{"text": "Weather in Oslo?"}]}],
+        "toolConfig": {
+            "tools": [
+                {
+                    "toolSpec": {
+                        "name": "get_weather",
+                        "description": "Current weather in a city",
+                        "inputSchema": {"json": TOOLS[0]["function"]["parameters"]},
+                    }
+                }
+            ],
+            "toolChoice": {"auto": {}},
+        },
+        "inferenceConfig": {"maxTokens": 200, "stopSequences": ["END"]},
+    }
+    edge = stack.url("stream")
+    token = await dev_token(stack.url("auth"), "jude", ("premium",))
+    async with connect(edge, {"Authorization": token}) as socket:
+        await socket.subscribe("s", "/Outbound-Messages/jude")
+        published = await http_publish(edge, token, "/Inbound-Messages/jude", json.dumps(event))
+        request_id = published.json()["successful"][0]["identifier"]
+        events: list[dict[str, Any]] = []
+        async with asyncio.timeout(30):
+            async for received in socket.events("s"):
+                events.append(received)
+                if "metadata" in received or "error" in received:
+                    break
+    [start] = [e["contentBlockStart"] for e in events if "contentBlockStart" in e]
+    assert start == {
+        "start": {"toolUse": {"toolUseId": "tu_1", "name": "get_weather"}},
+        "contentBlockIndex": 1,
+    }
+    pieces = [
+        e["contentBlockDelta"]["delta"]["toolUse"]["input"]
+        for e in events
+        if "toolUse" in e.get("contentBlockDelta", {}).get("delta", {})
+    ]
+    assert json.loads("".join(pieces)) == {"city": "Oslo"}
+    assert {"stopReason": "tool_use"} in [e.get("messageStop") for e in events]
+    assert events[-1]["metadata"]["usage"]["inputTokens"] == 44
+    [asked] = fake_upstream.received
+    assert asked.body["tools"][0]["function"]["name"] == "get_weather"
+    assert (asked.body["tool_choice"], asked.body["stop"]) == ("auto", ["END"])
+    settled = await wait_settled(embedded_postgres.url, request_id)
+    assert settled == ("settled", 44, 1, "jude")
