@@ -37,7 +37,13 @@ from tollgate_analytics.sink import ParquetSink, SinkSettings
 from tollgate_core.bus import Decoder
 from tollgate_core.bus import headers as h
 from tollgate_core.contracts import RequestLogV1, UsageRecordV1
-from tollgate_core.errors import ContractError, DependencyUnavailable, RequestError, TollgateError
+from tollgate_core.errors import (
+    ConfigurationError,
+    ContractError,
+    DependencyUnavailable,
+    RequestError,
+    TollgateError,
+)
 from tollgate_core.health import Health
 
 logger = logging.getLogger(__name__)
@@ -73,6 +79,11 @@ class Analytics:
 
 
 def create_app(settings: AnalyticsSettings, store: ObjectStore | None = None) -> Analytics:
+    """The worker; ``settings.topic_partitions`` must be known by now (the entrypoint reads
+    it from the broker when it is not set)."""
+    if settings.topic_partitions is None:
+        raise ConfigurationError("the source topics' partition count is not known")
+    partitions = settings.topic_partitions
     kafka = settings.kafka
     # Faust creates only the last level of its data directory
     Path(settings.state_dir).mkdir(parents=True, exist_ok=True)
@@ -87,7 +98,7 @@ def create_app(settings: AnalyticsSettings, store: ObjectStore | None = None) ->
         web_bind=settings.host,
         topic_allow_declare=False,
         topic_disable_leader=True,
-        topic_partitions=settings.topic_partitions,
+        topic_partitions=partitions,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         broker_commit_interval=1.0,
@@ -143,7 +154,7 @@ def create_app(settings: AnalyticsSettings, store: ObjectStore | None = None) ->
     table = app.Table(
         "aggregates",
         default=None,
-        partitions=settings.topic_partitions,
+        partitions=partitions,
     )
     log_decoder: Decoder[RequestLogV1] = Decoder.of(RequestLogV1)
     usage_decoder: Decoder[UsageRecordV1] = Decoder.of(UsageRecordV1)
