@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from tollgate_core.contracts import ChatMessage, ChatRequestV1, ReplyTo, TextBlock
-from tollgate_meter.domain import estimate
+from tollgate_meter.domain import OutputLimit, estimate
 
 
 def request(
@@ -28,3 +28,14 @@ def test_estimate_grows_with_prompt_and_system_text() -> None:
     assert long > short > 0
     assert with_system.input_tokens > short
     assert long >= 1000  # errs high: at most three characters a token
+
+
+def test_with_the_catalog_known_the_reservation_is_what_the_router_will_allow() -> None:
+    """The router gives a request without max_tokens the model's default and caps any at
+    its maximum: the meter reserves exactly that, not its own default."""
+    limit = OutputLimit(default=256, maximum=1024)
+    assert estimate(request("hi"), default_max_tokens=4000, output_limit=limit).output_tokens == 256
+    capped = estimate(request("hi", max_tokens=50_000), default_max_tokens=1, output_limit=limit)
+    assert capped.output_tokens == 1024
+    within = estimate(request("hi", max_tokens=300), default_max_tokens=1, output_limit=limit)
+    assert within.output_tokens == 300

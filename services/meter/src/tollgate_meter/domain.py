@@ -22,12 +22,36 @@ class Estimate:
     output_tokens: int
 
 
-def estimate(request: ChatRequestV1, *, default_max_tokens: int) -> Estimate:
+@dataclass(frozen=True, slots=True)
+class OutputLimit:
+    """What the router lets one model write: ``default`` for a request that names no
+    ``max_tokens``, never more than ``maximum`` (its catalog's ``default_max_tokens`` and
+    ``max_max_tokens``)."""
+
+    default: int
+    maximum: int
+
+    def allowed(self, requested: int | None) -> int:
+        """The output the router will allow: the same rule as the router's catalog."""
+        return min(requested or self.default, self.maximum)
+
+
+def estimate(
+    request: ChatRequestV1, *, default_max_tokens: int, output_limit: OutputLimit | None = None
+) -> Estimate:
+    """Input tokens (erring high) plus the output the router will allow the request: its
+    model's ``output_limit`` when the catalog is known, else ``max_tokens`` or the meter's
+    ``default_max_tokens``."""
     chars = sum(len(t) for t in request.system)
     chars += sum(len(b.text) for m in request.messages for b in m.content)
     overhead = MESSAGE_OVERHEAD_TOKENS * (len(request.messages) + len(request.system))
     input_tokens = math.ceil(chars / CHARS_PER_TOKEN) + overhead
-    output_tokens = request.max_tokens if request.max_tokens is not None else default_max_tokens
+    if output_limit is not None:
+        output_tokens = output_limit.allowed(request.max_tokens)
+    elif request.max_tokens is not None:
+        output_tokens = request.max_tokens
+    else:
+        output_tokens = default_max_tokens
     if input_tokens + output_tokens > INT32_MAX:
         raise RequestError("messages: the request is too large to meter")
     return Estimate(input_tokens, output_tokens)

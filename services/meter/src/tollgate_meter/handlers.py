@@ -24,7 +24,7 @@ from tollgate_core.health import Health
 from tollgate_core.limits import Limits, count_bad_input
 from tollgate_meter.adapters.ledger import AdmissionRequest, Ledger
 from tollgate_meter.batching import AdmissionBatcher
-from tollgate_meter.domain import estimate, validate_request, validate_usage
+from tollgate_meter.domain import OutputLimit, estimate, validate_request, validate_usage
 from tollgate_meter.limits import with_policy_tier
 
 logger = logging.getLogger(__name__)
@@ -42,6 +42,12 @@ DECISION_SECONDS = Histogram(
 )
 
 Clock = Callable[[], datetime]
+#: a model's output limit as the router's catalog says (None: not known)
+OutputLimits = Callable[[str | None], OutputLimit | None]
+
+
+def _unknown(_: str | None) -> OutputLimit | None:
+    return None
 
 
 class AdmissionHandler:
@@ -54,8 +60,10 @@ class AdmissionHandler:
         default_max_tokens: int,
         fail_open: bool,
         limits: Limits | None = None,
+        output_limits: OutputLimits | None = None,
     ) -> None:
         self._batcher = batcher
+        self._output_limits = output_limits or _unknown
         self._limits = limits or Limits()
         self._publisher = publisher
         self._health = health
@@ -74,7 +82,11 @@ class AdmissionHandler:
             with DECISION_SECONDS.time():
                 try:
                     validate_request(request, self._limits)
-                    est = estimate(request, default_max_tokens=self._default_max_tokens)
+                    est = estimate(
+                        request,
+                        default_max_tokens=self._default_max_tokens,
+                        output_limit=self._output_limits(request.model),
+                    )
                     decision = await self._batcher.admit(
                         request.principal,
                         AdmissionRequest(
