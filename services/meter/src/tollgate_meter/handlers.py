@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from opentelemetry import trace
 from prometheus_client import Counter, Histogram
@@ -25,7 +25,6 @@ from tollgate_core.limits import Limits, count_bad_input
 from tollgate_meter.adapters.ledger import AdmissionRequest, Ledger
 from tollgate_meter.batching import AdmissionBatcher
 from tollgate_meter.domain import OutputLimit, estimate, validate_request, validate_usage
-from tollgate_meter.limits import with_policy_tier
 
 logger = logging.getLogger(__name__)
 tracer = trace.get_tracer("tollgate.meter")
@@ -61,7 +60,9 @@ class AdmissionHandler:
         fail_open: bool,
         limits: Limits | None = None,
         output_limits: OutputLimits | None = None,
+        reservation_ttl_s: float | None = None,
     ) -> None:
+        self._ttl = None if reservation_ttl_s is None else timedelta(seconds=reservation_ttl_s)
         self._batcher = batcher
         self._output_limits = output_limits or _unknown
         self._limits = limits or Limits()
@@ -92,8 +93,9 @@ class AdmissionHandler:
                         AdmissionRequest(
                             request.request_id,
                             request.model,
-                            tuple(with_policy_tier(request.groups, request.tier)),
+                            request.groups,
                             est,
+                            tier=request.tier,
                         ),
                     )
                 except RequestError as exc:  # bad input, never an outage: nothing was written
@@ -108,7 +110,7 @@ class AdmissionHandler:
             span.set_attribute("tollgate.meter.repeated", decision.repeated)
             if decision.violation is None:
                 DECISIONS.labels("admitted").inc()
-                await self._admit(request, est.input_tokens, est.output_tokens)
+                await self._admit(request, est.input_tokens, est.output_tokens, reserved=True)
                 return
             violation = decision.violation
             DECISIONS.labels("rejected").inc()
@@ -124,15 +126,26 @@ class AdmissionHandler:
                 ),
             )
 
-    async def _admit(self, request: ChatRequestV1, reserved_in: int, reserved_out: int) -> None:
-        # Published again on redelivery: the decision may have been written by a run that
-        # died before its admission reached Kafka. The router de-duplicates.
+    async def _admit(
+        self, request: ChatRequestV1, reserved_in: int, reserved_out: int, *, reserved: bool
+    ) -> None:
+        """Hand the request to the router with what was reserved and, when a reservation
+        was made, when the sweeper may release it at the earliest: TTL after the request was
+        created, which is never later than its reservation was written (also for a
+        redelivered request, whose reservation is older than this publication).
+
+        Published again on redelivery: the decision may have been written by a run that
+        died before its admission reached Kafka. The router de-duplicates."""
+        expires = None
+        if reserved and self._ttl is not None:
+            expires = request.created_at + self._ttl
         await self._publisher.publish(
             topics.ADMITTED,
             AdmissionV1(
                 request=request,
                 reserved_input_tokens=reserved_in,
                 reserved_output_tokens=reserved_out,
+                reservation_expires_at=expires,
             ),
             key=request.principal,
         )
@@ -145,7 +158,7 @@ class AdmissionHandler:
             logger.warning(
                 "admitting %s without a reservation: %s", request.request_id, exc.message
             )
-            await self._admit(request, est_in, est_out)
+            await self._admit(request, est_in, est_out, reserved=False)
             return
         DECISIONS.labels("unavailable").inc()
         logger.warning("refusing %s: %s", request.request_id, exc.message)

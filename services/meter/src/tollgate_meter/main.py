@@ -69,6 +69,7 @@ async def serve(settings: MeterSettings, stop: asyncio.Event) -> None:
             fail_open=settings.fail_open,
             limits=settings.limits,
             output_limits=catalog.output_limit,
+            reservation_ttl_s=settings.reservation_ttl_s,
         ),
         dead_letter=producer,
         concurrency=settings.admission_concurrency,
