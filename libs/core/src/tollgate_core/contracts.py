@@ -294,6 +294,10 @@ class AdmissionV1(Contract):
     reserved_input_tokens: NonNegativeInt
     reserved_output_tokens: NonNegativeInt
     admitted_at: datetime = Field(default_factory=utcnow)
+    #: the latest moment the meter may release the reservation (a lower bound, counted from
+    #: the request's creation): the router starts nothing it could not finish by then.
+    #: Optional and additive: an admission without it is judged by its age alone
+    reservation_expires_at: datetime | None = None
 
     @property
     def request_id(self) -> str:
@@ -309,6 +313,8 @@ class AdmissionV2(Contract):
     reserved_input_tokens: NonNegativeInt
     reserved_output_tokens: NonNegativeInt
     admitted_at: datetime = Field(default_factory=utcnow)
+    #: as :attr:`AdmissionV1.reservation_expires_at`
+    reservation_expires_at: datetime | None = None
 
     @property
     def request_id(self) -> str:

@@ -143,6 +143,9 @@ def service_env(
     if "auth" in ports:
         for client in ("STREAM", "METER"):
             env.setdefault(f"TOLLGATE_{client}_AUTH_URL", f"http://127.0.0.1:{ports['auth']}")
+    if "router" in ports:
+        for client in ("STREAM", "METER"):
+            env.setdefault(f"TOLLGATE_{client}_ROUTER_URL", f"http://127.0.0.1:{ports['router']}")
     return env
 
 

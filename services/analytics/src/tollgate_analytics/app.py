@@ -18,6 +18,7 @@ from tollgate_analytics.query import Catalog, Limits
 from tollgate_analytics.settings import AnalyticsSettings
 from tollgate_analytics.sink import ParquetSink, SinkSettings
 from tollgate_analytics.source import Source, changelog_topic, create_faust_app
+from tollgate_core.errors import ConfigurationError
 from tollgate_core.health import Health
 
 __all__ = ["Analytics", "changelog_topic", "create_app", "create_store"]
@@ -45,7 +46,12 @@ class Analytics:
 
 
 def create_app(settings: AnalyticsSettings, store: ObjectStore | None = None) -> Analytics:
-    app = create_faust_app(settings)
+    """The worker; ``settings.topic_partitions`` must be known by now (the entrypoint reads
+    it from the broker when it is not set)."""
+    if settings.topic_partitions is None:
+        raise ConfigurationError("the source topics' partition count is not known")
+    partitions = settings.topic_partitions
+    app = create_faust_app(settings, partitions)
     health = Health()
     health.register(KAFKA_CHECK, "waiting for partitions")
     source = Source(app, settings)
@@ -60,7 +66,7 @@ def create_app(settings: AnalyticsSettings, store: ObjectStore | None = None) ->
         source.commit,
         log_start=source.log_start,
     )
-    table = app.Table("aggregates", default=None, partitions=settings.topic_partitions)
+    table = app.Table("aggregates", default=None, partitions=partitions)
     handlers = Handlers(source, sink, table, settings.aggregate_retention_minutes)
     _subscribe(app, source, handlers)
     _follow_assignment(app, sink, health)

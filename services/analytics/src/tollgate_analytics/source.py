@@ -29,7 +29,7 @@ DEAD_LETTERED = Counter(
 )
 
 
-def create_faust_app(settings: AnalyticsSettings) -> faust.App:
+def create_faust_app(settings: AnalyticsSettings, partitions: int) -> faust.App:
     kafka = settings.kafka
     # Faust creates only the last level of its data directory
     Path(settings.state_dir).mkdir(parents=True, exist_ok=True)
@@ -44,7 +44,7 @@ def create_faust_app(settings: AnalyticsSettings) -> faust.App:
         web_bind=settings.host,
         topic_allow_declare=False,
         topic_disable_leader=True,
-        topic_partitions=settings.topic_partitions,
+        topic_partitions=partitions,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         broker_commit_interval=1.0,

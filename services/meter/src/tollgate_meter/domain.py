@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from datetime import datetime
 
 from tollgate_core.bus.codec import encode
 from tollgate_core.contracts import (
@@ -39,9 +40,30 @@ class Estimate:
     output_tokens: int
 
 
-def estimate(request: ChatRequestV1 | ChatRequestV2, *, default_max_tokens: int) -> Estimate:
-    """Input: text, tool definitions, tool calls and results by characters, each image as
-    :data:`IMAGE_TOKENS`; output: the request's ``max_tokens`` or the default."""
+@dataclass(frozen=True, slots=True)
+class OutputLimit:
+    """What the router lets one model write: ``default`` for a request that names no
+    ``max_tokens``, never more than ``maximum`` (its catalog's ``default_max_tokens`` and
+    ``max_max_tokens``)."""
+
+    default: int
+    maximum: int
+
+    def allowed(self, requested: int | None) -> int:
+        """The output the router will allow: the same rule as the router's catalog."""
+        return min(requested or self.default, self.maximum)
+
+
+def estimate(
+    request: ChatRequestV1 | ChatRequestV2,
+    *,
+    default_max_tokens: int,
+    output_limit: OutputLimit | None = None,
+) -> Estimate:
+    """Input tokens (erring high: text, tool definitions, tool calls and results by
+    characters, each image as :data:`IMAGE_TOKENS`) plus the output the router will allow
+    the request: its model's ``output_limit`` when the catalog is known, else ``max_tokens``
+    or the meter's ``default_max_tokens``."""
     request = ChatRequestV2.of(request)
     chars = sum(len(t) for t in request.system)
     images = 0
@@ -60,7 +82,12 @@ def estimate(request: ChatRequestV1 | ChatRequestV2, *, default_max_tokens: int)
     overhead = MESSAGE_OVERHEAD_TOKENS * (len(request.messages) + len(request.system))
     overhead += TOOL_OVERHEAD_TOKENS * len(request.tools) + IMAGE_TOKENS * images
     input_tokens = math.ceil(chars / CHARS_PER_TOKEN) + overhead
-    output_tokens = request.max_tokens if request.max_tokens is not None else default_max_tokens
+    if output_limit is not None:
+        output_tokens = output_limit.allowed(request.max_tokens)
+    elif request.max_tokens is not None:
+        output_tokens = request.max_tokens
+    else:
+        output_tokens = default_max_tokens
     if input_tokens + output_tokens > INT32_MAX:
         raise RequestError("messages: the request is too large to meter")
     return Estimate(input_tokens, output_tokens)
@@ -83,7 +110,8 @@ def validate_request(request: ChatRequestV1 | ChatRequestV2, limits: Limits) -> 
     for group in request.groups:
         check_text("groups", group, max_chars=MAX_TEXT_CHARS)
     check_tokens("max_tokens", request.max_tokens, limit=limits.max_tokens)
-    admission = admission_of(request, 0, 0)
+    # the largest this admission can be: every count at its widest, an expiry set
+    admission = admission_of(request, (INT32_MAX, INT32_MAX), request.created_at)
     size = len(encode(admission))
     if size > limits.max_record_bytes:
         raise RequestError(
@@ -94,17 +122,21 @@ def validate_request(request: ChatRequestV1 | ChatRequestV2, limits: Limits) -> 
 
 
 def admission_of(
-    request: ChatRequestV1 | ChatRequestV2, reserved_in: int, reserved_out: int
+    request: ChatRequestV1 | ChatRequestV2,
+    reserved: tuple[int, int],
+    expires: datetime | None,
 ) -> AdmissionV1 | AdmissionV2:
-    """The admission, in the request's own version: a router of the previous release still
-    takes a v1 request's."""
+    """The admission, in the request's own version (a router of the previous release still
+    takes a v1 request's): ``reserved`` input and output tokens, released by the sweeper at
+    the earliest at ``expires``."""
+    fields = {
+        "reserved_input_tokens": reserved[0],
+        "reserved_output_tokens": reserved[1],
+        "reservation_expires_at": expires,
+    }
     if isinstance(request, ChatRequestV2):
-        return AdmissionV2(
-            request=request, reserved_input_tokens=reserved_in, reserved_output_tokens=reserved_out
-        )
-    return AdmissionV1(
-        request=request, reserved_input_tokens=reserved_in, reserved_output_tokens=reserved_out
-    )
+        return AdmissionV2.model_validate({"request": request, **fields})
+    return AdmissionV1.model_validate({"request": request, **fields})
 
 
 def validate_usage(usage: UsageRecordV1) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from opentelemetry import trace
 from prometheus_client import Counter, Histogram
@@ -24,8 +24,13 @@ from tollgate_core.health import Health
 from tollgate_core.limits import Limits, count_bad_input
 from tollgate_meter.adapters.ledger import AdmissionRequest, Ledger
 from tollgate_meter.batching import AdmissionBatcher
-from tollgate_meter.domain import admission_of, estimate, validate_request, validate_usage
-from tollgate_meter.limits import with_policy_tier
+from tollgate_meter.domain import (
+    OutputLimit,
+    admission_of,
+    estimate,
+    validate_request,
+    validate_usage,
+)
 
 logger = logging.getLogger(__name__)
 tracer = trace.get_tracer("tollgate.meter")
@@ -42,6 +47,12 @@ DECISION_SECONDS = Histogram(
 )
 
 Clock = Callable[[], datetime]
+#: a model's output limit as the router's catalog says (None: not known)
+OutputLimits = Callable[[str | None], OutputLimit | None]
+
+
+def _unknown(_: str | None) -> OutputLimit | None:
+    return None
 
 
 class AdmissionHandler:
@@ -54,8 +65,12 @@ class AdmissionHandler:
         default_max_tokens: int,
         fail_open: bool,
         limits: Limits | None = None,
+        output_limits: OutputLimits | None = None,
+        reservation_ttl_s: float | None = None,
     ) -> None:
+        self._ttl = None if reservation_ttl_s is None else timedelta(seconds=reservation_ttl_s)
         self._batcher = batcher
+        self._output_limits = output_limits or _unknown
         self._limits = limits or Limits()
         self._publisher = publisher
         self._health = health
@@ -74,14 +89,19 @@ class AdmissionHandler:
             with DECISION_SECONDS.time():
                 try:
                     validate_request(request, self._limits)
-                    est = estimate(request, default_max_tokens=self._default_max_tokens)
+                    est = estimate(
+                        request,
+                        default_max_tokens=self._default_max_tokens,
+                        output_limit=self._output_limits(request.model),
+                    )
                     decision = await self._batcher.admit(
                         request.principal,
                         AdmissionRequest(
                             request.request_id,
                             request.model,
-                            tuple(with_policy_tier(request.groups, request.tier)),
+                            request.groups,
                             est,
+                            tier=request.tier,
                         ),
                     )
                 except RequestError as exc:  # bad input, never an outage: nothing was written
@@ -96,7 +116,7 @@ class AdmissionHandler:
             span.set_attribute("tollgate.meter.repeated", decision.repeated)
             if decision.violation is None:
                 DECISIONS.labels("admitted").inc()
-                await self._admit(request, est.input_tokens, est.output_tokens)
+                await self._admit(request, est.input_tokens, est.output_tokens, reserved=True)
                 return
             violation = decision.violation
             DECISIONS.labels("rejected").inc()
@@ -113,13 +133,26 @@ class AdmissionHandler:
             )
 
     async def _admit(
-        self, request: ChatRequestV1 | ChatRequestV2, reserved_in: int, reserved_out: int
+        self,
+        request: ChatRequestV1 | ChatRequestV2,
+        reserved_in: int,
+        reserved_out: int,
+        *,
+        reserved: bool,
     ) -> None:
-        # Published again on redelivery: the decision may have been written by a run that
-        # died before its admission reached Kafka. The router de-duplicates.
+        """Hand the request to the router with what was reserved and, when a reservation
+        was made, when the sweeper may release it at the earliest: TTL after the request was
+        created, which is never later than its reservation was written (also for a
+        redelivered request, whose reservation is older than this publication).
+
+        Published again on redelivery: the decision may have been written by a run that
+        died before its admission reached Kafka. The router de-duplicates."""
+        expires = None
+        if reserved and self._ttl is not None:
+            expires = request.created_at + self._ttl
         await self._publisher.publish(
             topics.ADMITTED,
-            admission_of(request, reserved_in, reserved_out),
+            admission_of(request, (reserved_in, reserved_out), expires),
             key=request.principal,
         )
 
@@ -135,7 +168,7 @@ class AdmissionHandler:
             logger.warning(
                 "admitting %s without a reservation: %s", request.request_id, exc.message
             )
-            await self._admit(request, est_in, est_out)
+            await self._admit(request, est_in, est_out, reserved=False)
             return
         DECISIONS.labels("unavailable").inc()
         logger.warning("refusing %s: %s", request.request_id, exc.message)

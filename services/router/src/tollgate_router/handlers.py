@@ -18,7 +18,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TypeVar
 
@@ -197,10 +197,14 @@ class GenerationHandler:
         coalescing: Coalescing | None = None,
         lease_s: float = 30.0,
         admission_max_age_s: float | None = None,
+        longest_answer_s: float | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._lease_s = lease_s
         self._max_age = admission_max_age_s
+        self._longest_answer = (
+            None if longest_answer_s is None else timedelta(seconds=longest_answer_s)
+        )
         self._clock = clock
         self._providers = providers
         self._catalog = catalog
@@ -268,10 +272,31 @@ class GenerationHandler:
 
     # -- serving ---------------------------------------------------------------------------
 
+    def _expired(self, admission: AdmissionV1 | AdmissionV2) -> RequestExpired | None:
+        """Why ``admission`` must not run: it is older than ``admission_max_age_s``, or its
+        reservation may be released (``reservation_expires_at``) before the longest answer
+        (``longest_answer_s``, the router's total timeout) started now could end — a request
+        running on a released reservation could take its caller past a limit."""
+        now = self._clock()
+        age = (now - admission.admitted_at).total_seconds()
+        if self._max_age is not None and age > self._max_age:
+            return RequestExpired(
+                f"the request waited {age:.0f} s for a model; its token reservation may"
+                " have been released: send it again"
+            )
+        expires = admission.reservation_expires_at
+        longest = self._longest_answer
+        if expires is not None and longest is not None and now + longest > expires:
+            return RequestExpired(
+                "the request waited too long for a model: its token reservation would"
+                " run out before an answer could end; send it again"
+            )
+        return None
+
     async def _serve(self, request: ChatRequestV2, admission: AdmissionV1 | AdmissionV2) -> None:
         """Answer ``request``; the model is never asked for more output than the meter
-        reserved, and an admission older than ``admission_max_age_s`` (whose reservation
-        the sweeper may have released) is not run."""
+        reserved, and an admission whose reservation may be released before its answer
+        could end (see :meth:`_expired`) is not run."""
         catalog = self._catalog.current
         model_id = request.model or catalog.default_model
         started_at = utcnow()
@@ -292,13 +317,8 @@ class GenerationHandler:
                 error = ModelNotFound(f"unknown model {model_id!r}")
             elif not spec.allows(request.groups):
                 error = ModelNotAllowed(f"model {model_id!r} is not allowed for your groups")
-            elif self._max_age is not None and (
-                (age := (self._clock() - admission.admitted_at).total_seconds()) > self._max_age
-            ):
-                error = RequestExpired(
-                    f"the request waited {age:.0f} s for a model; its token reservation may"
-                    " have been released: send it again"
-                )
+            else:
+                error = self._expired(admission)
             if error is not None or spec is None:
                 assert error is not None  # noqa: S101
                 span.set_status(Status(StatusCode.ERROR, error.message))

@@ -130,6 +130,7 @@ async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
             ),
             lease_s=settings.lease_s,
             admission_max_age_s=settings.admission_max_age_s,
+            longest_answer_s=settings.longest_answer_s,
         ),
         dead_letter=producer,
         concurrency=settings.max_concurrent_streams,
