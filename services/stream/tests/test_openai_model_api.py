@@ -9,6 +9,7 @@ from typing import Any
 
 import openai
 import pytest
+from prometheus_client import REGISTRY
 
 from tollgate_core.contracts import (
     ChatRequestV1,
@@ -221,6 +222,27 @@ async def test_unknown_fields_are_refused_in_openais_shape_and_reach_no_topic(
         "unknown_parameter",
     )
     assert edge.pipeline.requests == []
+
+
+async def test_unknown_field_names_never_become_metric_labels(edge: Edge) -> None:
+    request = {"model": "tollgate-local", "messages": [{"role": "user", "content": "x"}]}
+    async with edge.http() as client:
+        for i in range(3):
+            response = await client.post(
+                "/v1/chat/completions",
+                json={**request, f"made-up-{i}": 1},
+                headers={"authorization": "Bearer sk-a"},
+            )
+            assert response.json()["error"]["param"] == f"made-up-{i}"
+    fields = {
+        s.labels["field"]
+        for metric in REGISTRY.collect()
+        if metric.name == "tollgate_bad_input"
+        for s in metric.samples
+        if s.labels.get("where") == "stream.openai"
+    }
+    assert "unknown_parameter" in fields
+    assert not any(f.startswith("made-up") for f in fields)
 
 
 @pytest.mark.parametrize(

@@ -111,7 +111,9 @@ class OpenAIApi:
         except OpenAIError as exc:
             REQUESTS.labels("?", str(exc.status)).inc()
             if exc.status in (400, 413):
-                count_bad_input("stream.openai", exc.param)
+                # an unknown field's name is the caller's to choose: not a label value
+                unknown = exc.code == "unknown_parameter"
+                count_bad_input("stream.openai", "unknown_parameter" if unknown else exc.param)
             return error_response(exc)
         return response
 
