@@ -19,10 +19,11 @@ from tollgate_core.contracts import (
     ToolSpec,
 )
 from tollgate_router.errors import ProviderUnavailable
+from tollgate_router.prepared import InMemoryPreparedStore
 from tollgate_router.streaming import Coalescing
 from tollgate_router.testing import FakeToolCall, ScriptedProvider, Step
 
-from .test_handlers import Rig, admission
+from .test_handlers import Rig, admission, message, prepared
 
 TOOL = ToolSpec(name="lookup", input_schema={"type": "object"})
 
@@ -110,3 +111,14 @@ async def test_argument_pieces_are_coalesced_like_text_and_calls_stay_apart() ->
     # per call: its start, its first piece at once, the rest in one chunk
     assert len(chunks) <= 6 < len(calls[0].parts()) + len(calls[1].parts())
     assert [c.tool_call.block for c in chunks if c.tool_call.id] == [0, 1]  # type: ignore[union-attr]
+
+
+async def test_a_prepared_answer_is_never_served_to_a_tool_conversation() -> None:
+    store = InMemoryPreparedStore()
+    await store.add(prepared((message("find it"),)))
+    plain = Rig(prepared=store)
+    await plain.handler(admission_v2("priced", top_p=0.5))  # text only: the store answers
+    assert plain.one_log().cache_hit and plain.cloud.calls == []
+    agent = Rig(prepared=store)
+    await agent.handler(admission_v2("priced", tools=(TOOL,)))
+    assert not agent.one_log().cache_hit and len(agent.cloud.calls) == 1

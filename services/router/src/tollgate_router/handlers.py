@@ -32,7 +32,7 @@ from tollgate_core.bus import Delivered, Publisher
 from tollgate_core.contracts import (
     AdmissionV1,
     AdmissionV2,
-    ChatRequestV1,
+    ChatMessage,
     ChatRequestV2,
     ErrorInfo,
     ImageContent,
@@ -42,6 +42,8 @@ from tollgate_core.contracts import (
     ReplyErrorV1,
     ReplyV1,
     RequestLogV1,
+    TextBlock,
+    TextContent,
     ToolCallDelta,
     ToolResultContent,
     ToolUseContent,
@@ -428,10 +430,9 @@ class GenerationHandler:
         t0: float,
     ) -> bool:
         assert self._prepared is not None  # noqa: S101
-        wire = request.to_wire()
-        if not isinstance(wire, ChatRequestV1):
-            return False  # tools, images, structured output: always the model's own answer
-        key = prepared_key(request.system, wire.messages)
+        key = _prepared_key(request)
+        if key is None:
+            return False
         try:
             entry = await self._prepared.lookup(
                 key, model=spec.id, principal=request.principal, now=utcnow()
@@ -694,6 +695,20 @@ def _prompt_tokens(request: ChatRequestV2) -> int:
     parts += [json.dumps(t.model_dump()) for t in request.tools]
     tokens = count_tokens(" ".join(request.system)) + count_tokens(" ".join(parts))
     return tokens + images * IMAGE_TOKENS
+
+
+def _prepared_key(request: ChatRequestV2) -> str | None:
+    """The prepared-answer key of a text-only request; None for one with tools, images,
+    tool calls or results, or a response format (always the model's own answer)."""
+    if request.tools or request.response_format is not None:
+        return None
+    messages: list[ChatMessage] = []
+    for m in request.messages:
+        texts = [TextBlock(text=b.text) for b in m.content if isinstance(b, TextContent)]
+        if len(texts) != len(m.content):
+            return None
+        messages.append(ChatMessage(role=m.role, content=texts))
+    return prepared_key(request.system, messages)
 
 
 def _provider_request(request: ChatRequestV2, model: str, cap: int) -> ProviderRequest:
