@@ -122,3 +122,16 @@ async def test_a_prepared_answer_is_never_served_to_a_tool_conversation() -> Non
     agent = Rig(prepared=store)
     await agent.handler(admission_v2("priced", tools=(TOOL,)))
     assert not agent.one_log().cache_hit and len(agent.cloud.calls) == 1
+
+
+async def test_a_stream_cut_after_a_tool_call_settles_the_arguments_it_sent() -> None:
+    call = FakeToolCall("c1", "lookup", '{"q": "' + "z" * 80 + '"}', pieces=4)
+    cut = Step(chunks=(), tool_calls=(call,), error=ProviderUnavailable("cut"), fail_after=0)
+    rig = Rig(ScriptedProvider("cloud", [cut]))
+    await rig.handler(admission_v2("priced", tools=(TOOL,)))
+    *chunks, end = rig.replies()
+    assert isinstance(end, ReplyErrorV1) and end.error.type == "provider_unavailable"
+    sent = "".join(c.tool_call.arguments for c in chunks)  # type: ignore[union-attr]
+    assert sent == call.arguments
+    usage = rig.one_usage()
+    assert usage.status == "error" and usage.usage.output_tokens >= len(call.arguments) // 4

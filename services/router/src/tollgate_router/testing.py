@@ -354,7 +354,8 @@ def _bedrock_tool_frames(calls: tuple[FakeToolCall, ...]) -> list[bytes]:
 class Step:
     """One call of a :class:`ScriptedProvider`: fail before any token with ``error``, or
     stream ``chunks`` (waiting ``first_delay_s`` then ``gap_s``) and fail after ``fail_after``
-    of them with ``error``, or finish with ``usage``."""
+    of them with ``error``, or stream ``chunks`` then ``tool_calls`` (failing then when
+    ``fail_after`` is at least the number of chunks), or finish with ``usage``."""
 
     chunks: tuple[str, ...] = ("a", " b", " c")
     error: Exception | None = None
@@ -390,5 +391,7 @@ class ScriptedProvider:
             yield ToolUseDelta(index, id=call.id, name=call.name)
             for part in call.parts():
                 yield ToolUseDelta(index, arguments=part)
+        if step.error is not None and step.fail_after is not None:
+            raise step.error
         usage = Usage(input_tokens=step.input_tokens, output_tokens=len(step.chunks))
         yield Finished(usage, "tool_use" if step.tool_calls else "end_turn")
