@@ -89,7 +89,10 @@ async def test_a_tool_conversation_enters_the_pipeline_in_the_contracts_terms(ed
                 "role": "user",
                 "content": [
                     {"type": "text", "text": "Weather here?"},
-                    {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},
+                    {
+                        "type": "image_url",
+                        "image_url": {"url": f"data:image/png;base64,{PNG}", "detail": "low"},
+                    },
                 ],
             },
             {
@@ -123,7 +126,7 @@ async def test_a_tool_conversation_enters_the_pipeline_in_the_contracts_terms(ed
     user, assistant, results = request.messages
     assert user.content == (
         TextContent(text="Weather here?"),
-        ImageContent(media_type="image/png", data=PNG),
+        ImageContent(media_type="image/png", data=PNG, detail="low"),
     )
     assert assistant.content == (
         ToolUseContent(id="call_1", name="get_weather", input={"city": "Rome"}),

@@ -65,6 +65,8 @@ class ImageContent(_Piece):
     media_type: Literal["image/png", "image/jpeg", "image/gif", "image/webp"] | None = None
     data: str | None = Field(default=None, description="base64, no data: prefix")
     url: str | None = Field(default=None, max_length=8192)
+    #: OpenAI's resolution hint; other providers choose the resolution themselves
+    detail: Literal["auto", "low", "high"] | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> ImageContent:

@@ -62,7 +62,7 @@ def agent_request(**changes: Any) -> ProviderRequest:
                 role="user",
                 content=(
                     TextContent(text="Weather where this photo was taken?"),
-                    ImageContent(media_type="image/png", data=PNG),
+                    ImageContent(media_type="image/png", data=PNG, detail="high"),
                 ),
             ),
             ChatMessageV2(
@@ -143,7 +143,10 @@ async def test_openai_wire_format(
             "role": "user",
             "content": [
                 {"type": "text", "text": "Weather where this photo was taken?"},
-                {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},
+                {
+                    "type": "image_url",
+                    "image_url": {"url": f"data:image/png;base64,{PNG}", "detail": "high"},
+                },
             ],
         },
         {

@@ -54,7 +54,10 @@ def _user_messages(message: ChatMessageV2) -> list[dict[str, Any]]:
             text = f"Error: {block.content}" if block.is_error else block.content
             out.append({"role": "tool", "tool_call_id": block.tool_use_id, "content": text})
         elif isinstance(block, ImageContent):
-            parts.append({"type": "image_url", "image_url": {"url": _image_url(block)}})
+            image: dict[str, str] = {"url": _image_url(block)}
+            if block.detail is not None:
+                image["detail"] = block.detail
+            parts.append({"type": "image_url", "image_url": image})
         elif isinstance(block, TextContent):
             parts.append({"type": "text", "text": block.text})
     if parts and all(p["type"] == "text" for p in parts):

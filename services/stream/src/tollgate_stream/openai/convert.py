@@ -35,7 +35,7 @@ def image_block(part: ImagePart, where: str) -> ImageContent:
             raise OpenAIError.bad_request(
                 f"Invalid request: {where}: an image URL is https:// or a data: URL", param=where
             )
-        return ImageContent(url=url)
+        return ImageContent(url=url, detail=part.image_url.detail)
     match = _DATA_URL.match(url)
     if match is None or match["type"] not in _MEDIA_TYPES:
         raise OpenAIError.bad_request(
@@ -48,7 +48,9 @@ def image_block(part: ImagePart, where: str) -> ImageContent:
         raise OpenAIError.bad_request(
             f"Invalid request: {where}: the image is not valid base64", param=where
         ) from exc
-    return ImageContent(media_type=cast(Any, match["type"]), data=match["data"])
+    return ImageContent(
+        media_type=cast(Any, match["type"]), data=match["data"], detail=part.image_url.detail
+    )
 
 
 def _user_blocks(message: Message, where: str) -> list[ContentBlock]:
