@@ -119,6 +119,8 @@ class ToolSpec(_Piece):
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     description: str = ""
     input_schema: dict[str, JsonValue] = Field(default_factory=_object_schema)
+    #: the model's arguments must follow the schema exactly (OpenAI's strict function calling)
+    strict: bool | None = None
 
 
 class ToolChoice(_Piece):

@@ -69,7 +69,14 @@ ProviderConfig = Annotated[
 
 #: what a model's ``drop_params`` may name
 DroppableParam = Literal[
-    "temperature", "top_p", "seed", "stop", "response_format", "tool_choice", "extras"
+    "temperature",
+    "top_p",
+    "seed",
+    "stop",
+    "response_format",
+    "tool_choice",
+    "extras",
+    "strict_tools",
 ]
 
 

@@ -81,7 +81,14 @@ requests = st.builds(
     max_tokens=st.none() | st.integers(1, 4096),
     temperature=st.none() | st.floats(0, 2),
     tools=st.lists(
-        st.builds(ToolSpec, name=names, description=text, input_schema=json_objects), max_size=3
+        st.builds(
+            ToolSpec,
+            name=names,
+            description=text,
+            input_schema=json_objects,
+            strict=st.none() | st.booleans(),
+        ),
+        max_size=3,
     ).map(tuple),
     tool_choice=choices,
     response_format=formats,

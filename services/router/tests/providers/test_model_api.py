@@ -381,3 +381,20 @@ async def test_extras_cannot_replace_what_tollgate_sets(
         await run(make("openai", fake_server, http_client), agent_request(extras={"model": "x"}))
     assert exc.value.details["param"] == "extras"
     assert fake_server.received == []
+
+
+async def test_strict_tool_schemas_go_to_openai_and_are_refused_or_dropped_elsewhere(
+    fake_server: FakeProviderServer, http_client: httpx.AsyncClient
+) -> None:
+    strict = agent_request(tools=(WEATHER.model_copy(update={"strict": True}),))
+    await run(
+        make("openai", fake_server, http_client),
+        fit(strict, make("openai", fake_server, http_client), model="m"),
+    )
+    assert fake_server.received[0].body["tools"][0]["function"]["strict"] is True
+    bedrock = make("bedrock", fake_server, http_client)
+    with pytest.raises(InvalidProviderRequest) as exc:
+        fit(strict, bedrock, model="m")
+    assert exc.value.details["param"] == "tools" and "strict" in exc.value.message
+    loose = fit(strict, bedrock, model="m", drop=("strict_tools",))
+    assert [t.strict for t in loose.tools] == [None]

@@ -103,7 +103,7 @@ class _ToolBlocks:
 
 class AnthropicProvider:
     name = "anthropic"
-    capabilities = Capabilities(unsupported=frozenset({"seed", "response_format"}))
+    capabilities = Capabilities(unsupported=frozenset({"seed", "response_format", "strict_tools"}))
 
     def __init__(
         self,

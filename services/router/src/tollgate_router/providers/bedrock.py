@@ -173,7 +173,9 @@ class BedrockCredentials:
 class BedrockProvider:
     name = "bedrock"
     capabilities = Capabilities(
-        unsupported=frozenset({"seed", "response_format", "image_url", "tool_choice.none"})
+        unsupported=frozenset(
+            {"seed", "response_format", "image_url", "tool_choice.none", "strict_tools"}
+        )
     )
 
     def __init__(

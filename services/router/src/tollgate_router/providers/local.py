@@ -40,6 +40,7 @@ class LocalProvider:
         unsupported=frozenset(
             {
                 "tools",
+                "strict_tools",
                 "tool_choice",
                 "tool_choice.none",
                 "response_format",

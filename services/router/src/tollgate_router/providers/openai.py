@@ -20,6 +20,7 @@ from tollgate_core.contracts import (
     TextContent,
     ToolChoice,
     ToolResultContent,
+    ToolSpec,
     ToolUseContent,
     Usage,
 )
@@ -94,6 +95,17 @@ def messages_of(request: ProviderRequest) -> list[dict[str, Any]]:
     return messages
 
 
+def function_of(tool: ToolSpec) -> dict[str, Any]:
+    function: dict[str, Any] = {
+        "name": tool.name,
+        "description": tool.description,
+        "parameters": tool.input_schema,
+    }
+    if tool.strict is not None:
+        function["strict"] = tool.strict
+    return {"type": "function", "function": function}
+
+
 def tool_choice_of(choice: ToolChoice) -> object:
     if choice.mode == "tool":
         return {"type": "function", "function": {"name": choice.name}}
@@ -166,17 +178,7 @@ class OpenAIProvider:
     @staticmethod
     def _options(request: ProviderRequest, body: dict[str, Any]) -> None:
         if request.tools:
-            body["tools"] = [
-                {
-                    "type": "function",
-                    "function": {
-                        "name": t.name,
-                        "description": t.description,
-                        "parameters": t.input_schema,
-                    },
-                }
-                for t in request.tools
-            ]
+            body["tools"] = [function_of(t) for t in request.tools]
         if request.tool_choice is not None:
             body["tool_choice"] = tool_choice_of(request.tool_choice)
         if request.response_format is not None:

@@ -5,22 +5,28 @@ a validation error naming the parameter, or dropped where the model's catalog en
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from tollgate_core.contracts import ImageContent, ToolResultContent, ToolUseContent
 from tollgate_router.errors import InvalidProviderRequest
 from tollgate_router.providers.base import Capabilities, Provider, ProviderRequest
 
+
+def _loose_tools(request: ProviderRequest) -> dict[str, object]:
+    return {"tools": tuple(t.model_copy(update={"strict": None}) for t in request.tools)}
+
+
 #: parameters a catalog entry may drop, and what a dropped one becomes
-DROPPABLE: dict[str, dict[str, object]] = {
-    "temperature": {"temperature": None},
-    "top_p": {"top_p": None},
-    "seed": {"seed": None},
-    "stop": {"stop": ()},
-    "response_format": {"response_format": None},
-    "tool_choice": {"tool_choice": None},
-    "tool_choice.none": {"tool_choice": None},
-    "extras": {"extras": {}},
+DROPPABLE: dict[str, Callable[[ProviderRequest], dict[str, object]]] = {
+    "temperature": lambda _: {"temperature": None},
+    "top_p": lambda _: {"top_p": None},
+    "seed": lambda _: {"seed": None},
+    "stop": lambda _: {"stop": ()},
+    "response_format": lambda _: {"response_format": None},
+    "tool_choice": lambda _: {"tool_choice": None},
+    "tool_choice.none": lambda _: {"tool_choice": None},
+    "extras": lambda _: {"extras": {}},
+    "strict_tools": _loose_tools,
 }
 
 
@@ -34,6 +40,8 @@ def used_params(request: ProviderRequest) -> list[str]:
     used: list[str] = []
     if request.tools or _has_blocks(request, (ToolUseContent, ToolResultContent)):
         used.append("tools")
+    if any(t.strict for t in request.tools):
+        used.append("strict_tools")
     if request.tool_choice is not None:
         used.append("tool_choice.none" if request.tool_choice.mode == "none" else "tool_choice")
     if request.response_format is not None and request.response_format.type != "text":
@@ -63,15 +71,19 @@ def fit(
     for param in used_params(request):
         if param not in unsupported:
             continue
-        base = param.split(".", 1)[0]
+        base = param.split(".", 1)[0]  # tool_choice.none is dropped as tool_choice
         if param in DROPPABLE and base in droppable:
-            changes.update(DROPPABLE[param])
+            changes.update(DROPPABLE[param](request))
             continue
         raise InvalidProviderRequest(
             f"{_describe(param)} is not supported by model {model!r} (provider {provider.name})",
-            details={"param": base},
+            details={"param": _CLIENT_NAMES.get(base, base)},
         )
     return dataclasses.replace(request, **changes) if changes else request  # type: ignore[arg-type]
+
+
+#: the request field a client knows a parameter by
+_CLIENT_NAMES = {"strict_tools": "tools"}
 
 
 def _describe(param: str) -> str:
@@ -80,6 +92,7 @@ def _describe(param: str) -> str:
         "image_url": "an image by URL (send it inline, base64)",
         "image": "image input",
         "extras": "provider-specific extras",
+        "strict_tools": "strict tool schemas (tools[].strict)",
     }.get(param, param)
 
 

@@ -142,6 +142,7 @@ def tools(chat: ChatCompletionRequest) -> tuple[ToolSpec, ...]:
             name=t.function.name,
             description=t.function.description,
             input_schema=t.function.parameters or {"type": "object"},
+            strict=t.function.strict,
         )
         for t in chat.tools or ()
     )
