@@ -113,7 +113,12 @@ async def test_a_tool_conversation_enters_the_pipeline_in_the_contracts_terms(ed
         tool_choice={"type": "function", "function": {"name": "get_weather"}},
         response_format={
             "type": "json_schema",
-            "json_schema": {"name": "w", "schema": {"type": "object"}},
+            "json_schema": {
+                "name": "w",
+                "description": "the weather",
+                "schema": {"type": "object"},
+                "strict": True,
+            },
         },
         stop=["END"],
         temperature=0.2,
@@ -140,7 +145,11 @@ async def test_a_tool_conversation_enters_the_pipeline_in_the_contracts_terms(ed
     assert [t.name for t in request.tools] == ["get_weather"]
     assert request.tool_choice == ToolChoice(mode="tool", name="get_weather")
     assert request.response_format == ResponseFormat(
-        type="json_schema", name="w", json_schema={"type": "object"}
+        type="json_schema",
+        name="w",
+        description="the weather",
+        json_schema={"type": "object"},
+        strict=True,
     )
     assert (request.stop, request.temperature, request.top_p, request.seed) == (
         ("END",),

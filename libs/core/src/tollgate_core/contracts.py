@@ -141,6 +141,7 @@ class ResponseFormat(_Piece):
 
     type: Literal["text", "json_object", "json_schema"]
     name: str | None = Field(default=None, max_length=64)
+    description: str | None = None
     json_schema: dict[str, JsonValue] | None = None
     strict: bool | None = None
 

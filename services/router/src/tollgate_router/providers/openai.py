@@ -116,6 +116,8 @@ def response_format_of(fmt: ResponseFormat) -> dict[str, Any]:
     if fmt.type != "json_schema":
         return {"type": fmt.type}
     schema: dict[str, Any] = {"name": fmt.name or "response", "schema": fmt.json_schema}
+    if fmt.description is not None:
+        schema["description"] = fmt.description
     if fmt.strict is not None:
         schema["strict"] = fmt.strict
     return {"type": "json_schema", "json_schema": schema}

@@ -177,6 +177,7 @@ def response_format(chat: ChatCompletionRequest) -> ResponseFormat | None:
     return ResponseFormat(
         type="json_schema",
         name=fmt.json_schema.name,
+        description=fmt.json_schema.description,
         json_schema=fmt.json_schema.schema_,
         strict=fmt.json_schema.strict,
     )
