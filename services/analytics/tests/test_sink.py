@@ -23,6 +23,7 @@ from tollgate_analytics.errors import RowNotRepresentable, StorageUnavailable
 from tollgate_analytics.sink import (
     REPORT_EVERY_SEEKS,
     SEEK_WAIT_S,
+    Hooks,
     ParquetSink,
     SinkSettings,
 )
@@ -309,8 +310,9 @@ async def test_a_cost_is_rounded_half_even_and_a_value_out_of_range_is_rejected(
                 offset,
                 row,
                 size=100,
-                on_accept=lambda offset=offset: accepted.append(offset),
-                on_reject=reject,
+                hooks=Hooks(
+                    on_accept=lambda offset=offset: accepted.append(offset), on_reject=reject
+                ),
             )
             is None
         )

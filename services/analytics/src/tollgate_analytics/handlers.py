@@ -13,7 +13,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from tollgate_analytics import aggregates, dataset, metrics
-from tollgate_analytics.sink import ParquetSink
+from tollgate_analytics.sink import Hooks, ParquetSink
 from tollgate_analytics.source import Source
 from tollgate_core.bus import Decoder
 from tollgate_core.bus import headers as h
@@ -71,9 +71,11 @@ class Handlers:
             message.offset,
             row,
             size=len(event.value or b""),
-            on_accept=on_accept,
-            # a valid record whose row a column cannot hold: dead-lettered like a malformed one
-            on_reject=functools.partial(self._source.dead_letter, event),
+            hooks=Hooks(
+                on_accept=on_accept,
+                # a valid record whose row a column cannot hold: dead-lettered like a malformed one
+                on_reject=functools.partial(self._source.dead_letter, event),
+            ),
         )
         if seek is not None:
             await self._source.seek(message.topic, message.partition, seek)

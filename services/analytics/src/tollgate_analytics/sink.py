@@ -93,6 +93,20 @@ class SinkSettings:
     retry_max_s: float = 10.0
 
 
+@dataclass(frozen=True, slots=True)
+class Hooks:
+    """What the sink calls back for one record: ``on_accept`` when the record is taken in
+    offset order (the aggregates count it then); ``on_reject`` instead, once the record is in
+    a segment, when a value of its row does not fit its column (the record is then kept
+    without a row)."""
+
+    on_accept: Callable[[], object] | None = None
+    on_reject: Reject | None = None
+
+
+_NO_HOOKS = Hooks()
+
+
 @dataclass
 class _Wait:
     """Offsets missing from a partition's stream: seeking back to ``expected``."""
@@ -175,15 +189,12 @@ class ParquetSink:
         row: dataset.Row | None,
         *,
         size: int,
-        on_accept: Callable[[], object] | None = None,
-        on_reject: Reject | None = None,
+        hooks: Hooks = _NO_HOOKS,
     ) -> int | None:
-        """Take record ``offset`` of ``topic``/``partition``; ``row`` None for a record that
-        holds no row (dead-lettered); ``on_accept`` runs when the record is taken in offset
-        order (the aggregates count it then); ``on_reject`` runs instead, once the record is
-        in a segment, when a value of ``row`` does not fit its column (the record is then
-        kept without a row). Returns an offset to seek the partition back to when the stream
-        skipped records, else None.
+        """Take record ``offset`` of ``topic``/``partition``, ``size`` bytes on the wire;
+        ``row`` None for a record that holds no row (dead-lettered); ``hooks`` say what to
+        call back. Returns an offset to seek the partition back to when the stream skipped
+        records, else None.
 
         The stream must hand over each partition's records in offset order. A record already
         seen is ignored. When records are missing before ``offset``, the record is refused
@@ -202,15 +213,15 @@ class ParquetSink:
             take, answer = await self._in_order(key, offset)
             if not take:
                 return answer
-            if on_accept is not None and rejected is None:
-                on_accept()  # in offset order, once per record (bar restarts)
+            if hooks.on_accept is not None and rejected is None:
+                hooks.on_accept()  # in offset order, once per record (bar restarts)
             segment = await self._segment_for(key, offset)
             if segment is None:
                 SKIPPED.inc()
                 return None
             if rejected is not None:
-                if on_reject is not None:
-                    await on_reject(rejected)
+                if hooks.on_reject is not None:
+                    await hooks.on_reject(rejected)
                 else:
                     logger.warning("%s/%d@%d: %s", topic, partition, offset, rejected.message)
             segment.append(offset, row, size)
