@@ -95,7 +95,7 @@ def test_a_changed_request_or_a_wrong_key_is_unauthorized(
     headers, sent = tamper(_signed(body), body)
     with pytest.raises(AppSyncError, match=message) as raised:
         _verify(headers, sent)
-    assert raised.value.code == 401
+    assert raised.value.http_status == 401
 
 
 def test_an_old_signature_is_unauthorized() -> None:

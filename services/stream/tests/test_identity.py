@@ -99,7 +99,7 @@ async def test_denials_map_to_appsync_errors(status: int, error_type: str, code:
     for _ in range(2):
         with pytest.raises(AppSyncError) as caught:
             await auth.for_channel(channel, {"authorization": "t"})
-        assert (caught.value.appsync_type, caught.value.code) == (error_type, code)
+        assert (caught.value.appsync_type, caught.value.http_status) == (error_type, code)
     # denials are cached like allows; an unreachable auth service is asked again
     assert len(fake.requests) == (2 if code == 503 else 1)
 
@@ -108,7 +108,7 @@ async def test_an_unreadable_allow_is_unavailable_not_an_allow() -> None:
     auth = authorizer(FakeAuth(200, {"groups": []}))
     with pytest.raises(AppSyncError) as caught:
         await auth.authenticate({"authorization": "t"})
-    assert caught.value.code == 503
+    assert caught.value.http_status == 503
 
 
 async def test_a_namespace_with_no_operation_is_forbidden() -> None:
@@ -117,4 +117,4 @@ async def test_a_namespace_with_no_operation_is_forbidden() -> None:
         await authorizer(fake).for_channel(
             parse_channel("/Other/alice", allow_wildcard=False), {"authorization": "t"}
         )
-    assert caught.value.code == 403 and fake.requests == []
+    assert caught.value.http_status == 403 and fake.requests == []

@@ -29,7 +29,7 @@ class TollgateError(Exception):
 
     retriable: ClassVar[bool] = False
     error_type: ClassVar[str] = "internal_error"
-    http_status: ClassVar[int] = 500
+    http_status: int = 500
 
     def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
@@ -45,7 +45,7 @@ class ContractError(TollgateError):
     """A payload does not decode into its event contract."""
 
     error_type: ClassVar[str] = "validation_error"
-    http_status: ClassVar[int] = 400
+    http_status = 400
 
 
 class UnsupportedSchemaError(ContractError):
@@ -57,36 +57,36 @@ class DependencyUnavailable(TollgateError):
 
     retriable: ClassVar[bool] = True
     error_type: ClassVar[str] = "service_unavailable"
-    http_status: ClassVar[int] = 503
+    http_status = 503
 
 
 class RequestError(TollgateError):
     """A client request that Tollgate refuses; ``error_type`` is what the client sees."""
 
     error_type: ClassVar[str] = "validation_error"
-    http_status: ClassVar[int] = 400
+    http_status = 400
 
 
 class RecordTooLarge(RequestError):
     """An event whose record exceeds the Kafka record limit: never retried."""
 
-    http_status: ClassVar[int] = 413
+    http_status = 413
 
 
 class Unauthenticated(RequestError):
     """No credential, or one that does not verify."""
 
     error_type: ClassVar[str] = "unauthorized"
-    http_status: ClassVar[int] = 401
+    http_status = 401
 
 
 class Forbidden(RequestError):
     """A known caller asking for what it may not."""
 
     error_type: ClassVar[str] = "forbidden"
-    http_status: ClassVar[int] = 403
+    http_status = 403
 
 
 class NotFound(RequestError):
     error_type: ClassVar[str] = "not_found"
-    http_status: ClassVar[int] = 404
+    http_status = 404

@@ -35,19 +35,19 @@ class QueryError(RequestError):
 
 class QueryTimeout(QueryError):
     error_type: ClassVar[str] = "query_timeout"
-    http_status: ClassVar[int] = 504
+    http_status = 504
 
 
 class ResultTooLarge(QueryError):
     error_type: ClassVar[str] = "result_too_large"
-    http_status: ClassVar[int] = 400
+    http_status = 400
 
 
 class Unauthorized(RequestError):
     error_type: ClassVar[str] = "unauthorized"
-    http_status: ClassVar[int] = 401
+    http_status = 401
 
 
 class AdminDisabled(RequestError):
     error_type: ClassVar[str] = "admin_disabled"
-    http_status: ClassVar[int] = 403
+    http_status = 403

@@ -20,12 +20,12 @@ from tollgate_core.errors import TollgateError
 
 class AuthError(TollgateError):
     error_type: ClassVar[str] = "unauthorized"
-    http_status: ClassVar[int] = 401
+    http_status = 401
 
 
 class Unauthenticated(AuthError):
     error_type: ClassVar[str] = "unauthenticated"
-    http_status: ClassVar[int] = 401
+    http_status = 401
 
 
 class InvalidToken(Unauthenticated):
@@ -42,7 +42,7 @@ class InvalidApiKey(Unauthenticated):
 
 class Forbidden(AuthError):
     error_type: ClassVar[str] = "forbidden"
-    http_status: ClassVar[int] = 403
+    http_status = 403
 
 
 class ChannelDenied(Forbidden):

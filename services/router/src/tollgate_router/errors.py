@@ -23,7 +23,7 @@ from tollgate_core.errors import TollgateError
 
 class ProviderError(TollgateError):
     error_type: ClassVar[str] = "provider_error"
-    http_status: ClassVar[int] = 502
+    http_status = 502
     fallback: ClassVar[bool] = False
     #: counts against the provider's circuit breaker
     breaker_failure: ClassVar[bool] = False
@@ -33,7 +33,7 @@ class ProviderThrottled(ProviderError):
     retriable: ClassVar[bool] = True
     fallback: ClassVar[bool] = True
     error_type: ClassVar[str] = "provider_throttled"
-    http_status: ClassVar[int] = 429
+    http_status = 429
 
 
 class ProviderUnavailable(ProviderError):
@@ -41,7 +41,7 @@ class ProviderUnavailable(ProviderError):
     fallback: ClassVar[bool] = True
     breaker_failure: ClassVar[bool] = True
     error_type: ClassVar[str] = "provider_unavailable"
-    http_status: ClassVar[int] = 503
+    http_status = 503
 
 
 class CircuitOpen(ProviderUnavailable):
@@ -55,12 +55,12 @@ class ProviderTimeout(ProviderError):
     fallback: ClassVar[bool] = True
     breaker_failure: ClassVar[bool] = True
     error_type: ClassVar[str] = "provider_timeout"
-    http_status: ClassVar[int] = 504
+    http_status = 504
 
 
 class InvalidProviderRequest(ProviderError):
     error_type: ClassVar[str] = "validation_error"
-    http_status: ClassVar[int] = 400
+    http_status = 400
 
 
 class RequestExpired(ProviderError):
@@ -69,17 +69,17 @@ class RequestExpired(ProviderError):
 
     retriable: ClassVar[bool] = True
     error_type: ClassVar[str] = "request_expired"
-    http_status: ClassVar[int] = 503
+    http_status = 503
 
 
 class ModelNotFound(ProviderError):
     error_type: ClassVar[str] = "model_not_found"
-    http_status: ClassVar[int] = 404
+    http_status = 404
 
 
 class ModelNotAllowed(ProviderError):
     error_type: ClassVar[str] = "model_not_allowed"
-    http_status: ClassVar[int] = 403
+    http_status = 403
 
 
 def from_http_status(status: int, message: str) -> ProviderError:
@@ -100,4 +100,4 @@ class RequestInProgress(TollgateError):
 
     retriable: ClassVar[bool] = True
     error_type: ClassVar[str] = "request_in_progress"
-    http_status: ClassVar[int] = 409
+    http_status = 409

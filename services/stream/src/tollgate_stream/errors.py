@@ -16,10 +16,14 @@ class AppSyncError(TollgateError):
     def __init__(self, error_type: str, message: str, code: int) -> None:
         super().__init__(message)
         self.appsync_type = error_type
-        self.code = code
+        self.http_status = code
 
     def as_error(self) -> dict[str, Any]:
-        return {"errorType": self.appsync_type, "errorCode": self.code, "message": self.message}
+        return {
+            "errorType": self.appsync_type,
+            "errorCode": self.http_status,
+            "message": self.message,
+        }
 
     @classmethod
     def bad_request(cls, message: str) -> AppSyncError:
@@ -70,7 +74,7 @@ class OpenAIError(TollgateError):
         retry_after: int | None = None,
     ) -> None:
         super().__init__(message)
-        self.status = status
+        self.http_status = status
         self.type = type_
         self.code = code
         self.param = param

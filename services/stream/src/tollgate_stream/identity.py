@@ -52,7 +52,7 @@ class ModelNotAllowed(RequestError):
     """A published event names a model the caller's groups do not allow."""
 
     error_type: ClassVar[str] = "model_not_allowed"
-    http_status: ClassVar[int] = 403
+    http_status = 403
 
 
 class Authorizer(Protocol):
@@ -121,7 +121,7 @@ class AuthServiceAuthorizer:
         try:
             await self.authenticate(headers)
         except AppSyncError as exc:
-            if exc.code == 401:
+            if exc.http_status == 401:
                 raise
             # a policy denial or an auth service outage decides no message of this
             # connection yet: each is authorized on its own when it comes
@@ -150,7 +150,7 @@ class AuthServiceAuthorizer:
             if valid_for > 0:
                 self._remember(key, now + min(valid_for, self._ttl_s), outcome)
         if isinstance(outcome, AppSyncError):
-            raise AppSyncError(outcome.appsync_type, outcome.message, outcome.code)
+            raise AppSyncError(outcome.appsync_type, outcome.message, outcome.http_status)
         return outcome
 
     def _remember(self, key: str, until: float, outcome: Identity | AppSyncError) -> None:

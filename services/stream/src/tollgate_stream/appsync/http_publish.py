@@ -15,9 +15,9 @@ from tollgate_stream.state import EdgeState
 
 
 def _error(exc: AppSyncError) -> Response:
-    if exc.code == 400:
+    if exc.http_status == 400:
         count_bad_input("stream.http_publish", "body")
-    return JSONResponse({"errors": [exc.as_error()]}, status_code=exc.code)
+    return JSONResponse({"errors": [exc.as_error()]}, status_code=exc.http_status)
 
 
 async def publish_endpoint(request: Request) -> Response:

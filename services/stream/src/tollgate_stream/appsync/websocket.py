@@ -263,10 +263,10 @@ class Connection:
                 try:
                     await self._gateway.authorizer.for_channel(channel, headers)
                 except AppSyncError as exc:
-                    if exc.code == 401:
+                    if exc.http_status == 401:
                         self._revoked(exc.message)
                         return
-                    if exc.code == 403 and self._subscriptions.remove(self, sub_id):
+                    if exc.http_status == 403 and self._subscriptions.remove(self, sub_id):
                         self._grants.pop(sub_id, None)
                         REVOKED.labels("subscription").inc()
                         self.send_error("subscribe_error", exc, sub_id)

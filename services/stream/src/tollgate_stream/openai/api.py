@@ -68,7 +68,7 @@ def _request_fields(chat: schema.ChatCompletionRequest) -> dict[str, Any]:
 
 def error_response(exc: OpenAIError) -> JSONResponse:
     headers = {"retry-after": str(exc.retry_after)} if exc.retry_after is not None else None
-    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+    return JSONResponse(exc.body(), status_code=exc.http_status, headers=headers)
 
 
 def _sse(payload: dict[str, Any] | str) -> bytes:
@@ -109,8 +109,8 @@ class OpenAIApi:
         try:
             response = await self._chat(request)
         except OpenAIError as exc:
-            REQUESTS.labels("?", str(exc.status)).inc()
-            if exc.status in (400, 413):
+            REQUESTS.labels("?", str(exc.http_status)).inc()
+            if exc.http_status in (400, 413):
                 # an unknown field's name is the caller's to choose: not a label value
                 unknown = exc.code == "unknown_parameter"
                 count_bad_input("stream.openai", "unknown_parameter" if unknown else exc.param)

@@ -69,9 +69,9 @@ class AuthServiceBearerAuthenticator:
         try:
             return await self._authorizer.authenticate({"authorization": f"Bearer {token}"})
         except AppSyncError as exc:
-            if exc.code == 401:
+            if exc.http_status == 401:
                 raise OpenAIError.unauthorized(exc.message) from exc
-            if exc.code == 403:
+            if exc.http_status == 403:
                 raise OpenAIError.forbidden(exc.message) from exc
             raise OpenAIError.unavailable(exc.message) from exc
 
