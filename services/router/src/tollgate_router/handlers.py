@@ -57,7 +57,7 @@ from tollgate_router.journal import Claim, InMemoryJournal, RequestJournal
 from tollgate_router.prepared import PreparedStore, prepared_key
 from tollgate_router.providers.base import Finished, Provider, ProviderRequest, TextDelta
 from tollgate_router.providers.local import count_tokens
-from tollgate_router.resilience import Outcome, ResilientRouter, RetryPolicy, Timeouts
+from tollgate_router.resilience import Outcome, ResilientRouter, RetryPolicy, Timeouts, plus
 from tollgate_router.streaming import ChunkWriter, Coalescing
 
 Reply = TypeVar("Reply", ReplyChunkV1, ReplyDoneV1, ReplyErrorV1)
@@ -303,6 +303,8 @@ class GenerationHandler:
                     )
                 else:
                     usage = Usage()
+                # and what the providers reported for failed attempts before this one
+                usage = plus(usage, outcome.failed_usage)
                 await self._settle(
                     request,
                     served,
@@ -324,6 +326,7 @@ class GenerationHandler:
                 )
                 return
             assert usage is not None  # noqa: S101 - the router raises when usage is missing
+            usage = plus(usage, outcome.failed_usage)
             span.set_attribute("gen_ai.usage.input_tokens", usage.input_tokens)
             span.set_attribute("gen_ai.usage.output_tokens", usage.output_tokens)
             span.set_attribute("gen_ai.response.finish_reasons", [stop_reason])
