@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from datetime import datetime
 
 from tollgate_core.bus.codec import encode
-from tollgate_core.contracts import AdmissionV1, ChatRequestV1, UsageRecordV1
+from tollgate_core.contracts import (
+    AdmissionV1,
+    AdmissionV2,
+    ChatRequestV1,
+    ChatRequestV2,
+    ImageContent,
+    TextContent,
+    ToolResultContent,
+    ToolUseContent,
+    UsageRecordV1,
+)
 from tollgate_core.errors import RequestError
 from tollgate_core.limits import INT32_MAX, Limits, check_text, check_tokens
 
@@ -14,6 +26,12 @@ from tollgate_core.limits import INT32_MAX, Limits, check_text, check_tokens
 #: reservation is replaced by the provider's real count at settlement.
 CHARS_PER_TOKEN = 3.0
 MESSAGE_OVERHEAD_TOKENS = 4
+#: an image, whatever its size: providers count up to about 1 600 tokens for one
+#: (Anthropic: width x height / 750, images scaled to at most 1.15 megapixels; OpenAI's
+#: high detail: 85 + 170 per 512-px tile, ~1 100 for 1024 x 1024)
+IMAGE_TOKENS = 1600
+#: what a tool definition costs beyond its JSON (providers wrap tools in a system prompt)
+TOOL_OVERHEAD_TOKENS = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,31 +55,54 @@ class OutputLimit:
 
 
 def estimate(
-    request: ChatRequestV1, *, default_max_tokens: int, output_limit: OutputLimit | None = None
+    request: ChatRequestV1 | ChatRequestV2,
+    *,
+    default_max_tokens: int,
+    output_limit: OutputLimit | None = None,
 ) -> Estimate:
-    """Input tokens (erring high) plus the output the router will allow the request: its
-    model's ``output_limit`` when the catalog is known, else ``max_tokens`` or the meter's
+    """Input: text, tool definitions, tool calls and results by characters, each image as
+    :data:`IMAGE_TOKENS`; output: what the router will allow the request — its model's
+    ``output_limit`` when the catalog is known, else ``max_tokens`` or the meter's
     ``default_max_tokens``."""
+    request = ChatRequestV2.of(request)
     chars = sum(len(t) for t in request.system)
-    chars += sum(len(b.text) for m in request.messages for b in m.content)
+    images = 0
+    for block in (b for m in request.messages for b in m.content):
+        if isinstance(block, TextContent):
+            chars += len(block.text)
+        elif isinstance(block, ToolUseContent):
+            chars += len(block.id) + len(block.name) + len(_json(block.input))
+        elif isinstance(block, ToolResultContent):
+            chars += len(block.tool_use_id) + len(block.content)
+        elif isinstance(block, ImageContent):
+            images += 1
+    chars += sum(len(_json(t.model_dump())) for t in request.tools)
+    if request.response_format is not None and request.response_format.json_schema:
+        chars += len(_json(request.response_format.json_schema))
     overhead = MESSAGE_OVERHEAD_TOKENS * (len(request.messages) + len(request.system))
+    overhead += TOOL_OVERHEAD_TOKENS * len(request.tools) + IMAGE_TOKENS * images
     input_tokens = math.ceil(chars / CHARS_PER_TOKEN) + overhead
-    if output_limit is not None:
-        output_tokens = output_limit.allowed(request.max_tokens)
-    elif request.max_tokens is not None:
-        output_tokens = request.max_tokens
-    else:
-        output_tokens = default_max_tokens
+    output_tokens = _output_tokens(request.max_tokens, default_max_tokens, output_limit)
     if input_tokens + output_tokens > INT32_MAX:
         raise RequestError("messages: the request is too large to meter")
     return Estimate(input_tokens, output_tokens)
+
+
+def _output_tokens(requested: int | None, default: int, limit: OutputLimit | None) -> int:
+    if limit is not None:
+        return limit.allowed(requested)
+    return requested if requested is not None else default
 
 
 #: longest text the meter stores for a principal, a model or a request id
 MAX_TEXT_CHARS = 512
 
 
-def validate_request(request: ChatRequestV1, limits: Limits) -> None:
+def _json(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def validate_request(request: ChatRequestV1 | ChatRequestV2, limits: Limits) -> None:
     """Refuse, before the ledger, a request the ledger could not store or the router could
     not be handed: raises :class:`RequestError` naming the field."""
     check_text("request_id", request.request_id, max_chars=MAX_TEXT_CHARS)
@@ -70,7 +111,7 @@ def validate_request(request: ChatRequestV1, limits: Limits) -> None:
     for group in request.groups:
         check_text("groups", group, max_chars=MAX_TEXT_CHARS)
     check_tokens("max_tokens", request.max_tokens, limit=limits.max_tokens)
-    admission = AdmissionV1(request=request, reserved_input_tokens=0, reserved_output_tokens=0)
+    admission = admission_of(request, 0, 0)
     size = len(encode(admission))
     if size > limits.max_record_bytes:
         raise RequestError(
@@ -78,6 +119,31 @@ def validate_request(request: ChatRequestV1, limits: Limits) -> None:
             f" {limits.max_record_bytes})",
             details={"field": "messages"},
         )
+
+
+def admission_of(
+    request: ChatRequestV1 | ChatRequestV2,
+    reserved_in: int,
+    reserved_out: int,
+    *,
+    expires_at: datetime | None = None,
+) -> AdmissionV1 | AdmissionV2:
+    """The admission, in the request's own version: a router of the previous release still
+    takes a v1 request's. ``expires_at``: when the reservation may be released at the
+    earliest (None: nothing was reserved)."""
+    if isinstance(request, ChatRequestV2):
+        return AdmissionV2(
+            request=request,
+            reserved_input_tokens=reserved_in,
+            reserved_output_tokens=reserved_out,
+            reservation_expires_at=expires_at,
+        )
+    return AdmissionV1(
+        request=request,
+        reserved_input_tokens=reserved_in,
+        reserved_output_tokens=reserved_out,
+        reservation_expires_at=expires_at,
+    )
 
 
 def validate_usage(usage: UsageRecordV1) -> None:

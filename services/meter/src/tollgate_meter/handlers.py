@@ -12,8 +12,8 @@ from prometheus_client import Counter, Histogram
 from tollgate_core import topics
 from tollgate_core.bus import Delivered, Publisher
 from tollgate_core.contracts import (
-    AdmissionV1,
     ChatRequestV1,
+    ChatRequestV2,
     ErrorInfo,
     ReplyErrorV1,
     RequestLogV1,
@@ -24,7 +24,13 @@ from tollgate_core.health import Health
 from tollgate_core.limits import Limits, count_bad_input
 from tollgate_meter.adapters.ledger import AdmissionRequest, Ledger
 from tollgate_meter.batching import AdmissionBatcher
-from tollgate_meter.domain import OutputLimit, estimate, validate_request, validate_usage
+from tollgate_meter.domain import (
+    OutputLimit,
+    admission_of,
+    estimate,
+    validate_request,
+    validate_usage,
+)
 
 logger = logging.getLogger(__name__)
 tracer = trace.get_tracer("tollgate.meter")
@@ -71,7 +77,7 @@ class AdmissionHandler:
         self._default_max_tokens = default_max_tokens
         self._fail_open = fail_open
 
-    async def __call__(self, delivered: Delivered[ChatRequestV1]) -> None:
+    async def __call__(self, delivered: Delivered[ChatRequestV1 | ChatRequestV2]) -> None:
         request = delivered.event
         with tracer.start_as_current_span(
             "meter.admit",
@@ -127,7 +133,12 @@ class AdmissionHandler:
             )
 
     async def _admit(
-        self, request: ChatRequestV1, reserved_in: int, reserved_out: int, *, reserved: bool
+        self,
+        request: ChatRequestV1 | ChatRequestV2,
+        reserved_in: int,
+        reserved_out: int,
+        *,
+        reserved: bool,
     ) -> None:
         """Hand the request to the router with what was reserved and, when a reservation
         was made, when the sweeper may release it at the earliest: TTL after the request was
@@ -141,17 +152,16 @@ class AdmissionHandler:
             expires = request.created_at + self._ttl
         await self._publisher.publish(
             topics.ADMITTED,
-            AdmissionV1(
-                request=request,
-                reserved_input_tokens=reserved_in,
-                reserved_output_tokens=reserved_out,
-                reservation_expires_at=expires,
-            ),
+            admission_of(request, reserved_in, reserved_out, expires_at=expires),
             key=request.principal,
         )
 
     async def _unavailable(
-        self, request: ChatRequestV1, exc: DependencyUnavailable, est_in: int, est_out: int
+        self,
+        request: ChatRequestV1 | ChatRequestV2,
+        exc: DependencyUnavailable,
+        est_in: int,
+        est_out: int,
     ) -> None:
         if self._fail_open:
             DECISIONS.labels("admitted_fail_open").inc()
@@ -172,7 +182,7 @@ class AdmissionHandler:
             ),
         )
 
-    async def _bad_request(self, request: ChatRequestV1, exc: RequestError) -> None:
+    async def _bad_request(self, request: ChatRequestV1 | ChatRequestV2, exc: RequestError) -> None:
         DECISIONS.labels("invalid").inc()
         count_bad_input("meter.admission", exc.details.get("field"))
         logger.info("refusing %s as invalid: %s", request.request_id, exc.message)
@@ -181,7 +191,7 @@ class AdmissionHandler:
             ErrorInfo(type=exc.error_type, message=exc.message, details=dict(exc.details)),
         )
 
-    async def _refuse(self, request: ChatRequestV1, error: ErrorInfo) -> None:
+    async def _refuse(self, request: ChatRequestV1 | ChatRequestV2, error: ErrorInfo) -> None:
         await self._publisher.publish(
             request.reply_to.topic,
             ReplyErrorV1(
