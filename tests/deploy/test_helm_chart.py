@@ -351,7 +351,7 @@ def test_network_policies_admit_each_service_only_from_its_callers() -> None:
         }
 
     assert callers("auth") == {"stream", "meter", "test"}
-    assert callers("router") == {"stream", "test"}
+    assert callers("router") == {"stream", "meter", "test"}  # the meter reads its catalog
     assert callers("meter") == {"test"}
     edge_from = policies["gw-tollgate-stream"]["spec"]["ingress"][0]["from"]
     assert edge_from[:-1] == values_file("production")["networkPolicy"]["edgeFrom"]
@@ -363,6 +363,10 @@ def test_network_policies_admit_each_service_only_from_its_callers() -> None:
         p["port"] for r in policies["gw-tollgate-stream"]["spec"]["egress"] for p in r["ports"]
     }
     assert 5432 not in stream_ports and {8081, 8082} <= stream_ports
+    meter_ports = {
+        p["port"] for r in policies["gw-tollgate-meter"]["spec"]["egress"] for p in r["ports"]
+    }
+    assert {8081, 8082} <= meter_ports
 
 
 def test_router_and_meter_scale_on_consumer_lag_with_keda() -> None:

@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import TypeAdapter
 
 from tests.faults.load import Load, Outcome, summary
 from tests.faults.records import LedgerRow, parquet_ids, read_ledger, read_topic
@@ -30,8 +31,11 @@ from tollgate_core import topics
 from tollgate_core.bus import Decoder
 from tollgate_core.contracts import (
     REPLY_SCHEMA,
+    REPLY_SCHEMA_V2,
     ChatRequestV1,
+    ChatRequestV2,
     ReplyChunkV1,
+    ReplyChunkV2,
     ReplyV1,
     RequestLogV1,
     UsageRecordV1,
@@ -193,14 +197,17 @@ async def served_again(load: Load, timeout: float = 90) -> None:
             await asyncio.sleep(0.5)
 
 
-REPLIES = Decoder.union(REPLY_SCHEMA, ReplyV1)
+REPLIES: Decoder[Any] = Decoder(
+    {REPLY_SCHEMA: TypeAdapter(ReplyV1), REPLY_SCHEMA_V2: TypeAdapter(ReplyChunkV2)}
+)
+REQUESTS: Decoder[Any] = Decoder.of(ChatRequestV1, ChatRequestV2)
 
 
 class Recorded:
     """Everything the gateway wrote, read once it has settled down."""
 
     def __init__(self) -> None:
-        self.requests: list[ChatRequestV1] = []
+        self.requests: list[ChatRequestV1 | ChatRequestV2] = []
         self.replies: list[Any] = []
         self.usage: list[UsageRecordV1] = []
         self.logs: list[RequestLogV1] = []
@@ -211,7 +218,7 @@ class Recorded:
         self.parquet_logs_records: Counter[str] = Counter()
 
     async def read(self, kafka: KafkaSettings, database_url: str, data_dir: str) -> None:
-        self.requests = await read_topic(kafka, topics.REQUESTS, Decoder.of(ChatRequestV1))
+        self.requests = await read_topic(kafka, topics.REQUESTS, REQUESTS)
         self.replies = await read_topic(kafka, topics.REPLIES, REPLIES)
         self.usage = await read_topic(kafka, topics.USAGE, Decoder.of(UsageRecordV1))
         self.logs = await read_topic(kafka, topics.LOGS, Decoder.of(RequestLogV1))
@@ -226,7 +233,7 @@ class Recorded:
         same reply is one reply."""
         ends: dict[str, set[tuple[str, int]]] = {r.request_id: set() for r in self.requests}
         for reply in self.replies:
-            if not isinstance(reply, ReplyChunkV1):
+            if not isinstance(reply, ReplyChunkV1 | ReplyChunkV2):
                 ends.setdefault(reply.request_id, set()).add((reply.kind, reply.seq))
         return ends
 

@@ -43,6 +43,17 @@ def test_estimate_grows_with_prompt_and_system_text() -> None:
     assert long >= 1000  # errs high: at most three characters a token
 
 
+def test_with_the_catalog_known_the_reservation_is_what_the_router_will_allow() -> None:
+    """The router gives a request without max_tokens the model's default and caps any at
+    its maximum: the meter reserves exactly that, not its own default."""
+    limit = OutputLimit(default=256, maximum=1024)
+    assert estimate(request("hi"), default_max_tokens=4000, output_limit=limit).output_tokens == 256
+    capped = estimate(request("hi", max_tokens=50_000), default_max_tokens=1, output_limit=limit)
+    assert capped.output_tokens == 1024
+    within = estimate(request("hi", max_tokens=300), default_max_tokens=1, output_limit=limit)
+    assert within.output_tokens == 300
+
+
 def test_estimate_counts_tools_tool_turns_and_images_and_v1_equals_v2() -> None:
     plain = request("what is the weather?")
     v2 = ChatRequestV2.of(plain)
@@ -73,14 +84,3 @@ def test_estimate_counts_tools_tool_turns_and_images_and_v1_equals_v2() -> None:
     fmt = ResponseFormat(type="json_schema", json_schema={"description": "z" * 300})
     with_schema = estimate(v2.model_copy(update={"response_format": fmt}), default_max_tokens=1)
     assert with_schema.input_tokens >= base + 100
-
-
-def test_with_the_catalog_known_the_reservation_is_what_the_router_will_allow() -> None:
-    """The router gives a request without max_tokens the model's default and caps any at
-    its maximum: the meter reserves exactly that, not its own default."""
-    limit = OutputLimit(default=256, maximum=1024)
-    assert estimate(request("hi"), default_max_tokens=4000, output_limit=limit).output_tokens == 256
-    capped = estimate(request("hi", max_tokens=50_000), default_max_tokens=1, output_limit=limit)
-    assert capped.output_tokens == 1024
-    within = estimate(request("hi", max_tokens=300), default_max_tokens=1, output_limit=limit)
-    assert within.output_tokens == 300

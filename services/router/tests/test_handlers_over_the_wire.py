@@ -24,6 +24,7 @@ from tollgate_core.contracts import (
     UsageRecordV1,
 )
 from tollgate_router.catalog import (
+    AnthropicProviderConfig,
     BedrockProviderConfig,
     Catalog,
     CatalogSource,
@@ -49,6 +50,7 @@ async def rig(
         providers={
             "bedrock": BedrockProviderConfig(region="us-east-1", endpoint_url=fake_server.url),
             "vllm": OpenAIProviderConfig(base_url=fake_server.url + "/v1"),
+            "anthropic": AnthropicProviderConfig(base_url=fake_server.url),
         },
         models=(
             ModelSpec(
@@ -60,6 +62,7 @@ async def rig(
                 fallbacks=("llama",),
             ),
             ModelSpec(id="llama", provider="vllm", upstream="llama-3.1-8b"),
+            ModelSpec(id="claude", provider="anthropic", upstream="claude-3-5-haiku-latest"),
         ),
     )
     registry = ProviderRegistry(connect_timeout_s=2)
@@ -85,9 +88,10 @@ async def rig(
         await registry.aclose()
 
 
-def admission() -> Delivered[AdmissionV1]:
+def admission(model: str | None = None) -> Delivered[AdmissionV1]:
     request = ChatRequestV1(
         principal="alice",
+        model=model,
         messages=(ChatMessage(role="user", content=[TextBlock(text="hi")]),),
         reply_to=ReplyTo(topic=topics.REPLIES, partition=0),
     )
@@ -161,3 +165,39 @@ async def test_a_malformed_openai_stream_ends_with_a_typed_error_and_is_settled(
     usage, log = records(publisher)
     assert usage.status == "error" and usage.usage.output_tokens == count_tokens("Hello from")
     assert log.error_type == "provider_unavailable" and log.model == "llama"
+
+
+async def test_an_anthropic_attempt_that_failed_after_reporting_usage_is_billed_with_the_retry(
+    fake_server: FakeProviderServer, rig: tuple[GenerationHandler, InMemoryPublisher]
+) -> None:
+    """Anthropic reports the input tokens in ``message_start``; an ``error`` event before the
+    first text then fails the attempt, which it bills. The retry's usage and the failed
+    attempt's are settled together; nothing the provider did not report is invented."""
+    handler, publisher = rig
+    overloaded = Scenario(fail_after=0, stream_error="overloaded_error", input_tokens=9)
+    fake_server.script = [overloaded, Scenario(input_tokens=9)]
+    await handler(admission("claude"))
+    assert isinstance(publisher.on(topics.REPLIES)[-1], ReplyDoneV1)
+    usage, log = records(publisher)
+    # the fake reports 9 in / 1 out at message_start and 5 out at the end
+    assert (usage.usage.input_tokens, usage.usage.output_tokens) == (9 + 9, 1 + 5)
+    assert usage.status == "ok" and log.retries == 1
+
+
+async def test_attempts_that_report_no_usage_before_failing_settle_at_zero(
+    fake_server: FakeProviderServer, rig: tuple[GenerationHandler, InMemoryPublisher]
+) -> None:
+    """Bedrock's and OpenAI's streams report usage only at their end, and an HTTP error
+    before the stream reports none: such failed attempts cost the caller nothing."""
+    handler, publisher = rig
+    fake_server.script = [
+        Scenario(status=429, error_type="ThrottlingException"),  # Bedrock, before the stream
+        Scenario(fail_after=0, stream_error="throttlingException"),  # Bedrock, in the stream
+        Scenario(status=429, error_type="ThrottlingException"),  # the last retry
+        Scenario(status=503, error_type="x"),  # the OpenAI-compatible fallback, before
+    ]
+    await handler(admission())
+    error = publisher.on(topics.REPLIES)[-1]
+    assert isinstance(error, ReplyErrorV1)
+    usage, _ = records(publisher)
+    assert usage.status == "error" and usage.usage.total_tokens == 0

@@ -30,6 +30,7 @@ DEAD_LETTERED = Counter(
 
 
 def create_faust_app(settings: AnalyticsSettings, partitions: int) -> faust.App:
+    """The Faust app; ``partitions``: of the source topics, and so of the table's changelog."""
     kafka = settings.kafka
     # Faust creates only the last level of its data directory
     Path(settings.state_dir).mkdir(parents=True, exist_ok=True)

@@ -60,10 +60,10 @@ def estimate(
     default_max_tokens: int,
     output_limit: OutputLimit | None = None,
 ) -> Estimate:
-    """Input tokens (erring high: text, tool definitions, tool calls and results by
-    characters, each image as :data:`IMAGE_TOKENS`) plus the output the router will allow
-    the request: its model's ``output_limit`` when the catalog is known, else ``max_tokens``
-    or the meter's ``default_max_tokens``."""
+    """Input: text, tool definitions, tool calls and results by characters, each image as
+    :data:`IMAGE_TOKENS`; output: what the router will allow the request — its model's
+    ``output_limit`` when the catalog is known, else ``max_tokens`` or the meter's
+    ``default_max_tokens``."""
     request = ChatRequestV2.of(request)
     chars = sum(len(t) for t in request.system)
     images = 0
@@ -82,15 +82,16 @@ def estimate(
     overhead = MESSAGE_OVERHEAD_TOKENS * (len(request.messages) + len(request.system))
     overhead += TOOL_OVERHEAD_TOKENS * len(request.tools) + IMAGE_TOKENS * images
     input_tokens = math.ceil(chars / CHARS_PER_TOKEN) + overhead
-    if output_limit is not None:
-        output_tokens = output_limit.allowed(request.max_tokens)
-    elif request.max_tokens is not None:
-        output_tokens = request.max_tokens
-    else:
-        output_tokens = default_max_tokens
+    output_tokens = _output_tokens(request.max_tokens, default_max_tokens, output_limit)
     if input_tokens + output_tokens > INT32_MAX:
         raise RequestError("messages: the request is too large to meter")
     return Estimate(input_tokens, output_tokens)
+
+
+def _output_tokens(requested: int | None, default: int, limit: OutputLimit | None) -> int:
+    if limit is not None:
+        return limit.allowed(requested)
+    return requested if requested is not None else default
 
 
 #: longest text the meter stores for a principal, a model or a request id
@@ -111,7 +112,7 @@ def validate_request(request: ChatRequestV1 | ChatRequestV2, limits: Limits) -> 
         check_text("groups", group, max_chars=MAX_TEXT_CHARS)
     check_tokens("max_tokens", request.max_tokens, limit=limits.max_tokens)
     # the largest this admission can be: every count at its widest, an expiry set
-    admission = admission_of(request, (INT32_MAX, INT32_MAX), request.created_at)
+    admission = admission_of(request, INT32_MAX, INT32_MAX, expires_at=request.created_at)
     size = len(encode(admission))
     if size > limits.max_record_bytes:
         raise RequestError(
@@ -123,20 +124,27 @@ def validate_request(request: ChatRequestV1 | ChatRequestV2, limits: Limits) -> 
 
 def admission_of(
     request: ChatRequestV1 | ChatRequestV2,
-    reserved: tuple[int, int],
-    expires: datetime | None,
+    reserved_in: int,
+    reserved_out: int,
+    *,
+    expires_at: datetime | None = None,
 ) -> AdmissionV1 | AdmissionV2:
-    """The admission, in the request's own version (a router of the previous release still
-    takes a v1 request's): ``reserved`` input and output tokens, released by the sweeper at
-    the earliest at ``expires``."""
-    fields = {
-        "reserved_input_tokens": reserved[0],
-        "reserved_output_tokens": reserved[1],
-        "reservation_expires_at": expires,
-    }
+    """The admission, in the request's own version: a router of the previous release still
+    takes a v1 request's. ``expires_at``: when the reservation may be released at the
+    earliest (None: nothing was reserved)."""
     if isinstance(request, ChatRequestV2):
-        return AdmissionV2.model_validate({"request": request, **fields})
-    return AdmissionV1.model_validate({"request": request, **fields})
+        return AdmissionV2(
+            request=request,
+            reserved_input_tokens=reserved_in,
+            reserved_output_tokens=reserved_out,
+            reservation_expires_at=expires_at,
+        )
+    return AdmissionV1(
+        request=request,
+        reserved_input_tokens=reserved_in,
+        reserved_output_tokens=reserved_out,
+        reservation_expires_at=expires_at,
+    )
 
 
 def validate_usage(usage: UsageRecordV1) -> None:

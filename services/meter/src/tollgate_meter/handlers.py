@@ -152,7 +152,7 @@ class AdmissionHandler:
             expires = request.created_at + self._ttl
         await self._publisher.publish(
             topics.ADMITTED,
-            admission_of(request, (reserved_in, reserved_out), expires),
+            admission_of(request, reserved_in, reserved_out, expires_at=expires),
             key=request.principal,
         )
 

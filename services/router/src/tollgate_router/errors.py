@@ -16,8 +16,9 @@ of the fallback chain may succeed". Neither applies once the first token has bee
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Self
 
+from tollgate_core.contracts import Usage
 from tollgate_core.errors import TollgateError
 
 
@@ -27,6 +28,15 @@ class ProviderError(TollgateError):
     fallback: ClassVar[bool] = False
     #: counts against the provider's circuit breaker
     breaker_failure: ClassVar[bool] = False
+    #: the usage the provider reported for the failed attempt before it failed (Anthropic's
+    #: ``message_start`` before an ``error`` event): what it bills for the attempt. None when
+    #: it reported none — an HTTP error, or a stream whose usage comes only at its end
+    #: (OpenAI, Bedrock) — and then the attempt is settled at zero
+    reported_usage: Usage | None = None
+
+    def with_usage(self, usage: Usage | None) -> Self:
+        self.reported_usage = usage
+        return self
 
 
 class ProviderThrottled(ProviderError):

@@ -72,7 +72,7 @@ from tollgate_router.providers.base import (
     ToolUseDelta,
 )
 from tollgate_router.providers.local import count_tokens
-from tollgate_router.resilience import Outcome, ResilientRouter, RetryPolicy, Timeouts
+from tollgate_router.resilience import Outcome, ResilientRouter, RetryPolicy, Timeouts, plus
 from tollgate_router.streaming import ChunkWriter, Coalescing
 
 Reply = TypeVar("Reply", ReplyChunkV1, ReplyChunkV2, ReplyDoneV1, ReplyErrorV1)
@@ -277,7 +277,7 @@ class GenerationHandler:
     def _expired(self, admission: AdmissionV1 | AdmissionV2) -> RequestExpired | None:
         """Why ``admission`` must not run: it is older than ``admission_max_age_s``, or its
         reservation may be released (``reservation_expires_at``) before the longest answer
-        (``longest_answer_s``, the router's total timeout) started now could end — a request
+        (``longest_answer_s``) started now could end — a request
         running on a released reservation could take its caller past a limit."""
         now = self._clock()
         age = (now - admission.admitted_at).total_seconds()
@@ -376,6 +376,8 @@ class GenerationHandler:
                     )
                 else:
                     usage = Usage()
+                # and what the providers reported for failed attempts before this one
+                usage = plus(usage, outcome.failed_usage)
                 await self._settle(
                     request,
                     served,
@@ -397,6 +399,7 @@ class GenerationHandler:
                 )
                 return
             assert usage is not None  # noqa: S101 - the router raises when usage is missing
+            usage = plus(usage, outcome.failed_usage)
             span.set_attribute("gen_ai.usage.input_tokens", usage.input_tokens)
             span.set_attribute("gen_ai.usage.output_tokens", usage.output_tokens)
             span.set_attribute("gen_ai.response.finish_reasons", [stop_reason])

@@ -16,6 +16,7 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from tollgate_core.contracts import Usage
 from tollgate_router import genai
 from tollgate_router.catalog import ModelSpec
 from tollgate_router.errors import (
@@ -207,6 +208,20 @@ class Outcome:
     fallback_used: bool = False
     started: bool = False
     attempts: list[str] = field(default_factory=list)
+    #: what the providers reported for attempts that failed before the first token (and
+    #: so were retried or fell back): billed, so settled with the request
+    failed_usage: Usage = field(default_factory=Usage)
+
+    def add_failed(self, usage: Usage | None) -> None:
+        if usage is not None:
+            self.failed_usage = plus(self.failed_usage, usage)
+
+
+def plus(a: Usage, b: Usage) -> Usage:
+    return Usage(
+        input_tokens=a.input_tokens + b.input_tokens,
+        output_tokens=a.output_tokens + b.output_tokens,
+    )
 
 
 class ResilientRouter:
@@ -290,6 +305,7 @@ class ResilientRouter:
                         breaker.release()
                     if outcome.started:
                         raise
+                    outcome.add_failed(exc.reported_usage)
                     last = exc
                     if exc.retriable and attempt < self._retry.max_retries:
                         await self._sleep(self._retry.delay(attempt, self._rand))

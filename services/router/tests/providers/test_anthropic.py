@@ -84,3 +84,19 @@ async def test_an_unknown_model_is_not_found(
     fake_server.script = [Scenario(status=404, error_type="not_found_error")]
     with pytest.raises(ModelNotFound):
         [e async for e in provider(fake_server, http_client).stream(request())]
+
+
+async def test_a_failure_after_message_start_carries_the_usage_it_reported(
+    fake_server: FakeProviderServer, http_client: httpx.AsyncClient
+) -> None:
+    """``message_start`` reported 7 input tokens (and 1 output) before the ``error`` event:
+    the attempt is billed, so the error says so; an HTTP error before any event reports
+    nothing."""
+    fake_server.script = [Scenario(fail_after=0, stream_error="overloaded_error")]
+    with pytest.raises(ProviderUnavailable) as failed:
+        [e async for e in provider(fake_server, http_client).stream(request())]
+    assert failed.value.reported_usage == Usage(input_tokens=7, output_tokens=1)
+    fake_server.script = [Scenario(status=529, error_type="overloaded_error")]
+    with pytest.raises(ProviderUnavailable) as refused:
+        [e async for e in provider(fake_server, http_client).stream(request())]
+    assert refused.value.reported_usage is None

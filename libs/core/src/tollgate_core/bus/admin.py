@@ -64,7 +64,10 @@ async def ensure_topics(
 async def partition_counts(settings: KafkaSettings, names: Iterable[str]) -> dict[str, int]:
     """How many partitions each of ``names`` has on the broker; a topic that does not exist
     (yet) is left out — and is not created, as describing it by name could (a broker that
-    creates topics on first use would give it its default partition count)."""
+    creates topics on first use would give it its default partition count). A broker whose
+    TLS certificate does not verify is a :class:`ConfigurationError`, as for
+    :func:`ensure_topics`, not an outage to wait out."""
+    await verify_tls(settings)
     admin = AIOKafkaAdminClient(client_id="tollgate-admin", **settings.client_kwargs())
     try:
         await admin.start()

@@ -192,8 +192,18 @@ class AnthropicProvider:
                     elif kind == "error":
                         err = data.get("error") or {}
                         cls = _ERRORS.get(str(err.get("type")), ProviderUnavailable)
-                        raise cls(f"anthropic: {err.get('message', err)}")
+                        failed = cls(f"anthropic: {err.get('message', err)}")
+                        raise failed.with_usage(_reported(input_tokens, output_tokens))
         if input_tokens is None or not stopped:
-            raise ProviderUnavailable("anthropic: the stream ended before message_stop")
+            cut = ProviderUnavailable("anthropic: the stream ended before message_stop")
+            raise cut.with_usage(_reported(input_tokens, output_tokens))
         usage = Usage(input_tokens=input_tokens, output_tokens=output_tokens)
         yield Finished(usage, stop_reason(reason))
+
+
+def _reported(input_tokens: int | None, output_tokens: int) -> Usage | None:
+    """What ``message_start`` (and any ``message_delta``) reported before a stream failed;
+    None when it failed before ``message_start``."""
+    if input_tokens is None:
+        return None
+    return Usage(input_tokens=input_tokens, output_tokens=output_tokens)
