@@ -178,6 +178,10 @@ class UsageRecordV1(Contract):
     cost_usd: Decimal = Decimal(0)
     status: Literal["ok", "error", "cancelled"] = "ok"
     occurred_at: datetime = Field(default_factory=utcnow)
+    #: the provider reported no usage: the router counted the tokens itself (``estimated_by``
+    #: names how: a tokenizer file, or ``estimate``)
+    estimated: bool = False
+    estimated_by: str | None = None
 
 
 # --- tollgate.logs ---------------------------------------------------------------------------
@@ -207,6 +211,9 @@ class RequestLogV1(Contract):
     protocol: Literal["appsync", "openai"] = "appsync"
     started_at: datetime
     finished_at: datetime = Field(default_factory=utcnow)
+    #: the token figures were counted by the router, the provider having reported none
+    usage_estimated: bool = False
+    usage_estimated_by: str | None = None
 
 
 # --- tollgate.audit --------------------------------------------------------------------------

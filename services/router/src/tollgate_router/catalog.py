@@ -81,6 +81,11 @@ class ModelSpec(_Frozen):
     groups: tuple[str, ...] = Field(default=(), description="empty: every group may use it")
     fallbacks: tuple[str, ...] = ()
     description: str = ""
+    tokenizer: str | None = Field(
+        default=None,
+        description="a Hugging Face tokenizer.json (relative to the catalog file) counting"
+        " the tokens of a provider that reports no usage; without it, an estimate",
+    )
 
     @property
     def upstream_id(self) -> str:

@@ -59,6 +59,7 @@ from tollgate_router.providers.base import Finished, Provider, ProviderRequest, 
 from tollgate_router.providers.local import count_tokens
 from tollgate_router.resilience import Outcome, ResilientRouter, RetryPolicy, Timeouts
 from tollgate_router.streaming import ChunkWriter, Coalescing
+from tollgate_router.tokens import TokenCounters, count_chat
 
 Reply = TypeVar("Reply", ReplyChunkV1, ReplyDoneV1, ReplyErrorV1)
 #: a stored terminal reply, told apart by its own ``kind``
@@ -123,7 +124,9 @@ class GenerationHandler:
         lease_s: float = 30.0,
         admission_max_age_s: float | None = None,
         clock: Callable[[], datetime] = utcnow,
+        counters: TokenCounters | None = None,
     ) -> None:
+        self._counters = counters or TokenCounters()
         self._lease_s = lease_s
         self._max_age = admission_max_age_s
         self._clock = clock
@@ -234,9 +237,11 @@ class GenerationHandler:
                 span.set_attribute("tollgate.cache_hit", True)
                 return
             outcome = Outcome(model=spec)
+            reported = True
             usage: Usage | None = None
             stop_reason = "end_turn"
             ttft_ms: int | None = None
+            estimated_by: str | None = None
             provider_request = ProviderRequest(
                 model=spec.id,
                 messages=request.messages,
@@ -263,7 +268,10 @@ class GenerationHandler:
                     elif isinstance(event, Finished):
                         usage = event.usage
                         stop_reason = event.stop_reason
+                        reported = event.reported
                 await stream.writer.flush()
+                if not reported:
+                    usage, estimated_by = self._count(request, outcome.model, stream.writer.sent)
             except ProviderError as exc:
                 error = exc
             served = outcome.model
@@ -317,6 +325,7 @@ class GenerationHandler:
                 t0,
                 ttft_ms=ttft_ms,
                 outcome=outcome,
+                estimated_by=estimated_by,
                 terminal=self.event(
                     request,
                     ReplyDoneV1,
@@ -327,6 +336,23 @@ class GenerationHandler:
                     latency_ms=int((time.perf_counter() - t0) * 1000),
                 ),
             )
+
+    def _count(self, request: ChatRequestV1, spec: ModelSpec, sent: list[str]) -> tuple[Usage, str]:
+        """The usage of an answer whose provider reported none, counted with the served
+        model's tokenizer (or the estimate), and what counted it."""
+        counter = self._counters.get(spec.tokenizer)
+        messages = ["".join(b.text for b in m.content) for m in request.messages]
+        usage = Usage(
+            input_tokens=count_chat(counter, request.system, messages),
+            output_tokens=counter.count("".join(sent)),
+        )
+        logger.info(
+            "request %s: %s reported no usage; counted by %s",
+            request.request_id,
+            spec.id,
+            counter.name,
+        )
+        return usage, counter.name
 
     async def _serve_prepared(
         self,
@@ -488,6 +514,7 @@ class GenerationHandler:
         cache_hit: bool = False,
         outcome: Outcome | None = None,
         terminal: ReplyDoneV1 | ReplyErrorV1,
+        estimated_by: str | None = None,
     ) -> None:
         """Journal the records and the terminal reply, then send that reply, then the
         records: a crash anywhere after the journal write republishes exactly these on
@@ -514,6 +541,8 @@ class GenerationHandler:
             usage=usage,
             cost_usd=cost,
             status="ok" if ok else "error",
+            estimated=estimated_by is not None,
+            estimated_by=estimated_by,
         )
         log = RequestLogV1(
             request_id=request.request_id,
@@ -534,6 +563,8 @@ class GenerationHandler:
             conversation_id=request.conversation_id,
             protocol=request.protocol,
             started_at=started_at,
+            usage_estimated=estimated_by is not None,
+            usage_estimated_by=estimated_by,
         )
         records = json.dumps(
             {

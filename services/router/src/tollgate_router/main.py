@@ -26,6 +26,7 @@ from tollgate_router.providers.registry import ProviderRegistry
 from tollgate_router.resilience import ResilientRouter, RetryPolicy, Timeouts
 from tollgate_router.settings import RouterSettings
 from tollgate_router.streaming import Coalescing
+from tollgate_router.tokens import TokenCounters
 
 logger = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -87,6 +88,8 @@ async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
         max_connections=max(100, settings.max_concurrent_streams * 2),
     )
     catalog.on_change(registry.sync)
+    counters = TokenCounters(settings.catalog_file.parent if settings.catalog_file else None)
+    catalog.on_change(lambda c: counters.load_all(m.tokenizer for m in c.models))
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGHUP, catalog.reload)
 
@@ -130,6 +133,7 @@ async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
             ),
             lease_s=settings.lease_s,
             admission_max_age_s=settings.admission_max_age_s,
+            counters=counters,
         ),
         dead_letter=producer,
         concurrency=settings.max_concurrent_streams,

@@ -91,6 +91,18 @@ class Scenario:
     garbage_after: int | None = None
     #: end the stream after the text, before the usage / stop events
     truncate: bool = False
+    #: OpenAI-compatible servers as some are (see :data:`OPENAI_DEVIATIONS`)
+    deviations: frozenset[str] = frozenset()
+
+
+#: what real OpenAI-compatible servers do differently from OpenAI: ``no_usage`` (no usage
+#: even when asked: llama.cpp's server, older vLLM), ``null_usage`` (``"usage": null`` on
+#: every chunk), ``no_id`` (chunks without ``id``), ``empty_choices`` (a chunk with
+#: ``"choices": []`` before the text), ``comments`` (SSE comments and blank keep-alive lines
+#: between events), ``json`` (one ``chat.completion`` object instead of a stream)
+OPENAI_DEVIATIONS = frozenset(
+    {"no_usage", "null_usage", "no_id", "empty_choices", "comments", "json"}
+)
 
 
 @dataclass
@@ -202,36 +214,25 @@ class FakeProviderServer:
             return JSONResponse(
                 {"error": {"message": "fake error", "type": s.error_type}}, s.status
             )
-        model = self.received[-1].body.get("model", "")
-        include_usage = (self.received[-1].body.get("stream_options") or {}).get("include_usage")
-
-        def sse(data: dict[str, Any]) -> bytes:
-            return f"data: {json.dumps(data)}\n\n".encode()
-
-        async def events() -> AsyncIterator[bytes]:
-            base = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": model}
-            async for i, chunk in self._paced(s):
-                if s.fail_after is not None and i == s.fail_after:
-                    yield sse({"error": {"message": "fake in-stream failure", "code": 503}})
-                    return
-                if s.garbage_after is not None and i == s.garbage_after:
-                    yield b"data: 42\n\n"
-                    return
-                delta = {"content": chunk} if i else {"role": "assistant", "content": chunk}
-                yield sse({**base, "choices": [{"index": 0, "delta": delta}]})
-            if s.truncate:
-                return
-            yield sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-            if include_usage:
-                usage = {
-                    "prompt_tokens": s.input_tokens,
-                    "completion_tokens": len(s.chunks),
-                    "total_tokens": s.input_tokens + len(s.chunks),
-                }
-                yield sse({**base, "choices": [], "usage": usage})
-            yield b"data: [DONE]\n\n"
-
-        return StreamingResponse(events(), media_type="text/event-stream")
+        body = self.received[-1].body
+        usage: dict[str, int] | None = None
+        if (body.get("stream_options") or {}).get("include_usage") or "json" in s.deviations:
+            usage = {
+                "prompt_tokens": s.input_tokens,
+                "completion_tokens": len(s.chunks),
+                "total_tokens": s.input_tokens + len(s.chunks),
+            }
+        if "no_usage" in s.deviations:
+            usage = None
+        base: dict[str, Any] = {"object": "chat.completion.chunk", "model": body.get("model")}
+        if "no_id" not in s.deviations:
+            base["id"] = "chatcmpl-1"
+        if "null_usage" in s.deviations:
+            base["usage"] = None
+        if "json" in s.deviations:
+            return JSONResponse(_openai_completion(base, s, usage))
+        events = _openai_events(self._paced(s), s, base, usage)
+        return StreamingResponse(events, media_type="text/event-stream")
 
     # -- Anthropic ---------------------------------------------------------------------------
 
@@ -288,6 +289,46 @@ class FakeProviderServer:
             yield sse("message_stop", {})
 
         return StreamingResponse(events(), media_type="text/event-stream")
+
+
+def _openai_completion(
+    base: dict[str, Any], s: Scenario, usage: dict[str, int] | None
+) -> dict[str, Any]:
+    message = {"role": "assistant", "content": "".join(s.chunks)}
+    choice = {"index": 0, "message": message, "finish_reason": "stop"}
+    return {**base, "object": "chat.completion", "choices": [choice], "usage": usage}
+
+
+async def _openai_events(
+    paced: AsyncIterator[tuple[int, str]],
+    s: Scenario,
+    base: dict[str, Any],
+    usage: dict[str, int] | None,
+) -> AsyncIterator[bytes]:
+    def sse(data: dict[str, Any]) -> bytes:
+        return f"data: {json.dumps(data)}\n\n".encode()
+
+    if "comments" in s.deviations:
+        yield b": connected\n\n\n"
+    if "empty_choices" in s.deviations:
+        yield sse({**base, "choices": []})
+    async for i, chunk in paced:
+        if s.fail_after is not None and i == s.fail_after:
+            yield sse({"error": {"message": "fake in-stream failure", "code": 503}})
+            return
+        if s.garbage_after is not None and i == s.garbage_after:
+            yield b"data: 42\n\n"
+            return
+        delta = {"content": chunk} if i else {"role": "assistant", "content": chunk}
+        yield sse({**base, "choices": [{"index": 0, "delta": delta}]})
+        if "comments" in s.deviations:
+            yield b": keep-alive\n\n\n"
+    if s.truncate:
+        return
+    yield sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    if usage is not None:
+        yield sse({**base, "choices": [], "usage": usage})
+    yield b"data: [DONE]\n\n"
 
 
 @dataclass

@@ -31,6 +31,9 @@ class Finished:
     usage: Usage
     stop_reason: str = "end_turn"
     metrics: dict[str, int] = field(default_factory=dict)
+    #: False when the provider reported no usage (``usage`` is then empty): the router
+    #: counts the tokens itself and marks its records as estimated
+    reported: bool = True
 
 
 ProviderEvent = TextDelta | Finished

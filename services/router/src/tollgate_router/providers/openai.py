@@ -1,11 +1,17 @@
 """OpenAI-compatible chat completions (OpenAI, vLLM, llama.cpp server, Ollama) over httpx + SSE,
-asking for the usage chunk with ``stream_options.include_usage``."""
+asking for the usage chunk with ``stream_options.include_usage``.
+
+Servers that send no usage even when asked, or that answer with one JSON completion instead of
+a stream, are served as they are: the final event then says the usage was not reported, and
+the router counts it (``tollgate_router.tokens``)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
 from typing import Any
+
+import httpx
 
 from tollgate_core.contracts import Usage
 from tollgate_router.errors import ProviderError, ProviderUnavailable, from_http_status
@@ -61,8 +67,7 @@ class OpenAIProvider:
         return body
 
     async def stream(self, request: ProviderRequest) -> AsyncIterator[ProviderEvent]:
-        usage: Usage | None = None
-        stop_reason = "end_turn"
+        state = _StreamState()
         with translate_httpx(self.name):
             async with self._client.stream(
                 "POST", self._url, json=self.body(request), headers=self._headers
@@ -70,28 +75,84 @@ class OpenAIProvider:
                 if response.status_code >= 400:
                     body = await response.aread()
                     raise from_http_status(response.status_code, f"openai: {error_message(body)}")
-                async for sse in iter_sse(response):
-                    if sse.data == "[DONE]":
-                        continue  # read to the end so the connection goes back to the pool
-                    try:
-                        chunk = json.loads(sse.data)
-                    except ValueError as exc:
-                        raise ProviderUnavailable(f"openai: malformed chunk: {exc}") from exc
-                    if "error" in chunk:
-                        raise in_stream_error(chunk["error"], sse.data)
-                    for choice in chunk.get("choices") or ():
-                        text = (choice.get("delta") or {}).get("content")
-                        if text:
-                            yield TextDelta(text)
-                        reason = choice.get("finish_reason")
-                        if reason:
-                            stop_reason = _STOP.get(reason, reason)
-                    if chunk.get("usage"):
-                        u = chunk["usage"]
-                        usage = Usage(
-                            input_tokens=int(u.get("prompt_tokens") or 0),
-                            output_tokens=int(u.get("completion_tokens") or 0),
-                        )
-        if usage is None:
-            raise ProviderUnavailable("openai: the stream ended without a usage chunk")
-        yield Finished(usage, stop_reason)
+                if _is_json(response):  # a server or proxy that ignores ``stream``
+                    for event in _completion(json.loads(await response.aread()), state):
+                        yield event
+                else:
+                    async for sse in iter_sse(response):
+                        for event in _chunk_events(sse.data, state):
+                            yield event
+        yield state.finished()
+
+
+class _StreamState:
+    """What a stream has said so far besides its text."""
+
+    def __init__(self) -> None:
+        self.usage: Usage | None = None
+        self.stop_reason = "end_turn"
+        self.ended = False  # ``[DONE]`` or a finish_reason: the answer is whole
+
+    def finish(self, reason: object) -> None:
+        if reason:
+            self.stop_reason = _STOP.get(str(reason), str(reason))
+            self.ended = True
+
+    def read_usage(self, usage: object) -> None:
+        if isinstance(usage, dict) and usage:
+            self.usage = Usage(
+                input_tokens=int(usage.get("prompt_tokens") or 0),
+                output_tokens=int(usage.get("completion_tokens") or 0),
+            )
+
+    def finished(self) -> Finished:
+        """The final event; with no usage reported, one the router counts itself — but only
+        for a whole answer: a stream cut off before its end is a failure."""
+        if self.usage is not None:
+            return Finished(self.usage, self.stop_reason)
+        if not self.ended:
+            raise ProviderUnavailable("openai: the stream ended before its end and without usage")
+        return Finished(Usage(), self.stop_reason, reported=False)
+
+
+def _is_json(response: httpx.Response) -> bool:
+    content_type: str = response.headers.get("content-type", "")
+    return content_type.startswith("application/json")
+
+
+def _chunk_events(data: str, state: _StreamState) -> list[ProviderEvent]:
+    """The events of one SSE ``data``. Tolerated as servers send them: no ``id``, ``usage:
+    null`` on every chunk, chunks with an empty ``choices`` list, the finish reason alone on a
+    chunk of its own (comments and keep-alive lines never reach here)."""
+    if data == "[DONE]":
+        state.ended = True
+        return []  # read on to the end so the connection goes back to the pool
+    try:
+        chunk = json.loads(data)
+    except ValueError as exc:
+        raise ProviderUnavailable(f"openai: malformed chunk: {exc}") from exc
+    if "error" in chunk:
+        raise in_stream_error(chunk["error"], data)
+    events: list[ProviderEvent] = []
+    for choice in chunk.get("choices") or ():
+        text = (choice.get("delta") or {}).get("content")
+        if text:
+            events.append(TextDelta(text))
+        state.finish(choice.get("finish_reason"))
+    state.read_usage(chunk.get("usage"))
+    return events
+
+
+def _completion(body: Any, state: _StreamState) -> list[ProviderEvent]:
+    """A whole ``chat.completion`` object, as a server that does not stream sends it."""
+    if "error" in body:
+        raise in_stream_error(body["error"], json.dumps(body))
+    events: list[ProviderEvent] = []
+    for choice in body.get("choices") or ():
+        text = (choice.get("message") or {}).get("content")
+        if text:
+            events.append(TextDelta(text))
+        state.finish(choice.get("finish_reason"))
+    state.ended = True
+    state.read_usage(body.get("usage"))
+    return events
