@@ -107,6 +107,33 @@ class ChatRequestV1(Contract):
     tier: str | None = None
 
 
+class EmbeddingRequestV1(Contract):
+    """A client's embeddings request (``POST /v1/embeddings``), on ``tollgate.requests`` beside
+    chat requests: the same identity, policy, metering and reply addressing, with inputs
+    (texts, or token arrays for providers that take them) in place of messages."""
+
+    SCHEMA: ClassVar[str] = "tollgate.embedding_request.v1"
+    kind: Literal["embedding_request"] = "embedding_request"
+    request_id: str = Field(default_factory=new_request_id)
+    principal: str
+    groups: tuple[str, ...] = ()
+    model: str | None = None
+    inputs: tuple[str | tuple[NonNegativeInt, ...], ...] = Field(min_length=1)
+    #: the length the client asked the vectors to have, where the model can shorten them
+    dimensions: Annotated[int, Field(ge=1)] | None = None
+    #: what the texts are for, where the model distinguishes (Cohere's ``input_type``)
+    input_type: str | None = None
+    channel: str | None = None
+    conversation_id: str | None = None
+    protocol: Literal["appsync", "openai"] = "openai"
+    reply_to: ReplyTo
+    created_at: datetime = Field(default_factory=utcnow)
+    allowed_models: tuple[str, ...] | None = None
+    tier: str | None = None
+    #: chat fields the meter reads from any request: an embedding produces no output
+    max_tokens: Literal[0] = 0
+
+
 # --- tollgate.admitted -----------------------------------------------------------------------
 
 
@@ -118,6 +145,21 @@ class AdmissionV1(Contract):
     request: ChatRequestV1
     reserved_input_tokens: NonNegativeInt
     reserved_output_tokens: NonNegativeInt
+    admitted_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+
+class EmbeddingAdmissionV1(Contract):
+    """The meter's admission of an embeddings request: input tokens reserved, no output."""
+
+    SCHEMA: ClassVar[str] = "tollgate.embedding_admission.v1"
+    kind: Literal["embedding_admission"] = "embedding_admission"
+    request: EmbeddingRequestV1
+    reserved_input_tokens: NonNegativeInt
+    reserved_output_tokens: Literal[0] = 0
     admitted_at: datetime = Field(default_factory=utcnow)
 
     @property
@@ -160,6 +202,20 @@ class ReplyErrorV1(_ReplyBase):
 
 ReplyV1 = Annotated[ReplyChunkV1 | ReplyDoneV1 | ReplyErrorV1, Field(discriminator="kind")]
 REPLY_SCHEMA = "tollgate.reply.v1"
+
+
+class EmbeddingsChunkV1(_ReplyBase):
+    """Some of an embeddings request's vectors, in input order from ``first_index``; a
+    request's vectors come in as many chunks as keep each record under the size limit, and
+    its reply stream ends, as a chat's does, with a ``done`` (the usage) or an ``error``.
+
+    Each vector is the base64 of its little-endian float32 values: the OpenAI API's own
+    ``encoding_format: base64``, a third of the size of JSON numbers."""
+
+    SCHEMA: ClassVar[str] = "tollgate.embeddings.v1"
+    kind: Literal["embeddings"] = "embeddings"
+    first_index: NonNegativeInt
+    vectors: tuple[str, ...]
 
 
 # --- tollgate.usage --------------------------------------------------------------------------
@@ -211,6 +267,8 @@ class RequestLogV1(Contract):
     protocol: Literal["appsync", "openai"] = "appsync"
     started_at: datetime
     finished_at: datetime = Field(default_factory=utcnow)
+    #: what was asked of the model; older producers sent chat requests only
+    operation: Literal["chat", "embeddings"] = "chat"
     #: the token figures were counted by the router, the provider having reported none
     usage_estimated: bool = False
     usage_estimated_by: str | None = None
@@ -245,6 +303,9 @@ __all__ = [
     "ChatMessage",
     "ChatRequestV1",
     "Contract",
+    "EmbeddingAdmissionV1",
+    "EmbeddingRequestV1",
+    "EmbeddingsChunkV1",
     "ErrorInfo",
     "ReplyChunkV1",
     "ReplyDoneV1",

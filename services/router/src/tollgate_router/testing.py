@@ -7,7 +7,10 @@ One :class:`FakeProviderServer` answers all three APIs from a script of :class:`
   (CRC-checked prelude and message, string headers), in-stream exception frames, pre-stream
   errors with ``x-amzn-ErrorType``;
 - OpenAI ``POST /v1/chat/completions``: SSE chunks, the ``include_usage`` chunk, ``[DONE]``;
-- Anthropic ``POST /v1/messages``: SSE ``message_start`` … ``message_stop``, ``error`` events.
+- Anthropic ``POST /v1/messages``: SSE ``message_start`` … ``message_stop``, ``error`` events;
+- embeddings: Bedrock ``POST /model/{id}/invoke`` in Titan Text Embeddings' and Cohere Embed's
+  body formats (with the ``x-amzn-bedrock-input-token-count`` header) and OpenAI
+  ``POST /v1/embeddings``; vectors from :func:`fake_vector`, one token a word.
 
 The event-stream encoder is written here (framing per the AWS event-stream spec) because
 botocore only decodes; it is checked against botocore's decoder and boto3 in the tests.
@@ -133,6 +136,7 @@ class FakeProviderServer:
                 Route("/model/{model:path}", self._bedrock, methods=["POST"]),
                 Route("/v1/chat/completions", self._openai, methods=["POST"]),
                 Route("/v1/messages", self._anthropic, methods=["POST"]),
+                Route("/v1/embeddings", self._openai_embeddings, methods=["POST"]),
             ]
         )
         self._http = HttpServer(app, host="127.0.0.1", port=port)
@@ -166,6 +170,8 @@ class FakeProviderServer:
 
     async def _bedrock(self, request: Request) -> Response:
         s = await self._receive(request)
+        if s.status < 400 and request.url.path.endswith("/invoke"):
+            return _bedrock_invoke(request.path_params["model"], self.received[-1].body)
         if s.status >= 400:
             return JSONResponse(
                 {"message": f"fake {s.error_type}"},
@@ -234,6 +240,25 @@ class FakeProviderServer:
         events = _openai_events(self._paced(s), s, base, usage)
         return StreamingResponse(events, media_type="text/event-stream")
 
+    async def _openai_embeddings(self, request: Request) -> Response:
+        s = await self._receive(request)
+        if s.status >= 400:
+            return JSONResponse(
+                {"error": {"message": "fake error", "type": s.error_type}}, s.status
+            )
+        body = self.received[-1].body
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        dims = int(body.get("dimensions") or 8)
+        data = [
+            {"object": "embedding", "index": i, "embedding": fake_vector(_text_of(x), dims)}
+            for i, x in enumerate(inputs)
+        ]
+        tokens = sum(len(x) if isinstance(x, list) else fake_tokens(x) for x in inputs)
+        answer: dict[str, Any] = {"object": "list", "data": data[::-1], "model": body["model"]}
+        if "no_usage" not in s.deviations:
+            answer["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return JSONResponse(answer)
+
     # -- Anthropic ---------------------------------------------------------------------------
 
     async def _anthropic(self, request: Request) -> Response:
@@ -289,6 +314,51 @@ class FakeProviderServer:
             yield sse("message_stop", {})
 
         return StreamingResponse(events(), media_type="text/event-stream")
+
+
+def fake_vector(text: str, dimensions: int) -> list[float]:
+    """A deterministic vector for ``text``: sixteenths in [-0.5, 0.5), exact in float32."""
+    seed = zlib.crc32(text.encode())
+    return [((seed * (i + 1) * 2654435761 >> 7) % 16) / 16 - 0.5 for i in range(dimensions)]
+
+
+def fake_tokens(text: str) -> int:
+    """The fakes' tokenizer: one token a word."""
+    return len(text.split())
+
+
+def _text_of(item: object) -> str:
+    return item if isinstance(item, str) else " ".join(str(t) for t in item)  # type: ignore[attr-defined]
+
+
+def _bedrock_invoke(model: str, body: dict[str, Any]) -> Response:
+    """InvokeModel of an embedding model, in the model's own format."""
+    if "titan-embed" in model:
+        text = body["inputText"]
+        tokens = fake_tokens(text)
+        dims = int(body.get("dimensions") or (1024 if "v2" in model else 1536))
+        answer: dict[str, Any] = {
+            "embedding": fake_vector(text, dims),
+            "inputTextTokenCount": tokens,
+        }
+    elif "cohere.embed" in model:
+        tokens = sum(fake_tokens(t) for t in body["texts"])
+        dims = int(body.get("output_dimension") or 1024)
+        vectors = [fake_vector(t, dims) for t in body["texts"]]
+        by_type = "embedding_types" in body
+        answer = {
+            "id": "emb-1",
+            "texts": body["texts"],
+            "embeddings": {"float": vectors} if by_type else vectors,
+            "response_type": "embeddings_by_type" if by_type else "embeddings_floats",
+        }
+    else:
+        return JSONResponse(
+            {"message": f"fake: {model} is not an embedding model"},
+            400,
+            headers={"x-amzn-ErrorType": "ValidationException:http://internal.amazon.com/coral/"},
+        )
+    return JSONResponse(answer, headers={"x-amzn-bedrock-input-token-count": str(tokens)})
 
 
 def _openai_completion(

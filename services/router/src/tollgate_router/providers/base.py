@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from tollgate_core.contracts import ChatMessage, Usage
 
@@ -44,4 +44,32 @@ class Provider(Protocol):
 
     def stream(self, request: ProviderRequest) -> AsyncIterator[ProviderEvent]:
         """Yield text deltas, then exactly one :class:`Finished`."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingCall:
+    """One embeddings request as a provider receives it."""
+
+    model: str
+    inputs: tuple[str | tuple[int, ...], ...]
+    dimensions: int | None = None
+    input_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Embeddings:
+    """The vectors, in input order, and the input tokens the provider reported (None: it
+    reported none, and the router counts them)."""
+
+    vectors: tuple[tuple[float, ...], ...]
+    input_tokens: int | None
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    name: str
+
+    async def embed(self, call: EmbeddingCall) -> Embeddings:
+        """The vectors of ``call.inputs``; raises a ProviderError like :meth:`Provider.stream`."""
         ...

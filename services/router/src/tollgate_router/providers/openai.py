@@ -21,7 +21,14 @@ from tollgate_router.providers._http import (
     iter_sse,
     translate_httpx,
 )
-from tollgate_router.providers.base import Finished, ProviderEvent, ProviderRequest, TextDelta
+from tollgate_router.providers.base import (
+    EmbeddingCall,
+    Embeddings,
+    Finished,
+    ProviderEvent,
+    ProviderRequest,
+    TextDelta,
+)
 
 _STOP = {"stop": "end_turn", "length": "max_tokens", "content_filter": "content_filtered"}
 
@@ -46,6 +53,7 @@ class OpenAIProvider:
     ) -> None:
         self._client = client
         self._url = base_url.rstrip("/") + "/chat/completions"
+        self._embeddings_url = base_url.rstrip("/") + "/embeddings"
         self._headers = {"accept": "text/event-stream"}
         if api_key:
             self._headers["authorization"] = f"Bearer {api_key}"
@@ -83,6 +91,37 @@ class OpenAIProvider:
                         for event in _chunk_events(sse.data, state):
                             yield event
         yield state.finished()
+
+    async def embed(self, call: EmbeddingCall) -> Embeddings:
+        """``POST /embeddings``: texts or token arrays in, float vectors out (``dimensions``
+        passed through: the server refuses a length its model cannot give)."""
+        body: dict[str, Any] = {
+            "model": call.model,
+            "input": [list(i) if isinstance(i, tuple) else i for i in call.inputs],
+            "encoding_format": "float",
+        }
+        if call.dimensions is not None:
+            body["dimensions"] = call.dimensions
+        headers = {k: v for k, v in self._headers.items() if k != "accept"}
+        with translate_httpx(self.name):
+            async with self._client.stream(
+                "POST", self._embeddings_url, json=body, headers=headers
+            ) as response:
+                raw = await response.aread()
+                if response.status_code >= 400:
+                    raise from_http_status(response.status_code, f"openai: {error_message(raw)}")
+                return _embeddings(json.loads(raw), len(call.inputs))
+
+
+def _embeddings(body: Any, count: int) -> Embeddings:
+    """An embeddings response: ``data`` in any order (by ``index``), ``usage`` if sent."""
+    data = sorted(body["data"], key=lambda d: int(d.get("index", 0)))
+    if len(data) != count:
+        raise ProviderUnavailable(f"openai: {len(data)} embeddings for {count} inputs")
+    vectors = tuple(tuple(float(x) for x in d["embedding"]) for d in data)
+    usage = body.get("usage")
+    tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+    return Embeddings(vectors, None if tokens is None else int(tokens))
 
 
 class _StreamState:
