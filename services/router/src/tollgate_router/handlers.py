@@ -32,6 +32,9 @@ from tollgate_core.bus import Delivered, Publisher
 from tollgate_core.contracts import (
     AdmissionV1,
     ChatRequestV1,
+    EmbeddingAdmissionV1,
+    EmbeddingRequestV1,
+    EmbeddingsChunkV1,
     ErrorInfo,
     ReplyChunkV1,
     ReplyDoneV1,
@@ -44,9 +47,10 @@ from tollgate_core.contracts import (
 )
 from tollgate_core.errors import TollgateError
 from tollgate_core.telemetry import REQUEST_LATENCY_BUCKETS, TIME_TO_FIRST_TOKEN_BUCKETS
-from tollgate_router import genai
+from tollgate_router import embedding, genai
 from tollgate_router.catalog import CatalogSource, ModelSpec
 from tollgate_router.errors import (
+    InvalidProviderRequest,
     ModelNotAllowed,
     ModelNotFound,
     ProviderError,
@@ -55,13 +59,28 @@ from tollgate_router.errors import (
 )
 from tollgate_router.journal import Claim, InMemoryJournal, RequestJournal
 from tollgate_router.prepared import PreparedStore, prepared_key
-from tollgate_router.providers.base import Finished, Provider, ProviderRequest, TextDelta
+from tollgate_router.providers.base import (
+    Embeddings,
+    Finished,
+    Provider,
+    ProviderRequest,
+    TextDelta,
+)
 from tollgate_router.providers.local import count_tokens
-from tollgate_router.resilience import Outcome, ResilientRouter, RetryPolicy, Timeouts
+from tollgate_router.resilience import (
+    Outcome,
+    ResilientRouter,
+    RetryPolicy,
+    Timeouts,
+    call_once,
+)
 from tollgate_router.streaming import ChunkWriter, Coalescing
 from tollgate_router.tokens import TokenCounters, count_chat
 
-Reply = TypeVar("Reply", ReplyChunkV1, ReplyDoneV1, ReplyErrorV1)
+Reply = TypeVar("Reply", ReplyChunkV1, ReplyDoneV1, ReplyErrorV1, EmbeddingsChunkV1)
+#: what the router serves: a chat or an embeddings request, and their admissions
+AnyRequest = ChatRequestV1 | EmbeddingRequestV1
+AnyAdmission = AdmissionV1 | EmbeddingAdmissionV1
 #: a stored terminal reply, told apart by its own ``kind``
 _REPLY: TypeAdapter[ReplyChunkV1 | ReplyDoneV1 | ReplyErrorV1] = TypeAdapter(ReplyV1)
 
@@ -140,7 +159,7 @@ class GenerationHandler:
         )
         self.coalescing = coalescing or Coalescing()
 
-    async def __call__(self, delivered: Delivered[AdmissionV1]) -> None:
+    async def __call__(self, delivered: Delivered[AnyAdmission]) -> None:
         request = delivered.event.request
         owner = uuid.uuid4().hex
         claim = await self._journal.claim(
@@ -173,7 +192,7 @@ class GenerationHandler:
             except TollgateError as exc:
                 logger.warning("lease of %s not renewed: %s", request_id, exc.message)
 
-    async def _handle(self, request: ChatRequestV1, claim: Claim, admission: AdmissionV1) -> None:
+    async def _handle(self, request: AnyRequest, claim: Claim, admission: AnyAdmission) -> None:
         if claim.previous is not None:
             REDELIVERED.labels(claim.previous).inc()
             logger.info(
@@ -190,7 +209,10 @@ class GenerationHandler:
             if claim.previous == "streaming":
                 await self._interrupted(request)
                 return
-        await self._serve(request, admission)
+        if isinstance(admission, EmbeddingAdmissionV1):
+            await self._serve_embeddings(admission)
+        else:
+            await self._serve(admission.request, admission)
 
     # -- serving ---------------------------------------------------------------------------
 
@@ -218,6 +240,11 @@ class GenerationHandler:
                 error = ModelNotFound(f"unknown model {model_id!r}")
             elif not spec.allows(request.groups):
                 error = ModelNotAllowed(f"model {model_id!r} is not allowed for your groups")
+            elif spec.kind != "chat":
+                error = InvalidProviderRequest(
+                    f"model {model_id!r} is an embedding model: use /v1/embeddings",
+                    details={"param": "model"},
+                )
             elif self._max_age is not None and (
                 (age := (self._clock() - admission.admitted_at).total_seconds()) > self._max_age
             ):
@@ -337,6 +364,97 @@ class GenerationHandler:
                 ),
             )
 
+    async def _serve_embeddings(self, admission: EmbeddingAdmissionV1) -> None:
+        """Answer an embeddings request: its vectors in as many chunks as they need, then a
+        done with the usage; no fallback (see :mod:`tollgate_router.embedding`)."""
+        request = admission.request
+        model_id = request.model or self._catalog.current.default_model
+        started_at, t0 = utcnow(), time.perf_counter()
+        spec = self._catalog.current.get(model_id)
+        error = self._refusal(spec, model_id, request.groups, admission.admitted_at)
+        if error is None and spec is not None:
+            error = embedding.check(spec, request)
+        if error is not None or spec is None:
+            assert error is not None  # noqa: S101
+            await self._fail_before_start(request, model_id, error, started_at, t0)
+            return
+        outcome = Outcome(model=spec)
+        try:
+            with tracer.start_as_current_span(
+                f"embeddings {spec.id}",
+                attributes={
+                    "gen_ai.operation.name": "embeddings",
+                    "gen_ai.request.model": spec.id,
+                    "tollgate.request_id": request.request_id,
+                },
+            ):
+                result = await call_once(
+                    self._router, spec, embedding.call_of(spec, request), outcome
+                )
+        except ProviderError as exc:
+            terminal = self.event(
+                request, ReplyErrorV1, seq=0, model=spec.id, error=_error_info(exc)
+            )
+            await self._settle(
+                request, spec, outcome.provider or self._provider_type(spec), "error", Usage(),
+                started_at, t0, error_type=exc.error_type, outcome=outcome, terminal=terminal,
+            )  # fmt: skip
+            return
+        await self._deliver_embeddings(request, spec, result, outcome, started_at, t0)
+
+    async def _deliver_embeddings(
+        self,
+        request: EmbeddingRequestV1,
+        spec: ModelSpec,
+        result: Embeddings,
+        outcome: Outcome,
+        started_at: datetime,
+        t0: float,
+    ) -> None:
+        estimated_by: str | None = None
+        tokens = result.input_tokens
+        if tokens is None:
+            counter = self._counters.get(spec.tokenizer)
+            tokens, estimated_by = embedding.count_inputs(counter, request.inputs), counter.name
+        usage = Usage(input_tokens=tokens)
+        await self._journal.streaming(request.request_id)
+        seq = 0
+        for first, vectors in embedding.pack(result.vectors):
+            await self.reply(
+                request, EmbeddingsChunkV1, seq=seq, model=spec.id, first_index=first,
+                vectors=vectors,
+            )  # fmt: skip
+            seq += 1
+        latency_ms = int((time.perf_counter() - t0) * 1000)
+        terminal = self.event(
+            request, ReplyDoneV1, seq=seq, model=spec.id, usage=usage, latency_ms=latency_ms
+        )
+        await self._settle(
+            request, spec, outcome.provider, "ok", usage, started_at, t0, outcome=outcome,
+            estimated_by=estimated_by, terminal=terminal,
+        )  # fmt: skip
+
+    def _refusal(
+        self,
+        spec: ModelSpec | None,
+        model_id: str,
+        groups: tuple[str, ...],
+        admitted_at: datetime,
+    ) -> ProviderError | None:
+        """Why a request may not run at all: no such model, not the caller's, or admitted
+        so long ago that its reservation may have been released."""
+        if spec is None:
+            return ModelNotFound(f"unknown model {model_id!r}")
+        if not spec.allows(groups):
+            return ModelNotAllowed(f"model {model_id!r} is not allowed for your groups")
+        age = (self._clock() - admitted_at).total_seconds()
+        if self._max_age is not None and age > self._max_age:
+            return RequestExpired(
+                f"the request waited {age:.0f} s for a model; its token reservation may"
+                " have been released: send it again"
+            )
+        return None
+
     def _count(self, request: ChatRequestV1, spec: ModelSpec, sent: list[str]) -> tuple[Usage, str]:
         """The usage of an answer whose provider reported none, counted with the served
         model's tokenizer (or the estimate), and what counted it."""
@@ -403,7 +521,7 @@ class GenerationHandler:
 
     async def _fail_before_start(
         self,
-        request: ChatRequestV1,
+        request: AnyRequest,
         model_id: str,
         error: ProviderError,
         started_at: datetime,
@@ -433,7 +551,7 @@ class GenerationHandler:
         except (KeyError, TollgateError):
             return spec.provider
 
-    async def _interrupted(self, request: ChatRequestV1) -> None:
+    async def _interrupted(self, request: AnyRequest) -> None:
         """A router died mid-stream: end the client's stream and settle once, without calling
         the provider again (its usage for the dead stream is not knowable)."""
         model_id = request.model or self._catalog.current.default_model
@@ -461,7 +579,7 @@ class GenerationHandler:
 
     async def reply(
         self,
-        request: ChatRequestV1,
+        request: AnyRequest,
         kind: type[Reply],
         *,
         seq: int,
@@ -472,7 +590,7 @@ class GenerationHandler:
 
     @staticmethod
     def event(
-        request: ChatRequestV1,
+        request: AnyRequest,
         kind: type[Reply],
         *,
         seq: int,
@@ -490,7 +608,9 @@ class GenerationHandler:
         )
 
     async def _send_reply(
-        self, request: ChatRequestV1, event: ReplyChunkV1 | ReplyDoneV1 | ReplyErrorV1
+        self,
+        request: AnyRequest,
+        event: ReplyChunkV1 | ReplyDoneV1 | ReplyErrorV1 | EmbeddingsChunkV1,
     ) -> None:
         await self._publisher.publish(
             request.reply_to.topic,
@@ -501,7 +621,7 @@ class GenerationHandler:
 
     async def _settle(
         self,
-        request: ChatRequestV1,
+        request: AnyRequest,
         spec: ModelSpec,
         provider: str,
         status: str,
@@ -563,6 +683,7 @@ class GenerationHandler:
             conversation_id=request.conversation_id,
             protocol=request.protocol,
             started_at=started_at,
+            operation="embeddings" if isinstance(request, EmbeddingRequestV1) else "chat",
             usage_estimated=estimated_by is not None,
             usage_estimated_by=estimated_by,
         )
@@ -591,7 +712,7 @@ class GenerationHandler:
         )
 
     async def _publish_records(
-        self, request: ChatRequestV1, record: UsageRecordV1, log: RequestLogV1
+        self, request: AnyRequest, record: UsageRecordV1, log: RequestLogV1
     ) -> None:
         # two topics, no order between them to keep: one acknowledgement round, not two
         await asyncio.gather(
@@ -599,7 +720,7 @@ class GenerationHandler:
             self._publisher.publish(topics.LOGS, log, key=request.principal),
         )
 
-    async def _republish(self, request: ChatRequestV1, records: str) -> None:
+    async def _republish(self, request: AnyRequest, records: str) -> None:
         data = json.loads(records)
         record = UsageRecordV1.model_validate_json(data["usage"])
         log = RequestLogV1.model_validate_json(data["log"])
