@@ -6,7 +6,13 @@ import math
 from dataclasses import dataclass
 
 from tollgate_core.bus.codec import encode
-from tollgate_core.contracts import AdmissionV1, ChatRequestV1, UsageRecordV1
+from tollgate_core.contracts import (
+    AdmissionV1,
+    ChatRequestV1,
+    EmbeddingAdmissionV1,
+    EmbeddingRequestV1,
+    UsageRecordV1,
+)
 from tollgate_core.errors import RequestError
 from tollgate_core.limits import INT32_MAX, Limits, check_text, check_tokens
 
@@ -22,7 +28,13 @@ class Estimate:
     output_tokens: int
 
 
-def estimate(request: ChatRequestV1, *, default_max_tokens: int) -> Estimate:
+#: what the meter admits: a chat or an embeddings request
+AnyRequest = ChatRequestV1 | EmbeddingRequestV1
+
+
+def estimate(request: AnyRequest, *, default_max_tokens: int) -> Estimate:
+    if isinstance(request, EmbeddingRequestV1):
+        return estimate_embeddings(request)
     chars = sum(len(t) for t in request.system)
     chars += sum(len(b.text) for m in request.messages for b in m.content)
     overhead = MESSAGE_OVERHEAD_TOKENS * (len(request.messages) + len(request.system))
@@ -33,11 +45,33 @@ def estimate(request: ChatRequestV1, *, default_max_tokens: int) -> Estimate:
     return Estimate(input_tokens, output_tokens)
 
 
+def estimate_embeddings(request: EmbeddingRequestV1) -> Estimate:
+    """Input tokens only, an embedding having no output: a token array is its own length,
+    a text is counted at :data:`CHARS_PER_TOKEN` (no chat template around it)."""
+    input_tokens = sum(
+        len(i) if isinstance(i, tuple) else math.ceil(len(i) / CHARS_PER_TOKEN)
+        for i in request.inputs
+    )
+    if input_tokens > INT32_MAX:
+        raise RequestError("input: the request is too large to meter", details={"field": "input"})
+    return Estimate(input_tokens, 0)
+
+
+def admission_of(request: AnyRequest, est: Estimate) -> AdmissionV1 | EmbeddingAdmissionV1:
+    if isinstance(request, EmbeddingRequestV1):
+        return EmbeddingAdmissionV1(request=request, reserved_input_tokens=est.input_tokens)
+    return AdmissionV1(
+        request=request,
+        reserved_input_tokens=est.input_tokens,
+        reserved_output_tokens=est.output_tokens,
+    )
+
+
 #: longest text the meter stores for a principal, a model or a request id
 MAX_TEXT_CHARS = 512
 
 
-def validate_request(request: ChatRequestV1, limits: Limits) -> None:
+def validate_request(request: AnyRequest, limits: Limits) -> None:
     """Refuse, before the ledger, a request the ledger could not store or the router could
     not be handed: raises :class:`RequestError` naming the field."""
     check_text("request_id", request.request_id, max_chars=MAX_TEXT_CHARS)
@@ -46,8 +80,7 @@ def validate_request(request: ChatRequestV1, limits: Limits) -> None:
     for group in request.groups:
         check_text("groups", group, max_chars=MAX_TEXT_CHARS)
     check_tokens("max_tokens", request.max_tokens, limit=limits.max_tokens)
-    admission = AdmissionV1(request=request, reserved_input_tokens=0, reserved_output_tokens=0)
-    size = len(encode(admission))
+    size = len(encode(admission_of(request, Estimate(0, 0))))
     if size > limits.max_record_bytes:
         raise RequestError(
             f"messages: the request is too large ({size} bytes encoded, at most"

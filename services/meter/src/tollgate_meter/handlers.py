@@ -12,8 +12,7 @@ from prometheus_client import Counter, Histogram
 from tollgate_core import topics
 from tollgate_core.bus import Delivered, Publisher
 from tollgate_core.contracts import (
-    AdmissionV1,
-    ChatRequestV1,
+    EmbeddingRequestV1,
     ErrorInfo,
     ReplyErrorV1,
     RequestLogV1,
@@ -24,7 +23,14 @@ from tollgate_core.health import Health
 from tollgate_core.limits import Limits, count_bad_input
 from tollgate_meter.adapters.ledger import AdmissionRequest, Ledger
 from tollgate_meter.batching import AdmissionBatcher
-from tollgate_meter.domain import estimate, validate_request, validate_usage
+from tollgate_meter.domain import (
+    AnyRequest,
+    Estimate,
+    admission_of,
+    estimate,
+    validate_request,
+    validate_usage,
+)
 from tollgate_meter.limits import with_policy_tier
 
 logger = logging.getLogger(__name__)
@@ -62,7 +68,7 @@ class AdmissionHandler:
         self._default_max_tokens = default_max_tokens
         self._fail_open = fail_open
 
-    async def __call__(self, delivered: Delivered[ChatRequestV1]) -> None:
+    async def __call__(self, delivered: Delivered[AnyRequest]) -> None:
         request = delivered.event
         with tracer.start_as_current_span(
             "meter.admit",
@@ -112,21 +118,17 @@ class AdmissionHandler:
                 ),
             )
 
-    async def _admit(self, request: ChatRequestV1, reserved_in: int, reserved_out: int) -> None:
+    async def _admit(self, request: AnyRequest, reserved_in: int, reserved_out: int) -> None:
         # Published again on redelivery: the decision may have been written by a run that
         # died before its admission reached Kafka. The router de-duplicates.
         await self._publisher.publish(
             topics.ADMITTED,
-            AdmissionV1(
-                request=request,
-                reserved_input_tokens=reserved_in,
-                reserved_output_tokens=reserved_out,
-            ),
+            admission_of(request, Estimate(reserved_in, reserved_out)),
             key=request.principal,
         )
 
     async def _unavailable(
-        self, request: ChatRequestV1, exc: DependencyUnavailable, est_in: int, est_out: int
+        self, request: AnyRequest, exc: DependencyUnavailable, est_in: int, est_out: int
     ) -> None:
         if self._fail_open:
             DECISIONS.labels("admitted_fail_open").inc()
@@ -147,7 +149,7 @@ class AdmissionHandler:
             ),
         )
 
-    async def _bad_request(self, request: ChatRequestV1, exc: RequestError) -> None:
+    async def _bad_request(self, request: AnyRequest, exc: RequestError) -> None:
         DECISIONS.labels("invalid").inc()
         count_bad_input("meter.admission", exc.details.get("field"))
         logger.info("refusing %s as invalid: %s", request.request_id, exc.message)
@@ -156,7 +158,7 @@ class AdmissionHandler:
             ErrorInfo(type=exc.error_type, message=exc.message, details=dict(exc.details)),
         )
 
-    async def _refuse(self, request: ChatRequestV1, error: ErrorInfo) -> None:
+    async def _refuse(self, request: AnyRequest, error: ErrorInfo) -> None:
         await self._publisher.publish(
             request.reply_to.topic,
             ReplyErrorV1(
@@ -184,6 +186,7 @@ class AdmissionHandler:
                 conversation_id=request.conversation_id,
                 protocol=request.protocol,
                 started_at=request.created_at,
+                operation="embeddings" if isinstance(request, EmbeddingRequestV1) else "chat",
             ),
             key=request.principal,
         )
