@@ -9,10 +9,11 @@ from typing import Any
 
 import botocore.session
 import httpx
+from pydantic import TypeAdapter
 
 from tollgate_core import topics
 from tollgate_core.bus import Decoder, EventConsumer, EventProducer
-from tollgate_core.contracts import REPLY_SCHEMA, ReplyV1
+from tollgate_core.contracts import REPLY_SCHEMA, EmbeddingsChunkV1, ReplyV1
 from tollgate_core.errors import ConfigurationError, DependencyUnavailable
 from tollgate_core.health import Health
 from tollgate_core.http import HttpServer
@@ -40,6 +41,14 @@ from tollgate_stream.subscriptions import Subscriptions
 from tollgate_stream.waiters import ReplyWaiters
 
 logger = logging.getLogger(__name__)
+
+#: what the replies topic carries: chat replies and, for embeddings requests, vector chunks
+REPLIES: Decoder[Any] = Decoder(
+    {
+        REPLY_SCHEMA: TypeAdapter(ReplyV1),
+        EmbeddingsChunkV1.SCHEMA: TypeAdapter(EmbeddingsChunkV1),
+    }
+)
 
 
 async def relay(settings: StreamSettings, stop: asyncio.Event) -> None:
@@ -232,7 +241,7 @@ def reply_consumers(
             topics=[topics.REPLIES],
             partitions=partitions,
             from_latest=True,
-            decoder=Decoder.union(REPLY_SCHEMA, ReplyV1),
+            decoder=REPLIES,
             handler=ReplyDispatcher(sink, waiters),
             dead_letter=producer,
             accept=local_interest(

@@ -34,6 +34,7 @@ from tollgate_stream.errors import OpenAIError
 from tollgate_stream.gateway import Gateway
 from tollgate_stream.openai import schema
 from tollgate_stream.openai.auth import BearerAuthenticator, bearer_token
+from tollgate_stream.openai.embeddings import EmbeddingsEndpoint
 from tollgate_stream.openai.models import ModelCatalog
 from tollgate_stream.waiters import Reply, ReplyWaiters, Waiter, WaiterOverflow
 
@@ -69,10 +70,14 @@ class OpenAIApi:
         self._auth = authenticator
         self._catalog = catalog
         self._timeout = reply_timeout_s
+        self._embeddings = EmbeddingsEndpoint(
+            gateway, waiters, authenticator, reply_timeout_s=reply_timeout_s
+        )
 
     def routes(self) -> list[BaseRoute]:
         return [
             Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
+            Route("/v1/embeddings", self._embeddings.handle, methods=["POST"]),
             Route("/v1/models", self.models, methods=["GET"]),
         ]
 
@@ -176,7 +181,8 @@ class OpenAIApi:
             if isinstance(reply, ReplyDoneV1):
                 model = reply.model or chat.model
                 return schema.completion(waiter.request_id, created, model, "".join(parts), reply)
-            parts.append(reply.text)
+            if isinstance(reply, ReplyChunkV1):  # a chat request gets no other kind
+                parts.append(reply.text)
             reply = await self._next(waiter)
 
     async def _stream(
@@ -228,7 +234,7 @@ class OpenAIApi:
                             )
                         )
                     break
-                else:
+                elif isinstance(reply, ReplyErrorV1):
                     yield _sse(schema.error_from_reply(reply.error).body())
                     return
                 try:

@@ -195,7 +195,10 @@ def error_from_reply(error: ErrorInfo) -> OpenAIError:
     if kind == "unauthorized":
         return OpenAIError.unauthorized(error.message)
     if kind == "validation_error":
-        return OpenAIError.bad_request(error.message)
+        param = error.details.get("param")
+        return OpenAIError.bad_request(
+            error.message, param=param if isinstance(param, str) else None
+        )
     if kind in (
         "provider_throttled",
         "service_unavailable",
