@@ -396,21 +396,30 @@ class GenerationHandler:
                 request, ReplyErrorV1, seq=0, model=spec.id, error=_error_info(exc)
             )
             await self._settle(
-                request, spec, outcome.provider or self._provider_type(spec), "error", Usage(),
-                started_at, t0, error_type=exc.error_type, outcome=outcome, terminal=terminal,
-            )  # fmt: skip
+                request,
+                spec,
+                outcome.provider or self._provider_type(spec),
+                "error",
+                Usage(),
+                started_at,
+                t0,
+                error_type=exc.error_type,
+                outcome=outcome,
+                terminal=terminal,
+            )
             return
-        await self._deliver_embeddings(request, spec, result, outcome, started_at, t0)
+        await self._deliver_embeddings(request, result, outcome, (started_at, t0))
 
     async def _deliver_embeddings(
         self,
         request: EmbeddingRequestV1,
-        spec: ModelSpec,
         result: Embeddings,
         outcome: Outcome,
-        started_at: datetime,
-        t0: float,
+        started: tuple[datetime, float],
     ) -> None:
+        """Vector chunks, then the done; settled with the provider's input tokens (or the
+        router's count of them). ``started``: the request's start, wall clock and monotonic."""
+        spec = outcome.model
         estimated_by: str | None = None
         tokens = result.input_tokens
         if tokens is None:
@@ -421,18 +430,31 @@ class GenerationHandler:
         seq = 0
         for first, vectors in embedding.pack(result.vectors):
             await self.reply(
-                request, EmbeddingsChunkV1, seq=seq, model=spec.id, first_index=first,
+                request,
+                EmbeddingsChunkV1,
+                seq=seq,
+                model=spec.id,
+                first_index=first,
                 vectors=vectors,
-            )  # fmt: skip
+            )
             seq += 1
+        started_at, t0 = started
         latency_ms = int((time.perf_counter() - t0) * 1000)
         terminal = self.event(
             request, ReplyDoneV1, seq=seq, model=spec.id, usage=usage, latency_ms=latency_ms
         )
         await self._settle(
-            request, spec, outcome.provider, "ok", usage, started_at, t0, outcome=outcome,
-            estimated_by=estimated_by, terminal=terminal,
-        )  # fmt: skip
+            request,
+            spec,
+            outcome.provider,
+            "ok",
+            usage,
+            started_at,
+            t0,
+            outcome=outcome,
+            estimated_by=estimated_by,
+            terminal=terminal,
+        )
 
     def _refusal(
         self,
