@@ -329,6 +329,8 @@ class GenerationHandler:
                     ttft_ms=ttft_ms,
                     error_type=error.error_type,
                     outcome=outcome,
+                    # what the client received, counted here: the provider never said
+                    estimated_by="estimate" if outcome.started else None,
                     terminal=self.event(
                         request,
                         ReplyErrorV1,
