@@ -1,8 +1,9 @@
-"""The official ``openai`` SDK asks the whole gateway (edge, auth, meter, router as processes,
-on a broker and a database of their own) for embeddings from Bedrock Titan and from an
-OpenAI-compatible server that reports no usage: the vectors are the provider's, and the
-ledger holds the meter's exact reservation and the provider's reported (or the router's
-counted) input tokens."""
+"""The official ``openai`` SDK against the whole gateway (edge, auth, meter, router as
+processes, on a broker and a database of their own) with fake upstreams speaking Bedrock and
+the OpenAI API: embeddings from Bedrock Titan and from an OpenAI-compatible server that reports
+no usage — the vectors are the provider's, and the ledger holds the meter's exact reservation
+and the provider's reported (or the router's counted) input tokens — and chat with a server
+that sends no usage, streamed and whole, answered and counted."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from tollgate_dev.platform import TansuBroker, free_port
 from tollgate_dev.pytest_plugin import DatabaseFactory
 from tollgate_dev.stack import Stack, dev_auth_env, run_prepare
 from tollgate_router.testing import FakeProviderServer, Scenario, fake_vector
-from tollgate_router.tokens import estimate_tokens
+from tollgate_router.tokens import MESSAGE_OVERHEAD, estimate_tokens
 
 pytestmark = pytest.mark.e2e
 
@@ -49,6 +50,7 @@ def catalog(fake: FakeProviderServer) -> dict[str, Any]:
                 "input_price_per_mtok": "0.02",
             },
             {"id": "bge-small", "kind": "embedding", "provider": "llamacpp"},
+            {"id": "llama", "provider": "llamacpp"},
         ],
     }
 
@@ -99,6 +101,7 @@ async def test_sdk_embeddings_through_the_whole_gateway_are_metered_exactly(
             try:
                 await asyncio.to_thread(stack.start, timeout=90)
                 await _embeddings_round_trips(stack, fake, url)
+                await _chat_without_usage(stack, fake, url)
             except BaseException:
                 for service in SERVICES:
                     print(f"--- {service} ---\n{stack.logs(service)[-3000:]}")  # noqa: T201
@@ -149,3 +152,37 @@ async def _embeddings_round_trips(stack: Stack, fake: FakeProviderServer, url: s
         with pytest.raises(openai.BadRequestError) as exc:
             await client.embeddings.create(model="tollgate-local", input="hi")
         assert exc.value.param == "model"
+
+
+async def _chat_without_usage(stack: Stack, fake: FakeProviderServer, url: str) -> None:
+    """The issue's llama.cpp server: no usage in streams or whole answers, yet the answer
+    arrives and the ledger holds the router's count."""
+    fake.script = [Scenario(deviations=frozenset({"no_usage"}))]
+    expected = (
+        estimate_tokens("Say hi") + 2 * MESSAGE_OVERHEAD,
+        estimate_tokens("Hello from a fake model"),
+    )
+    token = await dev_token(stack.url("auth"), "pavel", ("premium",))
+    async with openai.AsyncOpenAI(
+        api_key=token, base_url=f"{stack.url('stream')}/v1", max_retries=0
+    ) as client:
+        whole = await client.chat.completions.create(
+            model="llama", messages=[{"role": "user", "content": "Say hi"}]
+        )
+        assert whole.choices[0].message.content == "Hello from a fake model"
+        assert whole.usage is not None
+        assert (whole.usage.prompt_tokens, whole.usage.completion_tokens) == expected
+        stream = await client.chat.completions.create(
+            model="llama",
+            messages=[{"role": "user", "content": "Say hi"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = [c async for c in stream]
+    text_ = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text_ == "Hello from a fake model"
+    usage = chunks[-1].usage
+    assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == expected
+    for request_id in (whole.id, chunks[0].id):
+        settled = await wait_settled(url, request_id.removeprefix("chatcmpl-"))
+        assert settled == ("settled", *expected, "pavel")
