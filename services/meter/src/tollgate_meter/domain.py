@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 
 from tollgate_core.bus.codec import encode
 from tollgate_core.contracts import (
     AdmissionV1,
+    AdmissionV2,
     ChatRequestV1,
+    ChatRequestV2,
     EmbeddingAdmissionV1,
     EmbeddingRequestV1,
+    ImageContent,
+    TextContent,
+    ToolResultContent,
+    ToolUseContent,
     UsageRecordV1,
 )
 from tollgate_core.errors import RequestError
@@ -20,6 +27,12 @@ from tollgate_core.limits import INT32_MAX, Limits, check_text, check_tokens
 #: reservation is replaced by the provider's real count at settlement.
 CHARS_PER_TOKEN = 3.0
 MESSAGE_OVERHEAD_TOKENS = 4
+#: an image, whatever its size: providers count up to about 1 600 tokens for one
+#: (Anthropic: width x height / 750, images scaled to at most 1.15 megapixels; OpenAI's
+#: high detail: 85 + 170 per 512-px tile, ~1 100 for 1024 x 1024)
+IMAGE_TOKENS = 1600
+#: what a tool definition costs beyond its JSON (providers wrap tools in a system prompt)
+TOOL_OVERHEAD_TOKENS = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,16 +41,32 @@ class Estimate:
     output_tokens: int
 
 
-#: what the meter admits: a chat or an embeddings request
-AnyRequest = ChatRequestV1 | EmbeddingRequestV1
+#: what the meter admits: a chat request of either version, or an embeddings request
+AnyRequest = ChatRequestV1 | ChatRequestV2 | EmbeddingRequestV1
 
 
 def estimate(request: AnyRequest, *, default_max_tokens: int) -> Estimate:
+    """Input: text, tool definitions, tool calls and results by characters, each image as
+    :data:`IMAGE_TOKENS`; output: the request's ``max_tokens`` or the default."""
     if isinstance(request, EmbeddingRequestV1):
         return estimate_embeddings(request)
+    request = ChatRequestV2.of(request)
     chars = sum(len(t) for t in request.system)
-    chars += sum(len(b.text) for m in request.messages for b in m.content)
+    images = 0
+    for block in (b for m in request.messages for b in m.content):
+        if isinstance(block, TextContent):
+            chars += len(block.text)
+        elif isinstance(block, ToolUseContent):
+            chars += len(block.id) + len(block.name) + len(_json(block.input))
+        elif isinstance(block, ToolResultContent):
+            chars += len(block.tool_use_id) + len(block.content)
+        elif isinstance(block, ImageContent):
+            images += 1
+    chars += sum(len(_json(t.model_dump())) for t in request.tools)
+    if request.response_format is not None and request.response_format.json_schema:
+        chars += len(_json(request.response_format.json_schema))
     overhead = MESSAGE_OVERHEAD_TOKENS * (len(request.messages) + len(request.system))
+    overhead += TOOL_OVERHEAD_TOKENS * len(request.tools) + IMAGE_TOKENS * images
     input_tokens = math.ceil(chars / CHARS_PER_TOKEN) + overhead
     output_tokens = request.max_tokens if request.max_tokens is not None else default_max_tokens
     if input_tokens + output_tokens > INT32_MAX:
@@ -57,18 +86,12 @@ def estimate_embeddings(request: EmbeddingRequestV1) -> Estimate:
     return Estimate(input_tokens, 0)
 
 
-def admission_of(request: AnyRequest, est: Estimate) -> AdmissionV1 | EmbeddingAdmissionV1:
-    if isinstance(request, EmbeddingRequestV1):
-        return EmbeddingAdmissionV1(request=request, reserved_input_tokens=est.input_tokens)
-    return AdmissionV1(
-        request=request,
-        reserved_input_tokens=est.input_tokens,
-        reserved_output_tokens=est.output_tokens,
-    )
-
-
 #: longest text the meter stores for a principal, a model or a request id
 MAX_TEXT_CHARS = 512
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def validate_request(request: AnyRequest, limits: Limits) -> None:
@@ -80,13 +103,30 @@ def validate_request(request: AnyRequest, limits: Limits) -> None:
     for group in request.groups:
         check_text("groups", group, max_chars=MAX_TEXT_CHARS)
     check_tokens("max_tokens", request.max_tokens, limit=limits.max_tokens)
-    size = len(encode(admission_of(request, Estimate(0, 0))))
+    admission = admission_of(request, 0, 0)
+    size = len(encode(admission))
     if size > limits.max_record_bytes:
         raise RequestError(
             f"messages: the request is too large ({size} bytes encoded, at most"
             f" {limits.max_record_bytes})",
             details={"field": "messages"},
         )
+
+
+def admission_of(
+    request: AnyRequest, reserved_in: int, reserved_out: int
+) -> AdmissionV1 | AdmissionV2 | EmbeddingAdmissionV1:
+    """The admission, in the request's own version: a router of the previous release still
+    takes a v1 request's. An embeddings request reserves no output."""
+    if isinstance(request, EmbeddingRequestV1):
+        return EmbeddingAdmissionV1(request=request, reserved_input_tokens=reserved_in)
+    if isinstance(request, ChatRequestV2):
+        return AdmissionV2(
+            request=request, reserved_input_tokens=reserved_in, reserved_output_tokens=reserved_out
+        )
+    return AdmissionV1(
+        request=request, reserved_input_tokens=reserved_in, reserved_output_tokens=reserved_out
+    )
 
 
 def validate_usage(usage: UsageRecordV1) -> None:

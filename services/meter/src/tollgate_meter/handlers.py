@@ -25,7 +25,6 @@ from tollgate_meter.adapters.ledger import AdmissionRequest, Ledger
 from tollgate_meter.batching import AdmissionBatcher
 from tollgate_meter.domain import (
     AnyRequest,
-    Estimate,
     admission_of,
     estimate,
     validate_request,
@@ -123,12 +122,16 @@ class AdmissionHandler:
         # died before its admission reached Kafka. The router de-duplicates.
         await self._publisher.publish(
             topics.ADMITTED,
-            admission_of(request, Estimate(reserved_in, reserved_out)),
+            admission_of(request, reserved_in, reserved_out),
             key=request.principal,
         )
 
     async def _unavailable(
-        self, request: AnyRequest, exc: DependencyUnavailable, est_in: int, est_out: int
+        self,
+        request: AnyRequest,
+        exc: DependencyUnavailable,
+        est_in: int,
+        est_out: int,
     ) -> None:
         if self._fail_open:
             DECISIONS.labels("admitted_fail_open").inc()

@@ -149,6 +149,12 @@ class Totals:
         self.output += other.output
         self.requests += other.requests
 
+    def plus(self, other: Totals) -> Totals:
+        """A new total of both."""
+        return Totals(
+            self.input + other.input, self.output + other.output, self.requests + other.requests
+        )
+
 
 @dataclass(frozen=True)
 class Bucket:
@@ -158,10 +164,7 @@ class Bucket:
 
     @property
     def counted(self) -> Totals:
-        t = Totals()
-        t.add(self.used)
-        t.add(self.reserved)
-        return t
+        return self.used.plus(self.reserved)
 
 
 @dataclass
@@ -175,10 +178,7 @@ class WindowUsage:
 
     @property
     def counted(self) -> Totals:
-        t = Totals()
-        t.add(self.used)
-        t.add(self.reserved)
-        return t
+        return self.used.plus(self.reserved)
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,12 @@ ProviderConfig = Annotated[
 ]
 
 
+#: what a model's ``drop_params`` may name
+DroppableParam = Literal[
+    "temperature", "top_p", "seed", "stop", "response_format", "tool_choice", "extras"
+]
+
+
 class ModelSpec(_Frozen):
     id: str = Field(min_length=1)
     kind: Literal["chat", "embedding"] = Field(
@@ -94,6 +100,11 @@ class ModelSpec(_Frozen):
         default=None,
         description="a Hugging Face tokenizer.json (relative to the catalog file) counting"
         " the tokens of a provider that reports no usage; without it, an estimate",
+    )
+    drop_params: tuple[DroppableParam, ...] = Field(
+        default=(),
+        description="parameters this model's provider cannot take that are dropped from a"
+        " request instead of refusing it",
     )
 
     @property

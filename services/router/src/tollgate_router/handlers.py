@@ -31,16 +31,23 @@ from tollgate_core import topics
 from tollgate_core.bus import Delivered, Publisher
 from tollgate_core.contracts import (
     AdmissionV1,
+    AdmissionV2,
     ChatRequestV1,
+    ChatRequestV2,
     EmbeddingAdmissionV1,
     EmbeddingRequestV1,
     EmbeddingsChunkV1,
     ErrorInfo,
+    ImageContent,
     ReplyChunkV1,
+    ReplyChunkV2,
     ReplyDoneV1,
     ReplyErrorV1,
     ReplyV1,
     RequestLogV1,
+    ToolCallDelta,
+    ToolResultContent,
+    ToolUseContent,
     Usage,
     UsageRecordV1,
     utcnow,
@@ -65,6 +72,7 @@ from tollgate_router.providers.base import (
     Provider,
     ProviderRequest,
     TextDelta,
+    ToolUseDelta,
 )
 from tollgate_router.providers.local import count_tokens
 from tollgate_router.resilience import (
@@ -77,10 +85,11 @@ from tollgate_router.resilience import (
 from tollgate_router.streaming import ChunkWriter, Coalescing
 from tollgate_router.tokens import TokenCounters, count_chat
 
-Reply = TypeVar("Reply", ReplyChunkV1, ReplyDoneV1, ReplyErrorV1, EmbeddingsChunkV1)
-#: what the router serves: a chat or an embeddings request, and their admissions
-AnyRequest = ChatRequestV1 | EmbeddingRequestV1
-AnyAdmission = AdmissionV1 | EmbeddingAdmissionV1
+Reply = TypeVar("Reply", ReplyChunkV1, ReplyChunkV2, ReplyDoneV1, ReplyErrorV1, EmbeddingsChunkV1)
+#: what the router serves: a chat request (worked on as v2) or an embeddings request, and the
+#: admissions that carry them
+AnyRequest = ChatRequestV2 | EmbeddingRequestV1
+AnyAdmission = AdmissionV1 | AdmissionV2 | EmbeddingAdmissionV1
 #: a stored terminal reply, told apart by its own ``kind``
 _REPLY: TypeAdapter[ReplyChunkV1 | ReplyDoneV1 | ReplyErrorV1] = TypeAdapter(ReplyV1)
 
@@ -113,20 +122,82 @@ LATENCY = Histogram(
 
 
 class _Stream:
-    """Reply publishing for one request: seq numbering and chunk coalescing."""
+    """Reply publishing for one request: seq numbering and chunk coalescing. A v2 request's
+    chunks are v2 (text or tool-call deltas); a v1 request's stay v1, for older edges. A tool
+    call's first piece (its id and name) goes out at once, its argument pieces coalesced as
+    text is."""
 
-    def __init__(self, handler: GenerationHandler, request: ChatRequestV1, model: str) -> None:
+    def __init__(
+        self, handler: GenerationHandler, request: ChatRequestV2, model: str, *, v2: bool
+    ) -> None:
         self.handler = handler
         self.request = request
         self.model = model
         self.seq = 0
+        self.v2 = v2
         self.writer = ChunkWriter(self._chunk, handler.coalescing)
+        self._call: ToolCallDelta | None = None
+        self._arguments = ChunkWriter(self._call_arguments, handler.coalescing)
+        self._block_offset: int | None = None
+        self._tool_sent: list[str] = []
 
     async def _chunk(self, text: str) -> None:
+        if self.v2:
+            await self.handler.reply(
+                self.request, ReplyChunkV2, seq=self.seq, model=self.model, text=text
+            )
+        else:
+            await self.handler.reply(
+                self.request, ReplyChunkV1, seq=self.seq, model=self.model, text=text
+            )
+        self.seq += 1
+
+    async def text(self, text: str) -> None:
+        await self._arguments.flush()
+        await self.writer.write(text)
+
+    async def tool(self, delta: ToolUseDelta) -> None:
+        """One tool-call delta, after the text before it; its content block index counts
+        a text block before the first call."""
+        if not self.v2:
+            logger.warning(
+                "request %s: tool call from a v1 request dropped", self.request.request_id
+            )
+            return
+        await self.writer.flush()
+        if self._block_offset is None:
+            self._block_offset = 1 if self.writer.sent else 0
+        if self._call is None or delta.id or delta.name or delta.index != self._call.index:
+            await self._arguments.flush()
+            self._call = ToolCallDelta(index=delta.index, block=delta.index + self._block_offset)
+            self._arguments = ChunkWriter(self._call_arguments, self.handler.coalescing)
+            if delta.id or delta.name:
+                start = self._call.model_copy(
+                    update={"id": delta.id, "name": delta.name, "arguments": delta.arguments}
+                )
+                await self._publish(start)
+                return
+        if delta.arguments:
+            await self._arguments.write(delta.arguments)
+
+    async def _call_arguments(self, arguments: str) -> None:
+        assert self._call is not None  # noqa: S101 - written only once a call is open
+        await self._publish(self._call.model_copy(update={"arguments": arguments}))
+
+    async def _publish(self, call: ToolCallDelta) -> None:
+        self._tool_sent.append(call.arguments)
         await self.handler.reply(
-            self.request, ReplyChunkV1, seq=self.seq, model=self.model, text=text
+            self.request, ReplyChunkV2, seq=self.seq, model=self.model, tool_call=call
         )
         self.seq += 1
+
+    async def flush(self) -> None:
+        await self.writer.flush()
+        await self._arguments.flush()
+
+    def sent(self) -> str:
+        """What the client has received, tool-call arguments included (to count it)."""
+        return "".join(self.writer.sent) + "".join(self._tool_sent)
 
 
 class GenerationHandler:
@@ -160,7 +231,12 @@ class GenerationHandler:
         self.coalescing = coalescing or Coalescing()
 
     async def __call__(self, delivered: Delivered[AnyAdmission]) -> None:
-        request = delivered.event.request
+        admitted = delivered.event
+        request: AnyRequest = (
+            admitted.request
+            if isinstance(admitted, EmbeddingAdmissionV1)
+            else ChatRequestV2.of(admitted.request)
+        )
         owner = uuid.uuid4().hex
         claim = await self._journal.claim(
             request.request_id, request.principal, owner=owner, lease_s=self._lease_s
@@ -211,12 +287,12 @@ class GenerationHandler:
                 return
         if isinstance(admission, EmbeddingAdmissionV1):
             await self._serve_embeddings(admission)
-        else:
-            await self._serve(admission.request, admission)
+        elif isinstance(request, ChatRequestV2):
+            await self._serve(request, admission)
 
     # -- serving ---------------------------------------------------------------------------
 
-    async def _serve(self, request: ChatRequestV1, admission: AdmissionV1) -> None:
+    async def _serve(self, request: ChatRequestV2, admission: AdmissionV1 | AdmissionV2) -> None:
         """Answer ``request``; the model is never asked for more output than the meter
         reserved, and an admission older than ``admission_max_age_s`` (whose reservation
         the sweeper may have released) is not run."""
@@ -257,7 +333,7 @@ class GenerationHandler:
                 span.set_status(Status(StatusCode.ERROR, error.message))
                 await self._fail_before_start(request, model_id, error, started_at, t0)
                 return
-            stream = _Stream(self, request, spec.id)
+            stream = _Stream(self, request, spec.id, v2=isinstance(admission, AdmissionV2))
             if self._prepared is not None and await self._serve_prepared(
                 request, spec, stream, started_at, t0
             ):
@@ -269,36 +345,30 @@ class GenerationHandler:
             stop_reason = "end_turn"
             ttft_ms: int | None = None
             estimated_by: str | None = None
-            provider_request = ProviderRequest(
-                model=spec.id,
-                messages=request.messages,
-                system=request.system,
-                max_tokens=request.max_tokens,
-                temperature=request.temperature,
-                max_tokens_cap=admission.reserved_output_tokens,
-            )
+            provider_request = _provider_request(request, spec.id, admission.reserved_output_tokens)
             try:
                 async for event in self._router.stream(
                     catalog.chain(spec.id, request.groups, request.allowed_models),
                     provider_request,
                     outcome,
                 ):
-                    if isinstance(event, TextDelta):
+                    if isinstance(event, TextDelta | ToolUseDelta):
                         if ttft_ms is None:
                             ttft_ms = int((time.perf_counter() - t0) * 1000)
                             stream.model = outcome.model.id
                             # journal first: a crash in between must not serve it twice
                             await self._journal.streaming(request.request_id)
-                            await stream.writer.write(event.text)
+                        if isinstance(event, TextDelta):
+                            await stream.text(event.text)
                         else:
-                            await stream.writer.write(event.text)
+                            await stream.tool(event)
                     elif isinstance(event, Finished):
                         usage = event.usage
                         stop_reason = event.stop_reason
                         reported = event.reported
-                await stream.writer.flush()
+                await stream.flush()
                 if not reported:
-                    usage, estimated_by = self._count(request, outcome.model, stream.writer.sent)
+                    usage, estimated_by = self._count(request, outcome.model, stream.sent())
             except ProviderError as exc:
                 error = exc
             served = outcome.model
@@ -311,10 +381,10 @@ class GenerationHandler:
                 span.set_status(Status(StatusCode.ERROR, error.message))
                 if outcome.started:
                     # settle what the client received: provider usage never arrived
-                    await stream.writer.flush()
+                    await stream.flush()
                     usage = Usage(
                         input_tokens=_prompt_tokens(request),
-                        output_tokens=count_tokens("".join(stream.writer.sent)),
+                        output_tokens=count_tokens(stream.sent()),
                     )
                 else:
                     usage = Usage()
@@ -479,14 +549,15 @@ class GenerationHandler:
             )
         return None
 
-    def _count(self, request: ChatRequestV1, spec: ModelSpec, sent: list[str]) -> tuple[Usage, str]:
+    def _count(self, request: ChatRequestV2, spec: ModelSpec, sent: str) -> tuple[Usage, str]:
         """The usage of an answer whose provider reported none, counted with the served
-        model's tokenizer (or the estimate), and what counted it."""
+        model's tokenizer (or the estimate), and what counted it: the prompt's texts, tool
+        definitions, calls and results, each image as :data:`IMAGE_TOKENS`."""
         counter = self._counters.get(spec.tokenizer)
-        messages = ["".join(b.text for b in m.content) for m in request.messages]
+        parts, images = _prompt_parts(request)
         usage = Usage(
-            input_tokens=count_chat(counter, request.system, messages),
-            output_tokens=counter.count("".join(sent)),
+            input_tokens=count_chat(counter, request.system, parts) + images * IMAGE_TOKENS,
+            output_tokens=counter.count(sent),
         )
         logger.info(
             "request %s: %s reported no usage; counted by %s",
@@ -498,14 +569,17 @@ class GenerationHandler:
 
     async def _serve_prepared(
         self,
-        request: ChatRequestV1,
+        request: ChatRequestV2,
         spec: ModelSpec,
         stream: _Stream,
         started_at: datetime,
         t0: float,
     ) -> bool:
         assert self._prepared is not None  # noqa: S101
-        key = prepared_key(request.system, request.messages)
+        wire = request.to_wire()
+        if not isinstance(wire, ChatRequestV1):
+            return False  # tools, images, structured output: always the model's own answer
+        key = prepared_key(request.system, wire.messages)
         try:
             entry = await self._prepared.lookup(
                 key, model=spec.id, principal=request.principal, now=utcnow()
@@ -634,7 +708,7 @@ class GenerationHandler:
     async def _send_reply(
         self,
         request: AnyRequest,
-        event: ReplyChunkV1 | ReplyDoneV1 | ReplyErrorV1 | EmbeddingsChunkV1,
+        event: ReplyChunkV1 | ReplyChunkV2 | ReplyDoneV1 | ReplyErrorV1 | EmbeddingsChunkV1,
     ) -> None:
         await self._publisher.publish(
             request.reply_to.topic,
@@ -754,9 +828,51 @@ class GenerationHandler:
         await self._journal.settled(request.request_id)
 
 
-def _prompt_tokens(request: ChatRequestV1) -> int:
-    prompt = " ".join(b.text for m in request.messages for b in m.content)
-    return count_tokens(" ".join(request.system)) + count_tokens(prompt)
+#: what an image is counted as when a provider's usage never arrives (Anthropic's and
+#: Bedrock's Claude count about 1 600 tokens for a large image)
+IMAGE_TOKENS = 1600
+
+
+def _prompt_tokens(request: ChatRequestV2) -> int:
+    """The prompt's tokens by the local tokenizer, tool definitions and calls included,
+    for a stream that failed before its provider reported usage."""
+    parts, images = _prompt_parts(request)
+    tokens = count_tokens(" ".join(request.system)) + count_tokens(" ".join(parts))
+    return tokens + images * IMAGE_TOKENS
+
+
+def _prompt_parts(request: ChatRequestV2) -> tuple[list[str], int]:
+    """The prompt's texts to count (messages, tool calls and results, tool definitions) and
+    its number of images."""
+    parts = [m.text() for m in request.messages]
+    images = 0
+    for block in (b for m in request.messages for b in m.content):
+        if isinstance(block, ToolUseContent):
+            parts.append(block.name + json.dumps(block.input))
+        elif isinstance(block, ToolResultContent):
+            parts.append(block.content)
+        elif isinstance(block, ImageContent):
+            images += 1
+    parts += [json.dumps(t.model_dump()) for t in request.tools]
+    return parts, images
+
+
+def _provider_request(request: ChatRequestV2, model: str, cap: int) -> ProviderRequest:
+    return ProviderRequest(
+        model=model,
+        messages=request.messages,
+        system=request.system,
+        max_tokens=request.max_tokens,
+        temperature=request.temperature,
+        max_tokens_cap=cap,
+        tools=request.tools,
+        tool_choice=request.tool_choice,
+        response_format=request.response_format,
+        stop=request.stop,
+        top_p=request.top_p,
+        seed=request.seed,
+        extras=dict(request.extras),
+    )
 
 
 def _error_info(error: ProviderError) -> ErrorInfo:

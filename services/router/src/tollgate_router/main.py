@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tollgate_core import db, topics
 from tollgate_core.bus import Decoder, EventConsumer, EventProducer
-from tollgate_core.contracts import AdmissionV1, EmbeddingAdmissionV1, utcnow
+from tollgate_core.contracts import AdmissionV1, AdmissionV2, EmbeddingAdmissionV1, utcnow
 from tollgate_core.errors import TollgateError
 from tollgate_core.health import Health
 from tollgate_core.http import HttpServer, ops_app
@@ -120,7 +120,7 @@ async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
         name="router",
         topics=[topics.ADMITTED],
         group_id=settings.consumer_group,
-        decoder=Decoder.of(AdmissionV1, EmbeddingAdmissionV1),
+        decoder=Decoder.of(AdmissionV1, AdmissionV2, EmbeddingAdmissionV1),
         handler=GenerationHandler(
             catalog,
             registry,
