@@ -17,10 +17,14 @@ from tollgate_core.contracts import (
     AdmissionV1,
     ChatMessage,
     ChatRequestV1,
+    EmbeddingAdmissionV1,
+    EmbeddingRequestV1,
     ReplyErrorV1,
     ReplyTo,
     RequestLogV1,
     TextBlock,
+    Usage,
+    UsageRecordV1,
 )
 from tollgate_core.errors import DependencyUnavailable
 from tollgate_core.health import Health
@@ -28,7 +32,7 @@ from tollgate_core.settings import DatabaseSettings
 from tollgate_dev.platform import EmbeddedPostgres
 from tollgate_meter.adapters.ledger import PostgresLedger, create_engine
 from tollgate_meter.batching import AdmissionBatcher
-from tollgate_meter.handlers import AdmissionHandler
+from tollgate_meter.handlers import AdmissionHandler, SettlementHandler
 from tollgate_meter.main import MIGRATIONS
 
 from .conftest import TEST_TIERS
@@ -199,3 +203,35 @@ async def test_fail_open_admits_while_postgres_is_down(tmp_path: Path) -> None:
     [unmetered] = publisher.on(topics.ADMITTED)
     assert isinstance(unmetered, AdmissionV1)
     assert unmetered.reservation_expires_at is None  # nothing was reserved, nothing expires
+
+
+async def test_an_embeddings_request_reserves_its_input_only_and_settles_to_the_reported(
+    ledger: PostgresLedger,
+) -> None:
+    publisher = InMemoryPublisher()
+    admit = handler(ledger, publisher, Health())
+    event = EmbeddingRequestV1(
+        principal="ivan",
+        model="titan",
+        inputs=("twelve chars", "x" * 31, (1, 2, 3, 4)),
+        reply_to=ReplyTo(topic=topics.REPLIES, partition=3),
+    )
+    await admit(Delivered(event=event, topic=topics.REQUESTS, partition=0, offset=0, key="ivan"))
+    [admission] = publisher.on(topics.ADMITTED)
+    # ceil(12 / 3) + ceil(31 / 3) + a 4-token array; an embedding has no output
+    assert isinstance(admission, EmbeddingAdmissionV1) and admission.request == event
+    assert (admission.reserved_input_tokens, admission.reserved_output_tokens) == (4 + 11 + 4, 0)
+    [window, *_] = (await ledger.report("ivan", (), NOW)).windows
+    assert (window.reserved.input, window.reserved.output) == (19, 0)
+    usage = UsageRecordV1(
+        request_id=event.request_id,
+        principal="ivan",
+        model="titan",
+        provider="bedrock",
+        usage=Usage(input_tokens=9),
+    )
+    settle = SettlementHandler(ledger, lambda: NOW)
+    await settle(Delivered(event=usage, topic=topics.USAGE, partition=0, offset=0, key="ivan"))
+    [window, *_] = (await ledger.report("ivan", (), NOW)).windows
+    assert (window.used.input, window.used.output) == (9, 0)
+    assert (window.reserved.input, window.reserved.output) == (0, 0)

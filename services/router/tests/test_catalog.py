@@ -114,3 +114,44 @@ def test_the_catalog_reloads_on_change_and_keeps_the_old_one_when_the_new_is_bad
         "default_model: a\nproviders: {l: {type: local}}\nmodels: [{id: a, provider: l}]\n"
     )
     assert not source.reload() and source.current.default_model == "b"
+
+
+def _with(models: list[dict[str, object]]) -> dict[str, object]:
+    return {
+        "default_model": "chat",
+        "providers": {"l": {"type": "local"}, "b": {"type": "bedrock", "region": "us-east-1"}},
+        "models": [{"id": "chat", "provider": "l"}, *models],
+    }
+
+
+@pytest.mark.parametrize(
+    ("models", "message"),
+    [
+        ([{"id": "e", "kind": "embedding", "provider": "l"}], "cannot embed"),
+        (
+            [
+                {"id": "e", "kind": "embedding", "provider": "b", "fallbacks": ["f"]},
+                {"id": "f", "kind": "embedding", "provider": "b"},
+            ],
+            "cannot have fallbacks",
+        ),
+        (
+            [
+                {"id": "c2", "provider": "b", "fallbacks": ["e"]},
+                {"id": "e", "kind": "embedding", "provider": "b"},
+            ],
+            "falls back to an embedding model",
+        ),
+    ],
+    ids=["local-cannot-embed", "embedding-fallbacks", "chat-to-embedding-fallback"],
+)
+def test_embedding_models_are_checked(models: list[dict[str, object]], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Catalog.model_validate(_with(models))
+
+
+def test_the_example_documents_embedding_models() -> None:
+    catalog = load_catalog(EXAMPLE)
+    kinds = {m.id: m.kind for m in catalog.models}
+    assert kinds["titan-embed"] == kinds["cohere-embed"] == kinds["bge-small"] == "embedding"
+    assert kinds["claude-haiku"] == "chat"

@@ -146,6 +146,7 @@ async def test_a_bedrock_stream_error_after_the_first_token_ends_the_stream_and_
     usage, log = records(publisher)
     # the provider's usage never came: the text delivered is counted by the local tokenizer
     assert usage.status == "error" and usage.usage.output_tokens == count_tokens("Hello from")
+    assert usage.estimated and usage.estimated_by == "estimate"
     assert log.retries == 0 and len(fake_server.received) == 1
 
 
@@ -164,6 +165,7 @@ async def test_a_malformed_openai_stream_ends_with_a_typed_error_and_is_settled(
     assert "malformed response" in error.error.message
     usage, log = records(publisher)
     assert usage.status == "error" and usage.usage.output_tokens == count_tokens("Hello from")
+    assert usage.estimated and usage.estimated_by == "estimate"
     assert log.error_type == "provider_unavailable" and log.model == "llama"
 
 

@@ -287,6 +287,33 @@ def upgrade_message(message: ChatMessage) -> ChatMessageV2:
     )
 
 
+class EmbeddingRequestV1(Contract):
+    """A client's embeddings request (``POST /v1/embeddings``), on ``tollgate.requests`` beside
+    chat requests: the same identity, policy, metering and reply addressing, with inputs
+    (texts, or token arrays for providers that take them) in place of messages."""
+
+    SCHEMA: ClassVar[str] = "tollgate.embedding_request.v1"
+    kind: Literal["embedding_request"] = "embedding_request"
+    request_id: str = Field(default_factory=new_request_id)
+    principal: str
+    groups: tuple[str, ...] = ()
+    model: str | None = None
+    inputs: tuple[str | tuple[NonNegativeInt, ...], ...] = Field(min_length=1)
+    #: the length the client asked the vectors to have, where the model can shorten them
+    dimensions: Annotated[int, Field(ge=1)] | None = None
+    #: what the texts are for, where the model distinguishes (Cohere's ``input_type``)
+    input_type: str | None = None
+    channel: str | None = None
+    conversation_id: str | None = None
+    protocol: Literal["appsync", "openai"] = "openai"
+    reply_to: ReplyTo
+    created_at: datetime = Field(default_factory=utcnow)
+    allowed_models: tuple[str, ...] | None = None
+    tier: str | None = None
+    #: chat fields the meter reads from any request: an embedding produces no output
+    max_tokens: Literal[0] = 0
+
+
 # --- tollgate.admitted -----------------------------------------------------------------------
 
 
@@ -320,6 +347,21 @@ class AdmissionV2(Contract):
     admitted_at: datetime = Field(default_factory=utcnow)
     #: as :attr:`AdmissionV1.reservation_expires_at`
     reservation_expires_at: datetime | None = None
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+
+class EmbeddingAdmissionV1(Contract):
+    """The meter's admission of an embeddings request: input tokens reserved, no output."""
+
+    SCHEMA: ClassVar[str] = "tollgate.embedding_admission.v1"
+    kind: Literal["embedding_admission"] = "embedding_admission"
+    request: EmbeddingRequestV1
+    reserved_input_tokens: NonNegativeInt
+    reserved_output_tokens: Literal[0] = 0
+    admitted_at: datetime = Field(default_factory=utcnow)
 
     @property
     def request_id(self) -> str:
@@ -378,6 +420,20 @@ class ReplyChunkV2(_ReplyBase):
 REPLY_SCHEMA_V2 = "tollgate.reply.v2"
 
 
+class EmbeddingsChunkV1(_ReplyBase):
+    """Some of an embeddings request's vectors, in input order from ``first_index``; a
+    request's vectors come in as many chunks as keep each record under the size limit, and
+    its reply stream ends, as a chat's does, with a ``done`` (the usage) or an ``error``.
+
+    Each vector is the base64 of its little-endian float32 values: the OpenAI API's own
+    ``encoding_format: base64``, a third of the size of JSON numbers."""
+
+    SCHEMA: ClassVar[str] = "tollgate.embeddings.v1"
+    kind: Literal["embeddings"] = "embeddings"
+    first_index: NonNegativeInt
+    vectors: tuple[str, ...]
+
+
 # --- tollgate.usage --------------------------------------------------------------------------
 
 
@@ -394,6 +450,10 @@ class UsageRecordV1(Contract):
     cost_usd: Decimal = Decimal(0)
     status: Literal["ok", "error", "cancelled"] = "ok"
     occurred_at: datetime = Field(default_factory=utcnow)
+    #: the provider reported no usage: the router counted the tokens itself (``estimated_by``
+    #: names how: a tokenizer file, or ``estimate``)
+    estimated: bool = False
+    estimated_by: str | None = None
 
 
 # --- tollgate.logs ---------------------------------------------------------------------------
@@ -423,6 +483,11 @@ class RequestLogV1(Contract):
     protocol: Literal["appsync", "openai"] = "appsync"
     started_at: datetime
     finished_at: datetime = Field(default_factory=utcnow)
+    #: what was asked of the model; older producers sent chat requests only
+    operation: Literal["chat", "embeddings"] = "chat"
+    #: the token figures were counted by the router, the provider having reported none
+    usage_estimated: bool = False
+    usage_estimated_by: str | None = None
 
 
 # --- tollgate.audit --------------------------------------------------------------------------
@@ -459,6 +524,9 @@ __all__ = [
     "ChatRequestV2",
     "ContentBlock",
     "Contract",
+    "EmbeddingAdmissionV1",
+    "EmbeddingRequestV1",
+    "EmbeddingsChunkV1",
     "ErrorInfo",
     "ImageContent",
     "ReplyChunkV1",

@@ -13,6 +13,8 @@ from tollgate_core.contracts import (
     AdmissionV2,
     ChatRequestV1,
     ChatRequestV2,
+    EmbeddingAdmissionV1,
+    EmbeddingRequestV1,
     ImageContent,
     TextContent,
     ToolResultContent,
@@ -54,8 +56,12 @@ class OutputLimit:
         return min(requested or self.default, self.maximum)
 
 
+#: what the meter admits: a chat request of either version, or an embeddings request
+AnyRequest = ChatRequestV1 | ChatRequestV2 | EmbeddingRequestV1
+
+
 def estimate(
-    request: ChatRequestV1 | ChatRequestV2,
+    request: AnyRequest,
     *,
     default_max_tokens: int,
     output_limit: OutputLimit | None = None,
@@ -64,6 +70,8 @@ def estimate(
     :data:`IMAGE_TOKENS`; output: what the router will allow the request — its model's
     ``output_limit`` when the catalog is known, else ``max_tokens`` or the meter's
     ``default_max_tokens``."""
+    if isinstance(request, EmbeddingRequestV1):
+        return estimate_embeddings(request)
     request = ChatRequestV2.of(request)
     chars = sum(len(t) for t in request.system)
     images = 0
@@ -94,6 +102,18 @@ def _output_tokens(requested: int | None, default: int, limit: OutputLimit | Non
     return requested if requested is not None else default
 
 
+def estimate_embeddings(request: EmbeddingRequestV1) -> Estimate:
+    """Input tokens only, an embedding having no output: a token array is its own length,
+    a text is counted at :data:`CHARS_PER_TOKEN` (no chat template around it)."""
+    input_tokens = sum(
+        len(i) if isinstance(i, tuple) else math.ceil(len(i) / CHARS_PER_TOKEN)
+        for i in request.inputs
+    )
+    if input_tokens > INT32_MAX:
+        raise RequestError("input: the request is too large to meter", details={"field": "input"})
+    return Estimate(input_tokens, 0)
+
+
 #: longest text the meter stores for a principal, a model or a request id
 MAX_TEXT_CHARS = 512
 
@@ -102,7 +122,7 @@ def _json(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-def validate_request(request: ChatRequestV1 | ChatRequestV2, limits: Limits) -> None:
+def validate_request(request: AnyRequest, limits: Limits) -> None:
     """Refuse, before the ledger, a request the ledger could not store or the router could
     not be handed: raises :class:`RequestError` naming the field."""
     check_text("request_id", request.request_id, max_chars=MAX_TEXT_CHARS)
@@ -123,15 +143,17 @@ def validate_request(request: ChatRequestV1 | ChatRequestV2, limits: Limits) -> 
 
 
 def admission_of(
-    request: ChatRequestV1 | ChatRequestV2,
+    request: AnyRequest,
     reserved_in: int,
     reserved_out: int,
     *,
     expires_at: datetime | None = None,
-) -> AdmissionV1 | AdmissionV2:
+) -> AdmissionV1 | AdmissionV2 | EmbeddingAdmissionV1:
     """The admission, in the request's own version: a router of the previous release still
     takes a v1 request's. ``expires_at``: when the reservation may be released at the
-    earliest (None: nothing was reserved)."""
+    earliest (None: nothing was reserved). An embeddings request reserves no output."""
+    if isinstance(request, EmbeddingRequestV1):
+        return EmbeddingAdmissionV1(request=request, reserved_input_tokens=reserved_in)
     if isinstance(request, ChatRequestV2):
         return AdmissionV2(
             request=request,

@@ -12,8 +12,7 @@ from prometheus_client import Counter, Histogram
 from tollgate_core import topics
 from tollgate_core.bus import Delivered, Publisher
 from tollgate_core.contracts import (
-    ChatRequestV1,
-    ChatRequestV2,
+    EmbeddingRequestV1,
     ErrorInfo,
     ReplyErrorV1,
     RequestLogV1,
@@ -25,6 +24,7 @@ from tollgate_core.limits import Limits, count_bad_input
 from tollgate_meter.adapters.ledger import AdmissionRequest, Ledger
 from tollgate_meter.batching import AdmissionBatcher
 from tollgate_meter.domain import (
+    AnyRequest,
     OutputLimit,
     admission_of,
     estimate,
@@ -77,7 +77,7 @@ class AdmissionHandler:
         self._default_max_tokens = default_max_tokens
         self._fail_open = fail_open
 
-    async def __call__(self, delivered: Delivered[ChatRequestV1 | ChatRequestV2]) -> None:
+    async def __call__(self, delivered: Delivered[AnyRequest]) -> None:
         request = delivered.event
         with tracer.start_as_current_span(
             "meter.admit",
@@ -134,7 +134,7 @@ class AdmissionHandler:
 
     async def _admit(
         self,
-        request: ChatRequestV1 | ChatRequestV2,
+        request: AnyRequest,
         reserved_in: int,
         reserved_out: int,
         *,
@@ -158,7 +158,7 @@ class AdmissionHandler:
 
     async def _unavailable(
         self,
-        request: ChatRequestV1 | ChatRequestV2,
+        request: AnyRequest,
         exc: DependencyUnavailable,
         est_in: int,
         est_out: int,
@@ -182,7 +182,7 @@ class AdmissionHandler:
             ),
         )
 
-    async def _bad_request(self, request: ChatRequestV1 | ChatRequestV2, exc: RequestError) -> None:
+    async def _bad_request(self, request: AnyRequest, exc: RequestError) -> None:
         DECISIONS.labels("invalid").inc()
         count_bad_input("meter.admission", exc.details.get("field"))
         logger.info("refusing %s as invalid: %s", request.request_id, exc.message)
@@ -191,7 +191,7 @@ class AdmissionHandler:
             ErrorInfo(type=exc.error_type, message=exc.message, details=dict(exc.details)),
         )
 
-    async def _refuse(self, request: ChatRequestV1 | ChatRequestV2, error: ErrorInfo) -> None:
+    async def _refuse(self, request: AnyRequest, error: ErrorInfo) -> None:
         await self._publisher.publish(
             request.reply_to.topic,
             ReplyErrorV1(
@@ -219,6 +219,7 @@ class AdmissionHandler:
                 conversation_id=request.conversation_id,
                 protocol=request.protocol,
                 started_at=request.created_at,
+                operation="embeddings" if isinstance(request, EmbeddingRequestV1) else "chat",
             ),
             key=request.principal,
         )

@@ -11,7 +11,12 @@ import httpx
 
 from tollgate_core import db, topics
 from tollgate_core.bus import Decoder, EventConsumer, EventProducer
-from tollgate_core.contracts import ChatRequestV1, ChatRequestV2, UsageRecordV1
+from tollgate_core.contracts import (
+    ChatRequestV1,
+    ChatRequestV2,
+    EmbeddingRequestV1,
+    UsageRecordV1,
+)
 from tollgate_core.health import Health
 from tollgate_core.http import HttpServer, ops_app
 from tollgate_core.runtime import run_service, start_with_retry, watch_dependency
@@ -60,7 +65,7 @@ async def serve(settings: MeterSettings, stop: asyncio.Event) -> None:
         name="meter-admission",
         topics=[topics.REQUESTS],
         group_id=settings.consumer_group,
-        decoder=Decoder.of(ChatRequestV1, ChatRequestV2),
+        decoder=Decoder.of(ChatRequestV1, ChatRequestV2, EmbeddingRequestV1),
         handler=AdmissionHandler(
             AdmissionBatcher(ledger, utc_now),
             producer,

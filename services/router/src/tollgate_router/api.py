@@ -83,6 +83,7 @@ def models_route(catalog: CatalogSource) -> BaseRoute:
                 "created": 0,
                 "owned_by": current.providers[m.provider].type,
                 "context_window": m.context_window,
+                "kind": m.kind,
                 "max_tokens": {"default": m.default_max_tokens, "max": m.max_max_tokens},
                 "pricing": {
                     "input_per_mtok_usd": str(m.input_price_per_mtok),

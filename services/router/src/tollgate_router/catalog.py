@@ -82,6 +82,10 @@ DroppableParam = Literal[
 
 class ModelSpec(_Frozen):
     id: str = Field(min_length=1)
+    kind: Literal["chat", "embedding"] = Field(
+        default="chat",
+        description="chat: /v1/chat/completions and AppSync chat; embedding: /v1/embeddings",
+    )
     provider: str = Field(description="a key of the catalog's providers")
     upstream: str | None = Field(
         default=None, description="the provider's model id (Bedrock: model or inference profile)"
@@ -94,6 +98,16 @@ class ModelSpec(_Frozen):
     groups: tuple[str, ...] = Field(default=(), description="empty: every group may use it")
     fallbacks: tuple[str, ...] = ()
     description: str = ""
+    dimensions: tuple[int, ...] | None = Field(
+        default=None,
+        description="embedding models: the vector lengths a client may ask for (None: the"
+        " provider decides; Bedrock's adapters know their models')",
+    )
+    tokenizer: str | None = Field(
+        default=None,
+        description="a Hugging Face tokenizer.json (relative to the catalog file) counting"
+        " the tokens of a provider that reports no usage; without it, an estimate",
+    )
     drop_params: tuple[DroppableParam, ...] = Field(
         default=(),
         description="parameters this model's provider cannot take that are dropped from a"
@@ -145,7 +159,24 @@ class Catalog(_Frozen):
             missing = set(m.fallbacks) - known
             if missing:
                 raise ValueError(f"model {m.id!r} falls back to unknown {sorted(missing)}")
+            self._check_kind(m)
         return self
+
+    def _check_kind(self, model: ModelSpec) -> None:
+        """An embedding model needs a provider that embeds, and never falls back (another
+        model's vectors live in another space) nor serves as a chat fallback."""
+        if model.kind == "embedding":
+            if self.providers[model.provider].type not in ("bedrock", "openai"):
+                raise ValueError(
+                    f"embedding model {model.id!r}: provider {model.provider!r} cannot embed"
+                    " (bedrock and openai can)"
+                )
+            if model.fallbacks:
+                raise ValueError(f"embedding model {model.id!r} cannot have fallbacks")
+            return
+        kinds = {m.id: m.kind for m in self.models}
+        if any(kinds[f] == "embedding" for f in model.fallbacks):
+            raise ValueError(f"chat model {model.id!r} falls back to an embedding model")
 
     def get(self, model_id: str) -> ModelSpec | None:
         for m in self.models:

@@ -34,6 +34,9 @@ from tollgate_core.contracts import (
     AdmissionV2,
     ChatMessage,
     ChatRequestV2,
+    EmbeddingAdmissionV1,
+    EmbeddingRequestV1,
+    EmbeddingsChunkV1,
     ErrorInfo,
     ImageContent,
     ReplyChunkV1,
@@ -53,9 +56,10 @@ from tollgate_core.contracts import (
 )
 from tollgate_core.errors import TollgateError
 from tollgate_core.telemetry import REQUEST_LATENCY_BUCKETS, TIME_TO_FIRST_TOKEN_BUCKETS
-from tollgate_router import genai
+from tollgate_router import embedding, genai
 from tollgate_router.catalog import CatalogSource, ModelSpec
 from tollgate_router.errors import (
+    InvalidProviderRequest,
     ModelNotAllowed,
     ModelNotFound,
     ProviderError,
@@ -65,6 +69,7 @@ from tollgate_router.errors import (
 from tollgate_router.journal import Claim, InMemoryJournal, RequestJournal
 from tollgate_router.prepared import PreparedStore, prepared_key
 from tollgate_router.providers.base import (
+    Embeddings,
     Finished,
     Provider,
     ProviderRequest,
@@ -72,10 +77,22 @@ from tollgate_router.providers.base import (
     ToolUseDelta,
 )
 from tollgate_router.providers.local import count_tokens
-from tollgate_router.resilience import Outcome, ResilientRouter, RetryPolicy, Timeouts, plus
+from tollgate_router.resilience import (
+    Outcome,
+    ResilientRouter,
+    RetryPolicy,
+    Timeouts,
+    call_once,
+    plus,
+)
 from tollgate_router.streaming import ChunkWriter, Coalescing
+from tollgate_router.tokens import TokenCounters, count_chat
 
-Reply = TypeVar("Reply", ReplyChunkV1, ReplyChunkV2, ReplyDoneV1, ReplyErrorV1)
+Reply = TypeVar("Reply", ReplyChunkV1, ReplyChunkV2, ReplyDoneV1, ReplyErrorV1, EmbeddingsChunkV1)
+#: what the router serves: a chat request (worked on as v2) or an embeddings request, and the
+#: admissions that carry them
+AnyRequest = ChatRequestV2 | EmbeddingRequestV1
+AnyAdmission = AdmissionV1 | AdmissionV2 | EmbeddingAdmissionV1
 #: a stored terminal reply, told apart by its own ``kind``
 _REPLY: TypeAdapter[ReplyChunkV1 | ReplyDoneV1 | ReplyErrorV1] = TypeAdapter(ReplyV1)
 
@@ -201,7 +218,9 @@ class GenerationHandler:
         admission_max_age_s: float | None = None,
         longest_answer_s: float | None = None,
         clock: Callable[[], datetime] = utcnow,
+        counters: TokenCounters | None = None,
     ) -> None:
+        self._counters = counters or TokenCounters()
         self._lease_s = lease_s
         self._max_age = admission_max_age_s
         self._longest_answer = (
@@ -218,8 +237,13 @@ class GenerationHandler:
         )
         self.coalescing = coalescing or Coalescing()
 
-    async def __call__(self, delivered: Delivered[AdmissionV1 | AdmissionV2]) -> None:
-        request = ChatRequestV2.of(delivered.event.request)
+    async def __call__(self, delivered: Delivered[AnyAdmission]) -> None:
+        admitted = delivered.event
+        request: AnyRequest = (
+            admitted.request
+            if isinstance(admitted, EmbeddingAdmissionV1)
+            else ChatRequestV2.of(admitted.request)
+        )
         owner = uuid.uuid4().hex
         claim = await self._journal.claim(
             request.request_id, request.principal, owner=owner, lease_s=self._lease_s
@@ -251,9 +275,7 @@ class GenerationHandler:
             except TollgateError as exc:
                 logger.warning("lease of %s not renewed: %s", request_id, exc.message)
 
-    async def _handle(
-        self, request: ChatRequestV2, claim: Claim, admission: AdmissionV1 | AdmissionV2
-    ) -> None:
+    async def _handle(self, request: AnyRequest, claim: Claim, admission: AnyAdmission) -> None:
         if claim.previous is not None:
             REDELIVERED.labels(claim.previous).inc()
             logger.info(
@@ -270,7 +292,10 @@ class GenerationHandler:
             if claim.previous == "streaming":
                 await self._interrupted(request)
                 return
-        await self._serve(request, admission)
+        if isinstance(admission, EmbeddingAdmissionV1):
+            await self._serve_embeddings(admission)
+        elif isinstance(request, ChatRequestV2):
+            await self._serve(request, admission)
 
     # -- serving ---------------------------------------------------------------------------
 
@@ -319,6 +344,11 @@ class GenerationHandler:
                 error = ModelNotFound(f"unknown model {model_id!r}")
             elif not spec.allows(request.groups):
                 error = ModelNotAllowed(f"model {model_id!r} is not allowed for your groups")
+            elif spec.kind != "chat":
+                error = InvalidProviderRequest(
+                    f"model {model_id!r} is an embedding model: use /v1/embeddings",
+                    details={"param": "model"},
+                )
             else:
                 error = self._expired(admission)
             if error is not None or spec is None:
@@ -333,9 +363,11 @@ class GenerationHandler:
                 span.set_attribute("tollgate.cache_hit", True)
                 return
             outcome = Outcome(model=spec)
+            reported = True
             usage: Usage | None = None
             stop_reason = "end_turn"
             ttft_ms: int | None = None
+            estimated_by: str | None = None
             provider_request = _provider_request(request, spec.id, admission.reserved_output_tokens)
             try:
                 async for event in self._router.stream(
@@ -356,7 +388,10 @@ class GenerationHandler:
                     elif isinstance(event, Finished):
                         usage = event.usage
                         stop_reason = event.stop_reason
+                        reported = event.reported
                 await stream.flush()
+                if not reported:
+                    usage, estimated_by = self._count(request, outcome.model, stream.sent())
             except ProviderError as exc:
                 error = exc
             served = outcome.model
@@ -389,6 +424,8 @@ class GenerationHandler:
                     ttft_ms=ttft_ms,
                     error_type=error.error_type,
                     outcome=outcome,
+                    # what the client received, counted here: the provider never said
+                    estimated_by="estimate" if outcome.started else None,
                     terminal=self.event(
                         request,
                         ReplyErrorV1,
@@ -413,6 +450,7 @@ class GenerationHandler:
                 t0,
                 ttft_ms=ttft_ms,
                 outcome=outcome,
+                estimated_by=estimated_by,
                 terminal=self.event(
                     request,
                     ReplyDoneV1,
@@ -423,6 +461,137 @@ class GenerationHandler:
                     latency_ms=int((time.perf_counter() - t0) * 1000),
                 ),
             )
+
+    async def _serve_embeddings(self, admission: EmbeddingAdmissionV1) -> None:
+        """Answer an embeddings request: its vectors in as many chunks as they need, then a
+        done with the usage; no fallback (see :mod:`tollgate_router.embedding`)."""
+        request = admission.request
+        model_id = request.model or self._catalog.current.default_model
+        started_at, t0 = utcnow(), time.perf_counter()
+        spec = self._catalog.current.get(model_id)
+        error = self._refusal(spec, model_id, request.groups, admission.admitted_at)
+        if error is None and spec is not None:
+            error = embedding.check(spec, request)
+        if error is not None or spec is None:
+            assert error is not None  # noqa: S101
+            await self._fail_before_start(request, model_id, error, started_at, t0)
+            return
+        outcome = Outcome(model=spec)
+        try:
+            with tracer.start_as_current_span(
+                f"embeddings {spec.id}",
+                attributes={
+                    "gen_ai.operation.name": "embeddings",
+                    "gen_ai.request.model": spec.id,
+                    "tollgate.request_id": request.request_id,
+                },
+            ):
+                result = await call_once(
+                    self._router, spec, embedding.call_of(spec, request), outcome
+                )
+        except ProviderError as exc:
+            terminal = self.event(
+                request, ReplyErrorV1, seq=0, model=spec.id, error=_error_info(exc)
+            )
+            await self._settle(
+                request,
+                spec,
+                outcome.provider or self._provider_type(spec),
+                "error",
+                Usage(),
+                started_at,
+                t0,
+                error_type=exc.error_type,
+                outcome=outcome,
+                terminal=terminal,
+            )
+            return
+        await self._deliver_embeddings(request, result, outcome, (started_at, t0))
+
+    async def _deliver_embeddings(
+        self,
+        request: EmbeddingRequestV1,
+        result: Embeddings,
+        outcome: Outcome,
+        started: tuple[datetime, float],
+    ) -> None:
+        """Vector chunks, then the done; settled with the provider's input tokens (or the
+        router's count of them). ``started``: the request's start, wall clock and monotonic."""
+        spec = outcome.model
+        estimated_by: str | None = None
+        tokens = result.input_tokens
+        if tokens is None:
+            counter = self._counters.get(spec.tokenizer)
+            tokens, estimated_by = embedding.count_inputs(counter, request.inputs), counter.name
+        usage = Usage(input_tokens=tokens)
+        await self._journal.streaming(request.request_id)
+        seq = 0
+        for first, vectors in embedding.pack(result.vectors):
+            await self.reply(
+                request,
+                EmbeddingsChunkV1,
+                seq=seq,
+                model=spec.id,
+                first_index=first,
+                vectors=vectors,
+            )
+            seq += 1
+        started_at, t0 = started
+        latency_ms = int((time.perf_counter() - t0) * 1000)
+        terminal = self.event(
+            request, ReplyDoneV1, seq=seq, model=spec.id, usage=usage, latency_ms=latency_ms
+        )
+        await self._settle(
+            request,
+            spec,
+            outcome.provider,
+            "ok",
+            usage,
+            started_at,
+            t0,
+            outcome=outcome,
+            estimated_by=estimated_by,
+            terminal=terminal,
+        )
+
+    def _refusal(
+        self,
+        spec: ModelSpec | None,
+        model_id: str,
+        groups: tuple[str, ...],
+        admitted_at: datetime,
+    ) -> ProviderError | None:
+        """Why a request may not run at all: no such model, not the caller's, or admitted
+        so long ago that its reservation may have been released."""
+        if spec is None:
+            return ModelNotFound(f"unknown model {model_id!r}")
+        if not spec.allows(groups):
+            return ModelNotAllowed(f"model {model_id!r} is not allowed for your groups")
+        age = (self._clock() - admitted_at).total_seconds()
+        if self._max_age is not None and age > self._max_age:
+            return RequestExpired(
+                f"the request waited {age:.0f} s for a model; its token reservation may"
+                " have been released: send it again"
+            )
+        return None
+
+    def _count(self, request: ChatRequestV2, spec: ModelSpec, sent: str) -> tuple[Usage, str]:
+        """The usage of an answer whose provider reported none, counted with the served
+        model's tokenizer (or the estimate), and what counted it: the prompt's texts, tool
+        definitions, calls and results, each image as :data:`IMAGE_TOKENS`."""
+        counter = self._counters.get(spec.tokenizer)
+        parts, images = _prompt_parts(request)
+        usage = Usage(
+            input_tokens=count_chat(counter, request.system, parts) + images * IMAGE_TOKENS,
+            output_tokens=counter.count(sent),
+        )
+        logger.info(
+            "request %s: %s reported no usage; counted by %s",
+            request.request_id,
+            spec.id,
+            counter.name,
+        )
+        return usage, counter.name
 
     async def _serve_prepared(
         self,
@@ -475,7 +644,7 @@ class GenerationHandler:
 
     async def _fail_before_start(
         self,
-        request: ChatRequestV2,
+        request: AnyRequest,
         model_id: str,
         error: ProviderError,
         started_at: datetime,
@@ -505,7 +674,7 @@ class GenerationHandler:
         except (KeyError, TollgateError):
             return spec.provider
 
-    async def _interrupted(self, request: ChatRequestV2) -> None:
+    async def _interrupted(self, request: AnyRequest) -> None:
         """A router died mid-stream: end the client's stream and settle once, without calling
         the provider again (its usage for the dead stream is not knowable)."""
         model_id = request.model or self._catalog.current.default_model
@@ -533,7 +702,7 @@ class GenerationHandler:
 
     async def reply(
         self,
-        request: ChatRequestV2,
+        request: AnyRequest,
         kind: type[Reply],
         *,
         seq: int,
@@ -544,7 +713,7 @@ class GenerationHandler:
 
     @staticmethod
     def event(
-        request: ChatRequestV2,
+        request: AnyRequest,
         kind: type[Reply],
         *,
         seq: int,
@@ -563,8 +732,8 @@ class GenerationHandler:
 
     async def _send_reply(
         self,
-        request: ChatRequestV2,
-        event: ReplyChunkV1 | ReplyChunkV2 | ReplyDoneV1 | ReplyErrorV1,
+        request: AnyRequest,
+        event: ReplyChunkV1 | ReplyChunkV2 | ReplyDoneV1 | ReplyErrorV1 | EmbeddingsChunkV1,
     ) -> None:
         await self._publisher.publish(
             request.reply_to.topic,
@@ -575,7 +744,7 @@ class GenerationHandler:
 
     async def _settle(
         self,
-        request: ChatRequestV2,
+        request: AnyRequest,
         spec: ModelSpec,
         provider: str,
         status: str,
@@ -588,6 +757,7 @@ class GenerationHandler:
         cache_hit: bool = False,
         outcome: Outcome | None = None,
         terminal: ReplyDoneV1 | ReplyErrorV1,
+        estimated_by: str | None = None,
     ) -> None:
         """Journal the records and the terminal reply, then send that reply, then the
         records: a crash anywhere after the journal write republishes exactly these on
@@ -614,6 +784,8 @@ class GenerationHandler:
             usage=usage,
             cost_usd=cost,
             status="ok" if ok else "error",
+            estimated=estimated_by is not None,
+            estimated_by=estimated_by,
         )
         log = RequestLogV1(
             request_id=request.request_id,
@@ -634,6 +806,9 @@ class GenerationHandler:
             conversation_id=request.conversation_id,
             protocol=request.protocol,
             started_at=started_at,
+            operation="embeddings" if isinstance(request, EmbeddingRequestV1) else "chat",
+            usage_estimated=estimated_by is not None,
+            usage_estimated_by=estimated_by,
         )
         records = json.dumps(
             {
@@ -660,7 +835,7 @@ class GenerationHandler:
         )
 
     async def _publish_records(
-        self, request: ChatRequestV2, record: UsageRecordV1, log: RequestLogV1
+        self, request: AnyRequest, record: UsageRecordV1, log: RequestLogV1
     ) -> None:
         # two topics, no order between them to keep: one acknowledgement round, not two
         await asyncio.gather(
@@ -668,7 +843,7 @@ class GenerationHandler:
             self._publisher.publish(topics.LOGS, log, key=request.principal),
         )
 
-    async def _republish(self, request: ChatRequestV2, records: str) -> None:
+    async def _republish(self, request: AnyRequest, records: str) -> None:
         data = json.loads(records)
         record = UsageRecordV1.model_validate_json(data["usage"])
         log = RequestLogV1.model_validate_json(data["log"])
@@ -686,6 +861,14 @@ IMAGE_TOKENS = 1600
 def _prompt_tokens(request: ChatRequestV2) -> int:
     """The prompt's tokens by the local tokenizer, tool definitions and calls included,
     for a stream that failed before its provider reported usage."""
+    parts, images = _prompt_parts(request)
+    tokens = count_tokens(" ".join(request.system)) + count_tokens(" ".join(parts))
+    return tokens + images * IMAGE_TOKENS
+
+
+def _prompt_parts(request: ChatRequestV2) -> tuple[list[str], int]:
+    """The prompt's texts to count (messages, tool calls and results, tool definitions) and
+    its number of images."""
     parts = [m.text() for m in request.messages]
     images = 0
     for block in (b for m in request.messages for b in m.content):
@@ -696,8 +879,7 @@ def _prompt_tokens(request: ChatRequestV2) -> int:
         elif isinstance(block, ImageContent):
             images += 1
     parts += [json.dumps(t.model_dump()) for t in request.tools]
-    tokens = count_tokens(" ".join(request.system)) + count_tokens(" ".join(parts))
-    return tokens + images * IMAGE_TOKENS
+    return parts, images
 
 
 def _prepared_key(request: ChatRequestV2) -> str | None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tollgate_core import db, topics
 from tollgate_core.bus import Decoder, EventConsumer, EventProducer
-from tollgate_core.contracts import AdmissionV1, AdmissionV2, utcnow
+from tollgate_core.contracts import AdmissionV1, AdmissionV2, EmbeddingAdmissionV1, utcnow
 from tollgate_core.errors import TollgateError
 from tollgate_core.health import Health
 from tollgate_core.http import HttpServer, ops_app
@@ -26,6 +26,7 @@ from tollgate_router.providers.registry import ProviderRegistry
 from tollgate_router.resilience import ResilientRouter, RetryPolicy, Timeouts
 from tollgate_router.settings import RouterSettings
 from tollgate_router.streaming import Coalescing
+from tollgate_router.tokens import TokenCounters
 
 logger = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -87,6 +88,8 @@ async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
         max_connections=max(100, settings.max_concurrent_streams * 2),
     )
     catalog.on_change(registry.sync)
+    counters = TokenCounters(settings.catalog_file.parent if settings.catalog_file else None)
+    catalog.on_change(lambda c: counters.load_all(m.tokenizer for m in c.models))
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGHUP, catalog.reload)
 
@@ -117,7 +120,7 @@ async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
         name="router",
         topics=[topics.ADMITTED],
         group_id=settings.consumer_group,
-        decoder=Decoder.of(AdmissionV1, AdmissionV2),
+        decoder=Decoder.of(AdmissionV1, AdmissionV2, EmbeddingAdmissionV1),
         handler=GenerationHandler(
             catalog,
             registry,
@@ -131,6 +134,7 @@ async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
             lease_s=settings.lease_s,
             admission_max_age_s=settings.admission_max_age_s,
             longest_answer_s=settings.longest_answer_s,
+            counters=counters,
         ),
         dead_letter=producer,
         concurrency=settings.max_concurrent_streams,

@@ -27,6 +27,9 @@ from tollgate_router.errors import (
     ProviderUnavailable,
 )
 from tollgate_router.providers.base import (
+    Embedder,
+    EmbeddingCall,
+    Embeddings,
     Finished,
     Provider,
     ProviderEvent,
@@ -259,6 +262,23 @@ class ResilientRouter:
     def breakers(self) -> Mapping[str, CircuitBreaker]:
         return self._breakers
 
+    @property
+    def retry(self) -> RetryPolicy:
+        return self._retry
+
+    @property
+    def timeouts(self) -> Timeouts:
+        return self._timeouts
+
+    async def backoff(self, attempt: int) -> None:
+        await self._sleep(self._retry.delay(attempt, self._rand))
+
+    def provider_of(self, spec: ModelSpec, outcome: Outcome) -> Provider:
+        outcome.model = spec
+        provider = self._providers(spec.provider)
+        outcome.provider = provider.name
+        return provider
+
     async def stream(
         self, chain: list[ModelSpec], request: ProviderRequest, outcome: Outcome
     ) -> AsyncIterator[ProviderEvent]:
@@ -353,6 +373,43 @@ def _fitted(
             outcome.provider = provider.name
             raise
         return None
+
+
+async def call_once(
+    router: ResilientRouter, spec: ModelSpec, call: EmbeddingCall, outcome: Outcome
+) -> Embeddings:
+    """Embeddings from ``spec`` with its provider's retry policy, breaker and total timeout;
+    no fallback (another model's vectors are in another space)."""
+    provider = router.provider_of(spec, outcome)
+    if not isinstance(provider, Embedder):
+        raise InvalidProviderRequest(f"provider {spec.provider!r} cannot embed")
+    breaker = router.breaker(spec.provider)
+    while True:
+        outcome.attempts.append(spec.id)
+        trial = breaker.check(spec.provider)
+        try:
+            async with asyncio.timeout(router.timeouts.total_s):
+                result = await provider.embed(call)
+        except TimeoutError as exc:
+            error: ProviderError = ProviderTimeout(f"{provider.name}: embeddings timed out")
+            error.__cause__ = exc
+        except ProviderError as exc:
+            error = exc
+        except BaseException:
+            if trial:
+                breaker.release()
+            raise
+        else:
+            breaker.success()
+            return result
+        if error.breaker_failure:
+            breaker.failure()
+        elif trial:
+            breaker.release()
+        if not (error.retriable and outcome.retries < router.retry.max_retries):
+            raise error
+        await router.backoff(outcome.retries)
+        outcome.retries += 1
 
 
 def _attempt_span(provider: str, spec: ModelSpec, upstream: ProviderRequest, attempt: int) -> Span:

@@ -7,7 +7,10 @@ One :class:`FakeProviderServer` answers all three APIs from a script of :class:`
   (CRC-checked prelude and message, string headers), in-stream exception frames, pre-stream
   errors with ``x-amzn-ErrorType``;
 - OpenAI ``POST /v1/chat/completions``: SSE chunks, the ``include_usage`` chunk, ``[DONE]``;
-- Anthropic ``POST /v1/messages``: SSE ``message_start`` … ``message_stop``, ``error`` events.
+- Anthropic ``POST /v1/messages``: SSE ``message_start`` … ``message_stop``, ``error`` events;
+- embeddings: Bedrock ``POST /model/{id}/invoke`` in Titan Text Embeddings' and Cohere Embed's
+  body formats (with the ``x-amzn-bedrock-input-token-count`` header) and OpenAI
+  ``POST /v1/embeddings``; vectors from :func:`fake_vector`, one token a word.
 
 A scenario's ``tool_calls`` are streamed after its text the way each API streams them:
 OpenAI ``tool_calls`` deltas with indices, Anthropic ``tool_use`` blocks with
@@ -116,6 +119,18 @@ class Scenario:
     #: end the stream after the text, before the usage / stop events
     truncate: bool = False
     tool_calls: tuple[FakeToolCall, ...] = ()
+    #: OpenAI-compatible servers as some are (see :data:`OPENAI_DEVIATIONS`)
+    deviations: frozenset[str] = frozenset()
+
+
+#: what real OpenAI-compatible servers do differently from OpenAI: ``no_usage`` (no usage
+#: even when asked: llama.cpp's server, older vLLM), ``null_usage`` (``"usage": null`` on
+#: every chunk), ``no_id`` (chunks without ``id``), ``empty_choices`` (a chunk with
+#: ``"choices": []`` before the text), ``comments`` (SSE comments and blank keep-alive lines
+#: between events), ``json`` (one ``chat.completion`` object instead of a stream)
+OPENAI_DEVIATIONS = frozenset(
+    {"no_usage", "null_usage", "no_id", "empty_choices", "comments", "json"}
+)
 
 
 @dataclass
@@ -146,6 +161,7 @@ class FakeProviderServer:
                 Route("/model/{model:path}", self._bedrock, methods=["POST"]),
                 Route("/v1/chat/completions", self._openai, methods=["POST"]),
                 Route("/v1/messages", self._anthropic, methods=["POST"]),
+                Route("/v1/embeddings", self._openai_embeddings, methods=["POST"]),
             ]
         )
         self._http = HttpServer(app, host="127.0.0.1", port=port)
@@ -179,6 +195,8 @@ class FakeProviderServer:
 
     async def _bedrock(self, request: Request) -> Response:
         s = await self._receive(request)
+        if s.status < 400 and request.url.path.endswith("/invoke"):
+            return _bedrock_invoke(request.path_params["model"], self.received[-1].body)
         if s.status >= 400:
             return JSONResponse(
                 {"message": f"fake {s.error_type}"},
@@ -230,45 +248,44 @@ class FakeProviderServer:
             return JSONResponse(
                 {"error": {"message": "fake error", "type": s.error_type}}, s.status
             )
-        model = self.received[-1].body.get("model", "")
-        include_usage = (self.received[-1].body.get("stream_options") or {}).get("include_usage")
+        body = self.received[-1].body
+        usage: dict[str, int] | None = None
+        if (body.get("stream_options") or {}).get("include_usage") or "json" in s.deviations:
+            usage = {
+                "prompt_tokens": s.input_tokens,
+                "completion_tokens": len(s.chunks),
+                "total_tokens": s.input_tokens + len(s.chunks),
+            }
+        if "no_usage" in s.deviations:
+            usage = None
+        base: dict[str, Any] = {"object": "chat.completion.chunk", "model": body.get("model")}
+        if "no_id" not in s.deviations:
+            base["id"] = "chatcmpl-1"
+        if "null_usage" in s.deviations:
+            base["usage"] = None
+        if "json" in s.deviations:
+            return JSONResponse(_openai_completion(base, s, usage))
+        events = _openai_events(self._paced(s), s, base, usage)
+        return StreamingResponse(events, media_type="text/event-stream")
 
-        def sse(data: dict[str, Any]) -> bytes:
-            return f"data: {json.dumps(data)}\n\n".encode()
-
-        async def events() -> AsyncIterator[bytes]:
-            base = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": model}
-            async for i, chunk in self._paced(s):
-                if s.fail_after is not None and i == s.fail_after:
-                    yield sse({"error": {"message": "fake in-stream failure", "code": 503}})
-                    return
-                if s.garbage_after is not None and i == s.garbage_after:
-                    yield b"data: 42\n\n"
-                    return
-                delta = {"content": chunk} if i else {"role": "assistant", "content": chunk}
-                yield sse({**base, "choices": [{"index": 0, "delta": delta}]})
-            if s.truncate:
-                return
-            for i, call in enumerate(s.tool_calls):
-                for j, part in enumerate(["", *call.parts()]):
-                    item: dict[str, Any] = {"index": i, "function": {"arguments": part}}
-                    if j == 0:
-                        item.update(id=call.id, type="function")
-                        item["function"]["name"] = call.name
-                    calls = {"tool_calls": [item]}
-                    yield sse({**base, "choices": [{"index": 0, "delta": calls}]})
-            finish = "tool_calls" if s.tool_calls else "stop"
-            yield sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
-            if include_usage:
-                usage = {
-                    "prompt_tokens": s.input_tokens,
-                    "completion_tokens": len(s.chunks),
-                    "total_tokens": s.input_tokens + len(s.chunks),
-                }
-                yield sse({**base, "choices": [], "usage": usage})
-            yield b"data: [DONE]\n\n"
-
-        return StreamingResponse(events(), media_type="text/event-stream")
+    async def _openai_embeddings(self, request: Request) -> Response:
+        s = await self._receive(request)
+        if s.status >= 400:
+            return JSONResponse(
+                {"error": {"message": "fake error", "type": s.error_type}}, s.status
+            )
+        body = self.received[-1].body
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        dims = int(body.get("dimensions") or 8)
+        data = [
+            {"object": "embedding", "index": i, "embedding": fake_vector(_text_of(x), dims)}
+            for i, x in enumerate(inputs)
+        ]
+        tokens = sum(len(x) if isinstance(x, list) else fake_tokens(x) for x in inputs)
+        answer: dict[str, Any] = {"object": "list", "data": data[::-1], "model": body["model"]}
+        if "no_usage" not in s.deviations:
+            answer["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return JSONResponse(answer)
 
     # -- Anthropic ---------------------------------------------------------------------------
 
@@ -348,6 +365,100 @@ def _bedrock_tool_frames(calls: tuple[FakeToolCall, ...]) -> list[bytes]:
             )
         frames.append(bedrock_event("contentBlockStop", {"contentBlockIndex": index}))
     return frames
+
+
+def fake_vector(text: str, dimensions: int) -> list[float]:
+    """A deterministic vector for ``text``: sixteenths in [-0.5, 0.5), exact in float32."""
+    seed = zlib.crc32(text.encode())
+    return [((seed * (i + 1) * 2654435761 >> 7) % 16) / 16 - 0.5 for i in range(dimensions)]
+
+
+def fake_tokens(text: str) -> int:
+    """The fakes' tokenizer: one token a word."""
+    return len(text.split())
+
+
+def _text_of(item: object) -> str:
+    return item if isinstance(item, str) else " ".join(str(t) for t in item)  # type: ignore[attr-defined]
+
+
+def _bedrock_invoke(model: str, body: dict[str, Any]) -> Response:
+    """InvokeModel of an embedding model, in the model's own format."""
+    if "titan-embed" in model:
+        text = body["inputText"]
+        tokens = fake_tokens(text)
+        dims = int(body.get("dimensions") or (1024 if "v2" in model else 1536))
+        answer: dict[str, Any] = {
+            "embedding": fake_vector(text, dims),
+            "inputTextTokenCount": tokens,
+        }
+    elif "cohere.embed" in model:
+        tokens = sum(fake_tokens(t) for t in body["texts"])
+        dims = int(body.get("output_dimension") or 1024)
+        vectors = [fake_vector(t, dims) for t in body["texts"]]
+        by_type = "embedding_types" in body
+        answer = {
+            "id": "emb-1",
+            "texts": body["texts"],
+            "embeddings": {"float": vectors} if by_type else vectors,
+            "response_type": "embeddings_by_type" if by_type else "embeddings_floats",
+        }
+    else:
+        return JSONResponse(
+            {"message": f"fake: {model} is not an embedding model"},
+            400,
+            headers={"x-amzn-ErrorType": "ValidationException:http://internal.amazon.com/coral/"},
+        )
+    return JSONResponse(answer, headers={"x-amzn-bedrock-input-token-count": str(tokens)})
+
+
+def _openai_completion(
+    base: dict[str, Any], s: Scenario, usage: dict[str, int] | None
+) -> dict[str, Any]:
+    message = {"role": "assistant", "content": "".join(s.chunks)}
+    choice = {"index": 0, "message": message, "finish_reason": "stop"}
+    return {**base, "object": "chat.completion", "choices": [choice], "usage": usage}
+
+
+async def _openai_events(
+    paced: AsyncIterator[tuple[int, str]],
+    s: Scenario,
+    base: dict[str, Any],
+    usage: dict[str, int] | None,
+) -> AsyncIterator[bytes]:
+    def sse(data: dict[str, Any]) -> bytes:
+        return f"data: {json.dumps(data)}\n\n".encode()
+
+    if "comments" in s.deviations:
+        yield b": connected\n\n\n"
+    if "empty_choices" in s.deviations:
+        yield sse({**base, "choices": []})
+    async for i, chunk in paced:
+        if s.fail_after is not None and i == s.fail_after:
+            yield sse({"error": {"message": "fake in-stream failure", "code": 503}})
+            return
+        if s.garbage_after is not None and i == s.garbage_after:
+            yield b"data: 42\n\n"
+            return
+        delta = {"content": chunk} if i else {"role": "assistant", "content": chunk}
+        yield sse({**base, "choices": [{"index": 0, "delta": delta}]})
+        if "comments" in s.deviations:
+            yield b": keep-alive\n\n\n"
+    if s.truncate:
+        return
+    for i, call in enumerate(s.tool_calls):
+        for j, part in enumerate(["", *call.parts()]):
+            item: dict[str, Any] = {"index": i, "function": {"arguments": part}}
+            if j == 0:
+                item.update(id=call.id, type="function")
+                item["function"]["name"] = call.name
+            calls = {"tool_calls": [item]}
+            yield sse({**base, "choices": [{"index": 0, "delta": calls}]})
+    finish = "tool_calls" if s.tool_calls else "stop"
+    yield sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
+    if usage is not None:
+        yield sse({**base, "choices": [], "usage": usage})
+    yield b"data: [DONE]\n\n"
 
 
 @dataclass

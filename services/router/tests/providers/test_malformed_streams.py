@@ -41,7 +41,7 @@ Adapter = Callable[[FakeProviderServer, httpx.AsyncClient], Provider]
         (bedrock, Scenario(garbage_after=2), "corrupt event stream", "Hello from"),
         (bedrock, Scenario(truncate=True), "without its metadata event", "Hello from a fake model"),
         (openai, Scenario(garbage_after=2), "malformed response", "Hello from"),
-        (openai, Scenario(truncate=True), "without a usage chunk", "Hello from a fake model"),
+        (openai, Scenario(truncate=True), "before its end", "Hello from a fake model"),
         (anthropic, Scenario(garbage_after=2), "malformed response", "Hello from"),
         (anthropic, Scenario(truncate=True), "before message_stop", "Hello from a fake model"),
     ],

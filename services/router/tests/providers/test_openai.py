@@ -48,12 +48,55 @@ async def test_streams_text_and_reads_the_include_usage_chunk(
     assert [m["role"] for m in received.body["messages"]] == ["system", "user", "assistant", "user"]
 
 
-async def test_a_server_that_reports_no_usage_is_an_error_not_a_free_answer(
+async def test_a_server_that_reports_no_usage_answers_and_says_the_usage_is_unreported(
     fake_server: FakeProviderServer, http_client: httpx.AsyncClient
 ) -> None:
     p = provider(fake_server, http_client, include_usage=False)
-    with pytest.raises(ProviderUnavailable, match="usage"):
-        [e async for e in p.stream(request())]
+    events = [e async for e in p.stream(request())]
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "Hello from a fake model"
+    assert events[-1] == Finished(Usage(), "end_turn", reported=False)
+    assert "stream_options" not in fake_server.received[0].body
+
+
+@pytest.mark.parametrize(
+    ("deviations", "reported"),
+    [
+        (frozenset({"no_usage"}), False),
+        (frozenset({"no_id"}), True),
+        (frozenset({"null_usage"}), True),
+        (frozenset({"null_usage", "no_usage"}), False),
+        (frozenset({"empty_choices"}), True),
+        (frozenset({"comments"}), True),
+        (frozenset({"comments", "no_usage", "no_id", "empty_choices"}), False),
+        (frozenset({"json"}), True),
+        (frozenset({"json", "no_usage"}), False),
+    ],
+    ids=lambda v: "+".join(sorted(v)) if isinstance(v, frozenset) else str(v),
+)
+async def test_servers_as_they_are_are_answered_normally(
+    fake_server: FakeProviderServer,
+    http_client: httpx.AsyncClient,
+    deviations: frozenset[str],
+    reported: bool,
+) -> None:
+    """llama.cpp, vLLM, Ollama and proxies: the finish reason alone on its own chunk (the
+    fake always sends it so), plus each deviation; the text and stop reason survive and the
+    usage is the server's when it sends one."""
+    fake_server.script = [Scenario(deviations=deviations)]
+    events = [e async for e in provider(fake_server, http_client).stream(request())]
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "Hello from a fake model"
+    usage = Usage(input_tokens=7, output_tokens=5) if reported else Usage()
+    assert events[-1] == Finished(usage, "end_turn", reported=reported)
+    assert sum(isinstance(e, Finished) for e in events) == 1
+
+
+async def test_a_stream_cut_off_without_usage_is_still_a_failure(
+    fake_server: FakeProviderServer, http_client: httpx.AsyncClient
+) -> None:
+    """No [DONE] and no finish reason: the answer is not whole, so nothing is estimated."""
+    fake_server.script = [Scenario(truncate=True, deviations=frozenset({"no_usage"}))]
+    with pytest.raises(ProviderUnavailable, match="before its end"):
+        [e async for e in provider(fake_server, http_client).stream(request())]
 
 
 @pytest.mark.parametrize(

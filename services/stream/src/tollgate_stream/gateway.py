@@ -14,7 +14,13 @@ from prometheus_client import Counter
 from tollgate_core import topics
 from tollgate_core.bus import Publisher
 from tollgate_core.bus.codec import encode
-from tollgate_core.contracts import ChatRequestV1, ChatRequestV2, ReplyTo, new_request_id
+from tollgate_core.contracts import (
+    ChatRequestV1,
+    ChatRequestV2,
+    EmbeddingRequestV1,
+    ReplyTo,
+    new_request_id,
+)
 from tollgate_core.errors import DependencyUnavailable, RecordTooLarge, RequestError, TollgateError
 from tollgate_core.limits import count_bad_input
 from tollgate_stream import limits
@@ -75,7 +81,9 @@ class Gateway:
             partition=random.choice(self._reply_partitions),  # noqa: S311
         )
 
-    def check_size(self, request: ChatRequestV1 | ChatRequestV2, *, raw_bytes: int) -> None:
+    def check_size(
+        self, request: ChatRequestV1 | ChatRequestV2 | EmbeddingRequestV1, *, raw_bytes: int
+    ) -> None:
         """Refuse a request whose record, or the meter's admission record carrying it, would
         exceed the Kafka record limit. ``raw_bytes`` is the size of what the client sent: a
         request is at most about 1.5 times that plus its envelope, so a small one is not
@@ -90,7 +98,7 @@ class Gateway:
                 details={"field": "messages"},
             )
 
-    async def submit(self, request: ChatRequestV1 | ChatRequestV2) -> None:
+    async def submit(self, request: ChatRequestV1 | ChatRequestV2 | EmbeddingRequestV1) -> None:
         """Put a request built by another front door (the OpenAI API) into the pipeline."""
         await self._publisher.publish(topics.REQUESTS, request, key=request.principal)
 

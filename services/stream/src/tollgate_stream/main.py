@@ -13,7 +13,13 @@ from pydantic import TypeAdapter
 
 from tollgate_core import topics
 from tollgate_core.bus import Decoder, EventConsumer, EventProducer
-from tollgate_core.contracts import REPLY_SCHEMA, REPLY_SCHEMA_V2, ReplyChunkV2, ReplyV1
+from tollgate_core.contracts import (
+    REPLY_SCHEMA,
+    REPLY_SCHEMA_V2,
+    EmbeddingsChunkV1,
+    ReplyChunkV2,
+    ReplyV1,
+)
 from tollgate_core.errors import ConfigurationError, DependencyUnavailable
 from tollgate_core.health import Health
 from tollgate_core.http import HttpServer
@@ -41,6 +47,16 @@ from tollgate_stream.subscriptions import Subscriptions
 from tollgate_stream.waiters import ReplyWaiters
 
 logger = logging.getLogger(__name__)
+
+#: what the replies topic carries: chat replies of both versions and, for embeddings
+#: requests, vector chunks
+REPLIES: Decoder[Any] = Decoder(
+    {
+        REPLY_SCHEMA: TypeAdapter(ReplyV1),
+        REPLY_SCHEMA_V2: TypeAdapter(ReplyChunkV2),
+        EmbeddingsChunkV1.SCHEMA: TypeAdapter(EmbeddingsChunkV1),
+    }
+)
 
 
 async def relay(settings: StreamSettings, stop: asyncio.Event) -> None:
@@ -233,9 +249,7 @@ def reply_consumers(
             topics=[topics.REPLIES],
             partitions=partitions,
             from_latest=True,
-            decoder=Decoder(
-                {REPLY_SCHEMA: TypeAdapter(ReplyV1), REPLY_SCHEMA_V2: TypeAdapter(ReplyChunkV2)}
-            ),
+            decoder=REPLIES,
             handler=ReplyDispatcher(sink, waiters),
             dead_letter=producer,
             accept=local_interest(

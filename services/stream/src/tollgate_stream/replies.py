@@ -9,7 +9,13 @@ from typing import Protocol
 
 from tollgate_core.bus import Delivered
 from tollgate_core.bus import headers as h
-from tollgate_core.contracts import ReplyChunkV1, ReplyChunkV2, ReplyDoneV1, ReplyErrorV1
+from tollgate_core.contracts import (
+    EmbeddingsChunkV1,
+    ReplyChunkV1,
+    ReplyChunkV2,
+    ReplyDoneV1,
+    ReplyErrorV1,
+)
 from tollgate_stream.appsync.channels import Channel, parse_channel
 from tollgate_stream.chat import dumps, outbound_events
 from tollgate_stream.errors import AppSyncError
@@ -18,7 +24,7 @@ from tollgate_stream.waiters import ReplyWaiters
 
 logger = logging.getLogger(__name__)
 
-Reply = ReplyChunkV1 | ReplyChunkV2 | ReplyDoneV1 | ReplyErrorV1
+Reply = ReplyChunkV1 | ReplyChunkV2 | ReplyDoneV1 | ReplyErrorV1 | EmbeddingsChunkV1
 
 
 class ChannelSink(Protocol):
@@ -59,8 +65,8 @@ class ReplyDispatcher:
             if self._waiters is not None:
                 self._waiters.deliver(reply)
             return
-        if self._subscriptions is None:
-            return
+        if self._subscriptions is None or isinstance(reply, EmbeddingsChunkV1):
+            return  # vectors go to the HTTP request that asked, never to a channel
         try:
             channel = parse_channel(reply.channel, allow_wildcard=False)
         except AppSyncError:

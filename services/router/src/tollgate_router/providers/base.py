@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from pydantic import JsonValue
 
@@ -79,6 +79,9 @@ class Finished:
     usage: Usage
     stop_reason: str = "end_turn"
     metrics: dict[str, int] = field(default_factory=dict)
+    #: False when the provider reported no usage (``usage`` is then empty): the router
+    #: counts the tokens itself and marks its records as estimated
+    reported: bool = True
 
 
 ProviderEvent = TextDelta | ToolUseDelta | Finished
@@ -134,3 +137,31 @@ def merge_extras(body: dict[str, Any], extras: Mapping[str, object], provider: s
             details={"param": "extras"},
         )
     body.update(extras)
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingCall:
+    """One embeddings request as a provider receives it."""
+
+    model: str
+    inputs: tuple[str | tuple[int, ...], ...]
+    dimensions: int | None = None
+    input_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Embeddings:
+    """The vectors, in input order, and the input tokens the provider reported (None: it
+    reported none, and the router counts them)."""
+
+    vectors: tuple[tuple[float, ...], ...]
+    input_tokens: int | None
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    name: str
+
+    async def embed(self, call: EmbeddingCall) -> Embeddings:
+        """The vectors of ``call.inputs``; raises a ProviderError like :meth:`Provider.stream`."""
+        ...

@@ -55,6 +55,8 @@ from tollgate_router.errors import (
 from tollgate_router.providers._http import Clients, error_message, translate_httpx
 from tollgate_router.providers.base import (
     Capabilities,
+    EmbeddingCall,
+    Embeddings,
     Finished,
     ProviderEvent,
     ProviderRequest,
@@ -62,6 +64,7 @@ from tollgate_router.providers.base import (
     ToolUseDelta,
     stop_reason,
 )
+from tollgate_router.providers.bedrock_embed import embed_bedrock
 
 #: ``x-amzn-ErrorType`` before the stream and ``:exception-type`` inside it, case-folded
 _ERRORS: dict[str, type[ProviderError]] = {
@@ -230,19 +233,45 @@ class BedrockProvider:
         return body
 
     async def signed(self, request: ProviderRequest) -> tuple[str, bytes, dict[str, str]]:
-        url = f"{self._endpoint}/model/{quote(request.model, safe='')}/converse-stream"
-        payload = json.dumps(self.body(request), separators=(",", ":")).encode()
+        return await self.sign(
+            request.model,
+            "converse-stream",
+            self.body(request),
+            "application/vnd.amazon.eventstream",
+        )
+
+    async def sign(
+        self, model: str, action: str, body: dict[str, Any], accept: str
+    ) -> tuple[str, bytes, dict[str, str]]:
+        """URL, payload and SigV4-signed headers of ``POST /model/{model}/{action}``."""
+        url = f"{self._endpoint}/model/{quote(model, safe='')}/{action}"
+        payload = json.dumps(body, separators=(",", ":")).encode()
         aws = AWSRequest(
             method="POST",
             url=url,
             data=payload,
-            headers={
-                "content-type": "application/json",
-                "accept": "application/vnd.amazon.eventstream",
-            },
+            headers={"content-type": "application/json", "accept": accept},
         )
         SigV4Auth(await self._credentials.get(), "bedrock", self._region).add_auth(aws)
         return url, payload, dict(aws.headers.items())
+
+    async def invoke(self, model: str, body: dict[str, Any]) -> tuple[Any, int | None]:
+        """InvokeModel: the JSON response and the input tokens Bedrock reports in its
+        ``x-amzn-bedrock-input-token-count`` header."""
+        url, payload, headers = await self.sign(model, "invoke", body, "application/json")
+        with translate_httpx(self.name):
+            async with self._client.stream(
+                "POST", url, content=payload, headers=headers
+            ) as response:
+                raw = await response.aread()
+                if response.status_code >= 400:
+                    code = response.headers.get("x-amzn-errortype", "")
+                    raise bedrock_error(code, error_message(raw), response.status_code)
+                tokens = response.headers.get("x-amzn-bedrock-input-token-count")
+                return json.loads(raw), int(tokens) if tokens is not None else None
+
+    async def embed(self, call: EmbeddingCall) -> Embeddings:
+        return await embed_bedrock(self.invoke, call)
 
     async def stream(self, request: ProviderRequest) -> AsyncIterator[ProviderEvent]:
         url, payload, headers = await self.signed(request)

@@ -5,13 +5,19 @@ Content blocks map to ``image_url`` parts (a URL, or inline as a ``data:`` URL),
 ``tool_calls`` and ``role: tool`` messages (one per tool result, before the user's other
 content; the API has no error flag, so an error result's text is sent prefixed ``Error:``);
 tools to ``tools`` of ``type: function``; streamed ``tool_calls`` deltas, told apart by their
-``index``, become :class:`ToolUseDelta`."""
+``index``, become :class:`ToolUseDelta`.
+
+Servers that send no usage even when asked, or that answer with one JSON completion instead of
+a stream, are served as they are: the final event then says the usage was not reported, and
+the router counts it (``tollgate_router.tokens``)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
 from typing import Any
+
+import httpx
 
 from tollgate_core.contracts import (
     ChatMessageV2,
@@ -33,6 +39,8 @@ from tollgate_router.providers._http import (
 )
 from tollgate_router.providers.base import (
     Capabilities,
+    EmbeddingCall,
+    Embeddings,
     Finished,
     ProviderEvent,
     ProviderRequest,
@@ -159,6 +167,7 @@ class OpenAIProvider:
     ) -> None:
         self._client = client
         self._url = base_url.rstrip("/") + "/chat/completions"
+        self._embeddings_url = base_url.rstrip("/") + "/embeddings"
         self._headers = {"accept": "text/event-stream"}
         if api_key:
             self._headers["authorization"] = f"Bearer {api_key}"
@@ -193,8 +202,7 @@ class OpenAIProvider:
             body["seed"] = request.seed
 
     async def stream(self, request: ProviderRequest) -> AsyncIterator[ProviderEvent]:
-        usage: Usage | None = None
-        stopped = "end_turn"
+        state = _StreamState()
         with translate_httpx(self.name):
             async with self._client.stream(
                 "POST", self._url, json=self.body(request), headers=self._headers
@@ -202,30 +210,126 @@ class OpenAIProvider:
                 if response.status_code >= 400:
                     body = await response.aread()
                     raise from_http_status(response.status_code, f"openai: {error_message(body)}")
-                async for sse in iter_sse(response):
-                    if sse.data == "[DONE]":
-                        continue  # read to the end so the connection goes back to the pool
-                    try:
-                        chunk = json.loads(sse.data)
-                    except ValueError as exc:
-                        raise ProviderUnavailable(f"openai: malformed chunk: {exc}") from exc
-                    if "error" in chunk:
-                        raise in_stream_error(chunk["error"], sse.data)
-                    for choice in chunk.get("choices") or ():
-                        text = (choice.get("delta") or {}).get("content")
-                        if text:
-                            yield TextDelta(text)
-                        for delta in tool_deltas(choice):
-                            yield delta
-                        reason = choice.get("finish_reason")
-                        if reason:
-                            stopped = stop_reason(reason)
-                    if chunk.get("usage"):
-                        u = chunk["usage"]
-                        usage = Usage(
-                            input_tokens=int(u.get("prompt_tokens") or 0),
-                            output_tokens=int(u.get("completion_tokens") or 0),
-                        )
-        if usage is None:
-            raise ProviderUnavailable("openai: the stream ended without a usage chunk")
-        yield Finished(usage, stopped)
+                if _is_json(response):  # a server or proxy that ignores ``stream``
+                    for event in _completion(json.loads(await response.aread()), state):
+                        yield event
+                else:
+                    async for sse in iter_sse(response):
+                        for event in _chunk_events(sse.data, state):
+                            yield event
+        yield state.finished()
+
+    async def embed(self, call: EmbeddingCall) -> Embeddings:
+        """``POST /embeddings``: texts or token arrays in, float vectors out (``dimensions``
+        passed through: the server refuses a length its model cannot give)."""
+        body: dict[str, Any] = {
+            "model": call.model,
+            "input": [list(i) if isinstance(i, tuple) else i for i in call.inputs],
+            "encoding_format": "float",
+        }
+        if call.dimensions is not None:
+            body["dimensions"] = call.dimensions
+        headers = {k: v for k, v in self._headers.items() if k != "accept"}
+        with translate_httpx(self.name):
+            async with self._client.stream(
+                "POST", self._embeddings_url, json=body, headers=headers
+            ) as response:
+                raw = await response.aread()
+                if response.status_code >= 400:
+                    raise from_http_status(response.status_code, f"openai: {error_message(raw)}")
+                return _embeddings(json.loads(raw), len(call.inputs))
+
+
+def _embeddings(body: Any, count: int) -> Embeddings:
+    """An embeddings response: ``data`` in any order (by ``index``), ``usage`` if sent."""
+    data = sorted(body["data"], key=lambda d: int(d.get("index", 0)))
+    if len(data) != count:
+        raise ProviderUnavailable(f"openai: {len(data)} embeddings for {count} inputs")
+    vectors = tuple(tuple(float(x) for x in d["embedding"]) for d in data)
+    usage = body.get("usage")
+    tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+    return Embeddings(vectors, None if tokens is None else int(tokens))
+
+
+class _StreamState:
+    """What a stream has said so far besides its text."""
+
+    def __init__(self) -> None:
+        self.usage: Usage | None = None
+        self.stop_reason = "end_turn"
+        self.ended = False  # ``[DONE]`` or a finish_reason: the answer is whole
+
+    def finish(self, reason: object) -> None:
+        if reason:
+            self.stop_reason = stop_reason(str(reason))
+            self.ended = True
+
+    def read_usage(self, usage: object) -> None:
+        if isinstance(usage, dict) and usage:
+            self.usage = Usage(
+                input_tokens=int(usage.get("prompt_tokens") or 0),
+                output_tokens=int(usage.get("completion_tokens") or 0),
+            )
+
+    def finished(self) -> Finished:
+        """The final event; with no usage reported, one the router counts itself — but only
+        for a whole answer: a stream cut off before its end is a failure."""
+        if self.usage is not None:
+            return Finished(self.usage, self.stop_reason)
+        if not self.ended:
+            raise ProviderUnavailable("openai: the stream ended before its end and without usage")
+        return Finished(Usage(), self.stop_reason, reported=False)
+
+
+def _is_json(response: httpx.Response) -> bool:
+    content_type: str = response.headers.get("content-type", "")
+    return content_type.startswith("application/json")
+
+
+def _chunk_events(data: str, state: _StreamState) -> list[ProviderEvent]:
+    """The events of one SSE ``data``. Tolerated as servers send them: no ``id``, ``usage:
+    null`` on every chunk, chunks with an empty ``choices`` list, the finish reason alone on a
+    chunk of its own (comments and keep-alive lines never reach here)."""
+    if data == "[DONE]":
+        state.ended = True
+        return []  # read on to the end so the connection goes back to the pool
+    try:
+        chunk = json.loads(data)
+    except ValueError as exc:
+        raise ProviderUnavailable(f"openai: malformed chunk: {exc}") from exc
+    if "error" in chunk:
+        raise in_stream_error(chunk["error"], data)
+    events: list[ProviderEvent] = []
+    for choice in chunk.get("choices") or ():
+        text = (choice.get("delta") or {}).get("content")
+        if text:
+            events.append(TextDelta(text))
+        events += tool_deltas(choice)
+        state.finish(choice.get("finish_reason"))
+    state.read_usage(chunk.get("usage"))
+    return events
+
+
+def _completion(body: Any, state: _StreamState) -> list[ProviderEvent]:
+    """A whole ``chat.completion`` object, as a server that does not stream sends it."""
+    if "error" in body:
+        raise in_stream_error(body["error"], json.dumps(body))
+    events: list[ProviderEvent] = []
+    for choice in body.get("choices") or ():
+        message = choice.get("message") or {}
+        if message.get("content"):
+            events.append(TextDelta(message["content"]))
+        for index, call in enumerate(message.get("tool_calls") or ()):
+            function = call.get("function") or {}
+            events.append(
+                ToolUseDelta(
+                    index=index,
+                    id=call.get("id") or None,
+                    name=function.get("name") or None,
+                    arguments=function.get("arguments") or "",
+                )
+            )
+        state.finish(choice.get("finish_reason"))
+    state.ended = True
+    state.read_usage(body.get("usage"))
+    return events

@@ -25,6 +25,7 @@ from starlette.routing import BaseRoute, Route
 from tollgate_core.contracts import (
     ChatRequestV1,
     ChatRequestV2,
+    EmbeddingsChunkV1,
     ReplyChunkV1,
     ReplyChunkV2,
     ReplyDoneV1,
@@ -39,6 +40,7 @@ from tollgate_stream.gateway import Gateway
 from tollgate_stream.identity import Identity
 from tollgate_stream.openai import convert, schema
 from tollgate_stream.openai.auth import BearerAuthenticator, bearer_token
+from tollgate_stream.openai.embeddings import EmbeddingsEndpoint
 from tollgate_stream.openai.models import ModelCatalog
 from tollgate_stream.waiters import Reply, ReplyWaiters, Waiter, WaiterOverflow
 
@@ -91,10 +93,14 @@ class OpenAIApi:
         self._auth = authenticator
         self._catalog = catalog
         self._timeout = reply_timeout_s
+        self._embeddings = EmbeddingsEndpoint(
+            gateway, waiters, authenticator, reply_timeout_s=reply_timeout_s
+        )
 
     def routes(self) -> list[BaseRoute]:
         return [
             Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
+            Route("/v1/embeddings", self._embeddings.handle, methods=["POST"]),
             Route("/v1/models", self.models, methods=["GET"]),
         ]
 
@@ -209,7 +215,8 @@ class OpenAIApi:
             if isinstance(reply, ReplyDoneV1):
                 model = reply.model or chat.model
                 return schema.completion(waiter.request_id, created, model, answer, reply)
-            answer.add(reply)
+            if not isinstance(reply, EmbeddingsChunkV1):  # never sent to a chat request
+                answer.add(reply)
             reply = await self._next(waiter)
 
     async def _stream(
@@ -261,7 +268,7 @@ class OpenAIApi:
                             )
                         )
                     break
-                else:
+                elif isinstance(reply, ReplyErrorV1):
                     yield _sse(schema.error_from_reply(reply.error).body())
                     return
                 try:
