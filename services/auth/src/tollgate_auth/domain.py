@@ -88,9 +88,7 @@ class ChannelRules:
         if any(WILDCARD in s for s in segments) and not self._own_subtree(
             principal, segments, operation
         ):
-            raise ChannelDenied(
-                "a wildcard is only allowed as the last segment below your own sub"
-            )
+            raise ChannelDenied("a wildcard is only allowed as the last segment below your own sub")
         if len(segments) < 2 or segments[1] != principal.sub:
             raise ChannelDenied(f"{channel} is not yours: its second segment must be your sub")
 
