@@ -775,10 +775,10 @@ def _violation(raw: Any) -> Violation | None:
 
 _PRINCIPALS_SQL = (
     "SELECT principal,"
-    " count(*) FILTER (WHERE created_at >= :day) AS day_requests,"
-    " coalesce(sum(input_tokens) FILTER (WHERE created_at >= :day), 0) AS day_input,"
-    " coalesce(sum(output_tokens) FILTER (WHERE created_at >= :day), 0) AS day_output,"
-    " coalesce(sum(cost_usd) FILTER (WHERE created_at >= :day), 0) AS day_cost,"
+    " count(*) FILTER (WHERE bucket_start >= :day) AS day_requests,"
+    " coalesce(sum(input_tokens) FILTER (WHERE bucket_start >= :day), 0) AS day_input,"
+    " coalesce(sum(output_tokens) FILTER (WHERE bucket_start >= :day), 0) AS day_output,"
+    " coalesce(sum(cost_usd) FILTER (WHERE bucket_start >= :day), 0) AS day_cost,"
     " count(*) AS month_requests,"
     " coalesce(sum(input_tokens), 0) AS month_input,"
     " coalesce(sum(output_tokens), 0) AS month_output,"
