@@ -113,6 +113,7 @@ def test_make_run_serves_a_request_and_ctrl_c_leaves_no_process_behind(tmp_path:
     try:
         text = wait_for_line(log, READY_LINE, process, timeout=180)
         stream_url = f"http://127.0.0.1:{ports['stream']}"
+        assert f"Web page: chat and usage     {stream_url}/" in text
         assert f"POST {stream_url}/event" in text
         assert f"{stream_url.replace('http', 'ws')}/event/realtime" in text
         for service, port in ports.items():
