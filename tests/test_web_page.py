@@ -7,18 +7,31 @@ session's stack (or, for the reconnect test, to it through a TCP proxy the test 
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
+import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import parse_qs, urlencode
 
 import httpx
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
 
+from tests.appsync_client import dev_token
 from tests.conftest import METER_ADMIN_TOKEN
+from tests.edges import edge_process
 from tests.ledger import wait_settled
 from tests.tcpproxy import TcpProxy
-from tollgate_dev.platform import EmbeddedPostgres
+from tollgate_core.http import HttpServer
+from tollgate_dev.platform import EmbeddedPostgres, free_port
 from tollgate_dev.stack import Stack
 
 pytestmark = pytest.mark.e2e
@@ -230,3 +243,85 @@ async def test_admins_see_every_principals_usage_and_the_top_models(
     await expect(user.get_by_role("region", name="Administration")).to_be_hidden()
     await admin.context.close()
     await user.context.close()
+
+
+class AuthorizationServer:
+    """An OAuth 2.0 authorization server as Cognito's hosted UI plays it, for one public
+    client: ``/authorize`` signs ``user`` in at once and redirects back with a code;
+    ``/token`` gives the token only for the code's PKCE verifier (S256), redirect URI and
+    client. The token itself is a real one from the development IdP the stack's auth service
+    trusts."""
+
+    def __init__(self, auth_url: str, user: str, client_id: str) -> None:
+        self.auth_url, self.user, self.client_id = auth_url, user, client_id
+        self.codes: dict[str, dict[str, str]] = {}
+        self.exchanged: list[str] = []
+
+    def app(self) -> Starlette:
+        return Starlette(
+            routes=[
+                Route("/authorize", self.authorize, methods=["GET"]),
+                Route("/token", self.token, methods=["POST"]),
+            ],
+            middleware=[Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["POST"])],
+        )
+
+    async def authorize(self, request: Request) -> Response:
+        q = request.query_params
+        if q.get("client_id") != self.client_id or q.get("code_challenge_method") != "S256":
+            return JSONResponse({"error": "invalid_request"}, 400)
+        code = secrets.token_urlsafe(16)
+        self.codes[code] = {"challenge": q["code_challenge"], "redirect_uri": q["redirect_uri"]}
+        target = f"{q['redirect_uri']}?{urlencode({'code': code, 'state': q['state']})}"
+        return RedirectResponse(target, 302)
+
+    async def token(self, request: Request) -> Response:
+        form = {k: v[0] for k, v in parse_qs((await request.body()).decode()).items()}
+        grant = self.codes.pop(form.get("code", ""), None)
+        verifier = form.get("code_verifier", "")
+        challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
+        if (
+            grant is None
+            or form.get("grant_type") != "authorization_code"
+            or form.get("client_id") != self.client_id
+            or form.get("redirect_uri") != grant["redirect_uri"]
+            or challenge.decode().rstrip("=") != grant["challenge"]
+        ):
+            return JSONResponse({"error": "invalid_grant"}, 400)
+        self.exchanged.append(verifier)
+        return JSONResponse(
+            {"access_token": await dev_token(self.auth_url, self.user), "token_type": "Bearer"}
+        )
+
+
+async def test_oidc_sign_in_with_the_authorization_code_and_pkce(
+    browser: Browser, stack: Stack, tmp_path: Path
+) -> None:
+    issuer = AuthorizationServer(stack.url("auth"), "web-olga", "web-app")
+    server = HttpServer(issuer.app(), host="127.0.0.1", port=free_port())
+    await server.start()
+    base = f"http://127.0.0.1:{server.port}"
+    env = {
+        "TOLLGATE_STREAM_WEB_SIGN_IN": "oidc",
+        "TOLLGATE_STREAM_OIDC_AUTHORIZE_URL": f"{base}/authorize",
+        "TOLLGATE_STREAM_OIDC_TOKEN_URL": f"{base}/token",
+        "TOLLGATE_STREAM_OIDC_CLIENT_ID": "web-app",
+    }
+    try:
+        with edge_process(stack, tmp_path, name="stream-oidc", env=env) as edge:
+            page = await open_page(browser, f"{edge.url}/")
+            await page.get_by_role("button", name="Sign in").click()
+            await expect(page.get_by_text("Signed in as web-olga")).to_be_visible()
+            await expect(page.get_by_role("status", name="Connection")).to_have_text("Connected")
+            assert len(issuer.exchanged) == 1 and len(issuer.exchanged[0]) >= 43
+            assert "code=" not in page.url  # the code leaves the address bar
+            await send(page, "Signed in through the issuer", 0)
+            # an answer whose state is not the one the page sent is refused
+            forged = await open_page(browser, f"{edge.url}/?code=stolen&state=forged")
+            await expect(forged.get_by_role("alert")).to_have_text(
+                re.compile("Sign-in failed: the sign-in answer does not match")
+            )
+            await page.context.close()
+            await forged.context.close()
+    finally:
+        await server.stop()
