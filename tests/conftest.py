@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from oteltap import OtelTapHttpProtobufReceiver, OtelTapHttpProtobufReceiverSett
 from tests.edges import Certificate, Edge, edge_process, self_signed
 from tollgate_dev.platform import EmbeddedPostgres, TansuBroker, free_port
 from tollgate_dev.stack import SERVICES, Stack, dev_auth_env, run_prepare
+from tollgate_router.testing import FakeProviderServer
 
 METER_ADMIN_TOKEN = "meter-admin-test-token"
 
@@ -55,15 +57,53 @@ async def otlp(otlp_port: int) -> AsyncIterator[SpanLog]:
 
 
 @pytest.fixture(scope="session")
+async def fake_upstream() -> AsyncIterator[FakeProviderServer]:
+    """A model provider speaking OpenAI's chat completions, behind the stack's ``fake-gpt``
+    model (premium callers only): tests set its ``script``."""
+    server = FakeProviderServer()
+    await server.start(free_port())
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+def stack_catalog(directory: Path, upstream: FakeProviderServer) -> Path:
+    """The local model as the stack's default (paced as the tests count on), and
+    ``fake-gpt`` served by ``upstream``."""
+    catalog = {
+        "default_model": "tollgate-local",
+        "providers": {
+            "local": {
+                "type": "local",
+                "time_to_first_token_ms": 50,
+                "tokens_per_second": 200,
+                "output_tokens": 12,
+            },
+            "fake-openai": {"type": "openai", "base_url": f"{upstream.url}/v1"},
+        },
+        "models": [
+            {"id": "tollgate-local", "provider": "local"},
+            {"id": "fake-gpt", "provider": "fake-openai", "groups": ["premium"]},
+        ],
+    }
+    path = directory / "models.json"
+    path.write_text(json.dumps(catalog))
+    return path
+
+
+@pytest.fixture(scope="session")
 def stack(
     kafka_broker: TansuBroker,
     embedded_postgres: EmbeddedPostgres,
     otlp: SpanLog,
     otlp_port: int,
+    fake_upstream: FakeProviderServer,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
     run_prepare(kafka_broker.bootstrap_servers, embedded_postgres.url)
     log_dir = Path(tmp_path_factory.mktemp("stack-logs"))
+    catalog = stack_catalog(Path(tmp_path_factory.mktemp("catalog")), fake_upstream)
     analytics_dir = Path(tmp_path_factory.mktemp("analytics"))
     stack = Stack(
         bootstrap_servers=kafka_broker.bootstrap_servers,
@@ -75,6 +115,7 @@ def stack(
             "TOLLGATE_LOCAL_MODEL_TIME_TO_FIRST_TOKEN_MS": "50",
             "TOLLGATE_LOCAL_MODEL_TOKENS_PER_SECOND": "200",
             "TOLLGATE_LOCAL_MODEL_OUTPUT_TOKENS": "12",
+            "TOLLGATE_ROUTER_CATALOG_FILE": str(catalog),
             # one reply chunk per token, so the tests can count them
             "TOLLGATE_ROUTER_COALESCE_DELAY_MS": "0",
             "TOLLGATE_ROUTER_ADMIN_TOKEN": "e2e-admin-token",

@@ -41,3 +41,23 @@ async def wait_settled(database_url: str, request_id: str, timeout: float = 20) 
                 await asyncio.sleep(0.1)
     finally:
         await engine.dispose()
+
+
+async def reserved(database_url: str, request_id: str) -> tuple[int, int]:
+    """What the meter reserved for ``request_id``: (input, output) tokens."""
+    url = DatabaseSettings(database_url=SecretStr(database_url)).async_url
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    text(
+                        "SELECT reserved_input, reserved_output FROM meter.reservations"
+                        " WHERE request_id = :r"
+                    ),
+                    {"r": request_id},
+                )
+            ).one()
+        return int(row.reserved_input), int(row.reserved_output)
+    finally:
+        await engine.dispose()

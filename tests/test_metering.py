@@ -16,11 +16,12 @@ from sqlalchemy import text
 
 from tests.appsync_client import chat_event, connect, dev_token
 from tests.conftest import METER_ADMIN_TOKEN
+from tests.ledger import reserved
 from tollgate_core import db, topics
 from tollgate_core.bus import EventProducer
 from tollgate_core.contracts import Usage, UsageRecordV1
 from tollgate_core.settings import KafkaSettings
-from tollgate_dev.platform import TansuBroker, free_port
+from tollgate_dev.platform import EmbeddedPostgres, TansuBroker, free_port
 from tollgate_dev.pytest_plugin import DatabaseFactory
 from tollgate_dev.stack import Stack, run_prepare, wait_ready
 
@@ -185,3 +186,29 @@ async def test_meter_killed_mid_batch_neither_loses_nor_duplicates_usage(
     )
     # redelivered records after the kill were not counted twice in the windows either
     assert (int(buckets[0]), int(buckets[1])) == (inp, out)
+
+
+async def test_the_reservation_is_the_output_the_router_will_allow(
+    stack: Stack, embedded_postgres: EmbeddedPostgres
+) -> None:
+    """No max_tokens: the meter reserves the model's catalog default, which the router will
+    give it, not a default of its own; a max_tokens above the model's maximum reserves the
+    maximum, which the router caps it at (a larger reservation would refuse requests that
+    fit)."""
+    async with httpx.AsyncClient() as client:
+        models = (await client.get(f"{stack.url('router')}/v1/models")).json()["data"]
+    [local] = [m for m in models if m["id"] == "tollgate-local"]
+    default, maximum = local["max_tokens"]["default"], local["max_tokens"]["max"]
+    token = await dev_token(stack.url("auth"), "yara")
+    async with openai.AsyncOpenAI(
+        api_key=token, base_url=f"{stack.url('stream')}/v1", max_retries=0
+    ) as sdk:
+        for asked, expected in ((None, default), (maximum + 1000, maximum)):
+            extra: dict[str, Any] = {} if asked is None else {"max_tokens": asked}
+            answer = await sdk.chat.completions.with_raw_response.create(
+                model="tollgate-local",
+                messages=[{"role": "user", "content": "how much may you write?"}],
+                **extra,
+            )
+            request_id = answer.headers["x-request-id"]
+            assert (await reserved(embedded_postgres.url, request_id))[1] == expected

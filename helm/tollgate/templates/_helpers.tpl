@@ -198,6 +198,8 @@ env:
 {{- if eq $name "meter" }}
   - name: TOLLGATE_METER_AUTH_URL
     value: {{ printf "http://%s-auth:%v" (include "tollgate.fullname" $root) $root.Values.services.auth.port | quote }}
+  - name: TOLLGATE_METER_ROUTER_URL
+    value: {{ printf "http://%s-router:%v" (include "tollgate.fullname" $root) $root.Values.services.router.port | quote }}
 {{- with $root.Values.meter.adminTokenSecret }}
   - name: TOLLGATE_METER_ADMIN_TOKEN
     valueFrom:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
-from tollgate_analytics.main import faust_log_level
+from tollgate_analytics.main import faust_log_level, source_partitions
+from tollgate_analytics.settings import AnalyticsSettings
+from tollgate_core.errors import ConfigurationError, DependencyUnavailable
+from tollgate_core.settings import KafkaSettings
+from tollgate_dev.pytest_plugin import TopicFactory
 
 
 @pytest.mark.parametrize(
@@ -20,3 +26,41 @@ from tollgate_analytics.main import faust_log_level
 )
 def test_python_level_names_become_faust_level_names(level: str, expected: str) -> None:
     assert faust_log_level(level) == expected
+
+
+async def test_the_source_topics_partition_count_is_read_from_the_broker(
+    kafka_settings: KafkaSettings, topic_factory: TopicFactory
+) -> None:
+    """The dev runner makes 2 partitions a topic, a cluster 12: the worker takes what the
+    broker has, so its changelog is co-partitioned with the topics whatever they are."""
+    logs, usage = await topic_factory(partitions=3), await topic_factory(partitions=3)
+    settings = AnalyticsSettings(kafka=kafka_settings, logs_topic=logs, usage_topic=usage)
+    assert await source_partitions(settings) == 3
+    agreeing = settings.model_copy(update={"topic_partitions": 3})
+    assert await source_partitions(agreeing) == 3
+
+
+async def test_a_partition_setting_the_topics_contradict_stops_the_worker(
+    kafka_settings: KafkaSettings, topic_factory: TopicFactory
+) -> None:
+    logs, usage = await topic_factory(partitions=2), await topic_factory(partitions=2)
+    settings = AnalyticsSettings(
+        kafka=kafka_settings, logs_topic=logs, usage_topic=usage, topic_partitions=12
+    )
+    with pytest.raises(ConfigurationError, match="disagree"):
+        await source_partitions(settings)
+    uneven = settings.model_copy(
+        update={"usage_topic": await topic_factory(partitions=4), "topic_partitions": None}
+    )
+    with pytest.raises(ConfigurationError, match="disagree"):
+        await source_partitions(uneven)
+
+
+async def test_missing_source_topics_are_waited_for(
+    kafka_settings: KafkaSettings, unique: Callable[[str], str]
+) -> None:
+    settings = AnalyticsSettings(
+        kafka=kafka_settings, logs_topic=unique("absent"), usage_topic=unique("absent")
+    )
+    with pytest.raises(DependencyUnavailable, match="waiting for topics"):
+        await source_partitions(settings)

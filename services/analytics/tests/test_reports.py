@@ -265,3 +265,30 @@ def test_sql_cannot_reach_files_or_change_settings(tmp_path: Path) -> None:
         with pytest.raises(QueryError):
             catalog.query(sql)
     assert not (tmp_path / "out.csv").exists()
+
+
+async def test_a_record_published_twice_is_one_row_of_its_table(
+    tmp_path: Path, make_request: Callable[..., Any]
+) -> None:
+    """A producer that died after publishing, or whose acknowledgement was lost, publishes a
+    request's records again at later offsets: the tables hold the request once, at its first
+    offset; ``<table>_records`` keeps every record as stored."""
+    root = tmp_path / "dataset"
+
+    async def commit(topic: str, partition: int, offset: int) -> None:
+        pass
+
+    sink = ParquetSink(LocalStore(root), SinkSettings(max_records=8), Health(), commit)
+    first, again = make_request(0), make_request(1)
+    for offset, (log, usage) in enumerate([first, again, first]):
+        await sink.add("tollgate.logs", 3, offset, dataset.log_row(log, 3, offset), size=1)
+        await sink.add("tollgate.usage", 3, offset, dataset.usage_row(usage, 3, offset), size=1)
+    await sink.flush_all()
+    catalog = Catalog(str(root))
+    for table in ("logs", "usage"):
+        rows = catalog.query(f"SELECT request_id, kafka_offset FROM {table} ORDER BY 2").rows  # noqa: S608
+        assert rows == [(first[0].request_id, 0), (again[0].request_id, 1)]
+        stored = catalog.query(f"SELECT count(*) FROM {table}_records").rows  # noqa: S608
+        assert stored == [(3,)]
+    [(tokens,)] = catalog.query("SELECT sum(output_tokens) FROM usage").rows
+    assert tokens == first[1].usage.output_tokens + again[1].usage.output_tokens

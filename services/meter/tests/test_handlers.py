@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -48,6 +48,9 @@ def request(principal: str = "alice", max_tokens: int = 600) -> Delivered[ChatRe
     return Delivered(event=event, topic=topics.REQUESTS, partition=0, offset=0, key=principal)
 
 
+TTL_S = 900
+
+
 def handler(
     ledger: PostgresLedger, publisher: InMemoryPublisher, health: Health, fail_open: bool = False
 ) -> AdmissionHandler:
@@ -57,6 +60,7 @@ def handler(
         health,
         default_max_tokens=100,
         fail_open=fail_open,
+        reservation_ttl_s=TTL_S,
     )
 
 
@@ -70,6 +74,9 @@ async def test_admitted_then_refused_with_a_clear_error(ledger: PostgresLedger) 
     assert isinstance(admission, AdmissionV1)
     assert admission.request_id == first.event.request_id
     assert admission.reserved_output_tokens == 600
+    # the sweeper may release the reservation TTL after it was written, which is never
+    # before the request was created: the router starts nothing it cannot finish by then
+    assert admission.reservation_expires_at == first.event.created_at + timedelta(seconds=TTL_S)
     [refusal] = [p for p in publisher.events if p.topic == topics.REPLIES]
     assert refusal.partition == 7
     error = refusal.event
@@ -189,3 +196,6 @@ async def test_fail_open_admits_while_postgres_is_down(tmp_path: Path) -> None:
     finally:
         await engine.dispose()
     assert len(publisher.on(topics.ADMITTED)) == 1 and publisher.on(topics.REPLIES) == []
+    [unmetered] = publisher.on(topics.ADMITTED)
+    assert isinstance(unmetered, AdmissionV1)
+    assert unmetered.reservation_expires_at is None  # nothing was reserved, nothing expires

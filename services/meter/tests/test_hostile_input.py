@@ -173,3 +173,23 @@ async def test_the_auth_policys_tier_chooses_the_limits(ledger: PostgresLedger) 
     await admit(Delivered(event=unknown, topic=topics.REQUESTS, partition=0, offset=0, key="q"))
     [refusal] = publisher.on(topics.REPLIES)
     assert isinstance(refusal, ReplyErrorV1) and refusal.error.type == "token_limit_exceeded"
+
+
+async def test_a_group_named_like_a_tier_does_not_choose_one(ledger: PostgresLedger) -> None:
+    """The policy's tier is a field of its own: an identity provider group called
+    ``tier:premium`` (which an IdP's administrator, not Tollgate's, names) is just a group."""
+    publisher = InMemoryPublisher()
+    admit = AdmissionHandler(
+        AdmissionBatcher(ledger, lambda: NOW),
+        publisher,
+        Health(),
+        default_max_tokens=100,
+        fail_open=False,
+    )
+    delivered = request("rex", max_tokens=5_000)  # over standard's 1,000, within premium's
+    event = delivered.event.model_copy(update={"groups": ("tier:premium",)})
+    await admit(Delivered(event=event, topic=topics.REQUESTS, partition=0, offset=0, key="rex"))
+    assert publisher.on(topics.ADMITTED) == []
+    [refusal] = publisher.on(topics.REPLIES)
+    assert isinstance(refusal, ReplyErrorV1) and refusal.error.type == "token_limit_exceeded"
+    assert refusal.error.details["tier"] == "standard"

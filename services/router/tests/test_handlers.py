@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
 
@@ -486,6 +487,34 @@ async def test_an_admission_older_than_its_reservation_can_last_is_not_run() -> 
         clock=lambda: utcnow() + timedelta(seconds=500),
     )(admission("priced"))
     assert len(fresh.cloud.calls) == 1
+
+
+@pytest.mark.parametrize(("left_s", "runs"), [(299, False), (301, True)])
+async def test_an_admission_whose_reservation_runs_out_before_an_answer_could_end_is_not_run(
+    left_s: int, runs: bool
+) -> None:
+    """The meter says when it may release the reservation at the earliest; an answer started
+    now may last the router's total timeout (300 s): with less time left it is answered
+    request_expired and settled at zero, as a stale admission is."""
+    rig = Rig()
+    now = utcnow()
+    delivered = admission("priced")
+    expiring = delivered.event.model_copy(
+        update={"reservation_expires_at": now + timedelta(seconds=left_s)}
+    )
+    await GenerationHandler(
+        CatalogSource(CATALOG),
+        {"local": rig.local, "cloud": rig.cloud}.__getitem__,
+        rig.publisher,
+        admission_max_age_s=600,
+        longest_answer_s=300,
+        clock=lambda: now,
+    )(replace(delivered, event=expiring))
+    assert len(rig.cloud.calls) == (1 if runs else 0)
+    if not runs:
+        [reply] = rig.replies()
+        assert isinstance(reply, ReplyErrorV1) and reply.error.type == "request_expired"
+        assert rig.one_usage().usage.total_tokens == 0
 
 
 async def test_the_genai_semantic_convention_metrics_are_reported_beside_ours() -> None:

@@ -12,7 +12,7 @@ from botocore.credentials import Credentials
 from tollgate_core.errors import ConfigurationError
 from tollgate_stream.bridge.auth import ApiKeyAuth, IamAuth, subscribe_body
 from tollgate_stream.bridge.remote import realtime_url
-from tollgate_stream.bridge.verify import verify_sigv4
+from tollgate_stream.bridge.verify import SigV4Verifier
 from tollgate_stream.errors import AppSyncError
 from tollgate_stream.settings import StreamSettings
 
@@ -64,12 +64,10 @@ def _signed(body: str, secret: str = "bridge-secret", token: str | None = "tok")
 
 
 def _verify(headers: dict[str, str], body: str, **kw: object) -> None:
-    verify_sigv4(
+    SigV4Verifier(Credentials("AKIDBRIDGE", "bridge-secret"), "eu-west-1").verify(
         headers,
         url="https://relay.example/event",
         payload_sha256=hashlib.sha256(body.encode()).hexdigest(),
-        credentials=Credentials("AKIDBRIDGE", "bridge-secret"),
-        region="eu-west-1",
         **kw,  # type: ignore[arg-type]
     )
 

@@ -18,6 +18,7 @@ from tollgate_core import topics
 from tollgate_core.bus import Delivered
 from tollgate_core.contracts import (
     ChatRequestV1,
+    ChatRequestV2,
     Contract,
     ErrorInfo,
     ReplyChunkV1,
@@ -39,11 +40,11 @@ from tollgate_stream.settings import StreamSettings
 from tollgate_stream.subscriptions import Subscriptions
 from tollgate_stream.waiters import ReplyWaiters
 
-Script = Callable[[ChatRequestV1], list[Reply]]
+Script = Callable[[ChatRequestV1 | ChatRequestV2], list[Reply]]
 
 
 def answer(*texts: str, stop: str = "end_turn") -> Script:
-    def script(request: ChatRequestV1) -> list[Reply]:
+    def script(request: ChatRequestV1 | ChatRequestV2) -> list[Reply]:
         common: dict[str, Any] = {
             "request_id": request.request_id,
             "principal": request.principal,
@@ -64,7 +65,7 @@ def answer(*texts: str, stop: str = "end_turn") -> Script:
 
 
 def fail(type_: str, message: str, **details: object) -> Script:
-    def script(request: ChatRequestV1) -> list[Reply]:
+    def script(request: ChatRequestV1 | ChatRequestV2) -> list[Reply]:
         error = ErrorInfo(type=type_, message=message, details=dict(details))
         return [
             ReplyErrorV1(
@@ -82,7 +83,7 @@ class ScriptedPipeline:
     def __init__(self, dispatcher: ReplyDispatcher) -> None:
         self.dispatcher = dispatcher
         self.script: Script = answer("Hello", ", ", "world")
-        self.requests: list[ChatRequestV1] = []
+        self.requests: list[ChatRequestV1 | ChatRequestV2] = []
         self.down = False
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -91,14 +92,14 @@ class ScriptedPipeline:
     ) -> None:
         if self.down:
             raise DependencyUnavailable("kafka is down")
-        assert topic == topics.REQUESTS and isinstance(event, ChatRequestV1)
+        assert topic == topics.REQUESTS and isinstance(event, ChatRequestV1 | ChatRequestV2)
         assert key == event.principal
         self.requests.append(event)
         task = asyncio.create_task(self._reply(event))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _reply(self, request: ChatRequestV1) -> None:
+    async def _reply(self, request: ChatRequestV1 | ChatRequestV2) -> None:
         for offset, reply in enumerate(self.script(request)):
             await asyncio.sleep(0)
             for _ in range(2):
@@ -313,7 +314,7 @@ async def test_token_limit_is_429_with_retry_after(edge: Edge, stream: bool) -> 
 async def test_an_error_after_the_first_chunk_ends_the_stream_with_an_error_event(
     edge: Edge,
 ) -> None:
-    def script(request: ChatRequestV1) -> list[Reply]:
+    def script(request: ChatRequestV1 | ChatRequestV2) -> list[Reply]:
         first = answer("partial")(request)[0]
         error = ErrorInfo(type="provider_throttled", message="slow down")
         return [
@@ -351,7 +352,7 @@ async def test_kafka_down_is_503_and_leaves_no_waiter(edge: Edge) -> None:
         (b"not json", None),
         (b'{"model":"m"}', "messages"),
         (b'{"model":"m","messages":[]}', "messages"),
-        (b'{"model":"m","messages":[{"role":"tool","content":"x"}]}', "messages.0.role"),
+        (b'{"model":"m","messages":[{"role":"tool","content":"x"}]}', "messages.0.tool_call_id"),
         (b'{"model":"m","messages":[{"role":"system","content":"x"}]}', "messages"),
         (b'{"model":"m","messages":[{"role":"user","content":"x"}],"n":2}', "n"),
     ],

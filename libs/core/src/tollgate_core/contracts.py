@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from uuid import uuid4
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, NonNegativeInt, model_validator
 
 
 def utcnow() -> datetime:
@@ -49,6 +49,119 @@ class ChatMessage(BaseModel):
     content: list[TextBlock]
 
 
+class _Piece(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class TextContent(_Piece):
+    type: Literal["text"] = "text"
+    text: str
+
+
+class ImageContent(_Piece):
+    """An image, inline (base64 ``data`` with its ``media_type``) or by ``url``."""
+
+    type: Literal["image"] = "image"
+    media_type: Literal["image/png", "image/jpeg", "image/gif", "image/webp"] | None = None
+    data: str | None = Field(default=None, description="base64, no data: prefix")
+    url: str | None = Field(default=None, max_length=8192)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ImageContent:
+        if (self.data is None) == (self.url is None):
+            raise ValueError("an image has exactly one of data (base64) or url")
+        if self.data is not None and self.media_type is None:
+            raise ValueError("an inline image needs its media_type")
+        return self
+
+
+class ToolUseContent(_Piece):
+    """The model calling a tool (an assistant turn)."""
+
+    type: Literal["tool_use"] = "tool_use"
+    id: str = Field(min_length=1, max_length=256)
+    name: str = Field(min_length=1, max_length=128)
+    input: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+class ToolResultContent(_Piece):
+    """What a tool returned for the call ``tool_use_id`` (a user turn)."""
+
+    type: Literal["tool_result"] = "tool_result"
+    tool_use_id: str = Field(min_length=1, max_length=256)
+    content: str = ""
+    is_error: bool = False
+
+
+ContentBlock = Annotated[
+    TextContent | ImageContent | ToolUseContent | ToolResultContent, Field(discriminator="type")
+]
+
+
+class ChatMessageV2(_Piece):
+    role: Literal["user", "assistant"]
+    content: tuple[ContentBlock, ...] = Field(min_length=1)
+
+    def text(self) -> str:
+        """The message's text blocks, joined."""
+        return "".join(b.text for b in self.content if isinstance(b, TextContent))
+
+
+def _object_schema() -> dict[str, JsonValue]:
+    return {"type": "object"}
+
+
+class ToolSpec(_Piece):
+    """A tool the model may call: its input is described by a JSON Schema."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str = ""
+    input_schema: dict[str, JsonValue] = Field(default_factory=_object_schema)
+
+
+class ToolChoice(_Piece):
+    """``auto`` (the model decides), ``none``, ``required`` (some tool) or ``tool`` (``name``)."""
+
+    mode: Literal["auto", "none", "required", "tool"] = "auto"
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _named(self) -> ToolChoice:
+        if (self.mode == "tool") != (self.name is not None):
+            raise ValueError("a tool choice names a tool exactly when its mode is 'tool'")
+        return self
+
+
+class ResponseFormat(_Piece):
+    """Structured output: any JSON object, or JSON valid against ``json_schema``."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    name: str | None = Field(default=None, max_length=64)
+    json_schema: dict[str, JsonValue] | None = None
+    strict: bool | None = None
+
+    @model_validator(mode="after")
+    def _schema(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema is given exactly when type is 'json_schema'")
+        return self
+
+
+#: why a model stopped, whatever its provider calls it
+StopReason = Literal["end_turn", "tool_use", "max_tokens", "stop_sequence", "content_filtered"]
+
+
+class ToolCallDelta(_Piece):
+    """A piece of a tool call being streamed: the first of a call carries ``id`` and ``name``,
+    the following ones more of its ``arguments`` (partial JSON, concatenated in order)."""
+
+    index: NonNegativeInt = Field(description="the call's position among this answer's calls")
+    block: NonNegativeInt = Field(description="its content block index in the answer")
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
 class ReplyTo(BaseModel):
     """Where the router sends the reply events of one request."""
 
@@ -80,16 +193,12 @@ class ErrorInfo(BaseModel):
 # --- tollgate.requests -----------------------------------------------------------------------
 
 
-class ChatRequestV1(Contract):
-    """A client's request, as the edge publishes it to ``tollgate.requests``."""
-
-    SCHEMA: ClassVar[str] = "tollgate.request.v1"
+class _ChatRequestBase(Contract):
     kind: Literal["request"] = "request"
     request_id: str = Field(default_factory=new_request_id)
     principal: str
     groups: tuple[str, ...] = ()
     model: str | None = None
-    messages: tuple[ChatMessage, ...]
     system: tuple[str, ...] = ()
     max_tokens: NonNegativeInt | None = None
     temperature: float | None = None
@@ -107,6 +216,72 @@ class ChatRequestV1(Contract):
     tier: str | None = None
 
 
+class ChatRequestV1(_ChatRequestBase):
+    """A client's text-only request, as the edge publishes it to ``tollgate.requests``."""
+
+    SCHEMA: ClassVar[str] = "tollgate.request.v1"
+    messages: tuple[ChatMessage, ...]
+
+
+class ChatRequestV2(_ChatRequestBase):
+    """A request of the whole model API: content blocks (text, images, tool calls and their
+    results), tools, structured output and sampling parameters.
+
+    The edge publishes a request that only needs v1's fields as v1 (:meth:`to_wire`), so
+    meters and routers of the previous release keep serving plain chat during an upgrade;
+    consumers take both and work on v2 (:meth:`of`)."""
+
+    SCHEMA: ClassVar[str] = "tollgate.request.v2"
+    messages: tuple[ChatMessageV2, ...]
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: ToolChoice | None = None
+    response_format: ResponseFormat | None = None
+    stop: tuple[str, ...] = ()
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    seed: int | None = None
+    #: provider-specific request fields, passed through as given (Bedrock:
+    #: ``additionalModelRequestFields``; OpenAI and Anthropic: extra top-level body fields)
+    extras: dict[str, JsonValue] = Field(default_factory=dict)
+
+    @classmethod
+    def of(cls, request: ChatRequestV1 | ChatRequestV2) -> ChatRequestV2:
+        if isinstance(request, ChatRequestV2):
+            return request
+        fields: dict[str, Any] = dict(request)
+        fields["messages"] = tuple(upgrade_message(m) for m in request.messages)
+        return cls(**fields)
+
+    def needs_v2(self) -> bool:
+        """Whether this request uses anything :class:`ChatRequestV1` cannot carry."""
+        if self.tools or self.stop or self.extras:
+            return True
+        optional = (self.tool_choice, self.response_format, self.top_p, self.seed)
+        if any(value is not None for value in optional):
+            return True
+        return not all(isinstance(b, TextContent) for m in self.messages for b in m.content)
+
+    def to_wire(self) -> ChatRequestV1 | ChatRequestV2:
+        """v1 when nothing but v1's fields is used, else this request."""
+        if self.needs_v2():
+            return self
+        fields: dict[str, Any] = {k: v for k, v in self if k in ChatRequestV1.model_fields}
+        fields["messages"] = tuple(
+            ChatMessage(
+                role=m.role,
+                content=[TextBlock(text=b.text) for b in m.content if isinstance(b, TextContent)],
+            )
+            for m in self.messages
+        )
+        return ChatRequestV1(**fields)
+
+
+def upgrade_message(message: ChatMessage) -> ChatMessageV2:
+    return ChatMessageV2(
+        role=message.role,
+        content=tuple(TextContent(text=b.text) for b in message.content) or (TextContent(text=""),),
+    )
+
+
 # --- tollgate.admitted -----------------------------------------------------------------------
 
 
@@ -119,6 +294,27 @@ class AdmissionV1(Contract):
     reserved_input_tokens: NonNegativeInt
     reserved_output_tokens: NonNegativeInt
     admitted_at: datetime = Field(default_factory=utcnow)
+    #: the latest moment the meter may release the reservation (a lower bound, counted from
+    #: the request's creation): the router starts nothing it could not finish by then.
+    #: Optional and additive: an admission without it is judged by its age alone
+    reservation_expires_at: datetime | None = None
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+
+class AdmissionV2(Contract):
+    """The admission of a :class:`ChatRequestV2`."""
+
+    SCHEMA: ClassVar[str] = "tollgate.admission.v2"
+    kind: Literal["admission"] = "admission"
+    request: ChatRequestV2
+    reserved_input_tokens: NonNegativeInt
+    reserved_output_tokens: NonNegativeInt
+    admitted_at: datetime = Field(default_factory=utcnow)
+    #: as :attr:`AdmissionV1.reservation_expires_at`
+    reservation_expires_at: datetime | None = None
 
     @property
     def request_id(self) -> str:
@@ -160,6 +356,21 @@ class ReplyErrorV1(_ReplyBase):
 
 ReplyV1 = Annotated[ReplyChunkV1 | ReplyDoneV1 | ReplyErrorV1, Field(discriminator="kind")]
 REPLY_SCHEMA = "tollgate.reply.v1"
+
+
+class ReplyChunkV2(_ReplyBase):
+    """A piece of the answer to a :class:`ChatRequestV2`: text, or a tool call's delta.
+    A v2 request's answer is v2 chunks, then a v1 done or error (their shape is unchanged);
+    a v1 request's answer stays all v1, so an edge of the previous release reads it."""
+
+    SCHEMA: ClassVar[str] = "tollgate.reply.v2"
+    TRACED_AS_EVENT: ClassVar[bool] = True
+    kind: Literal["chunk"] = "chunk"
+    text: str = ""
+    tool_call: ToolCallDelta | None = None
+
+
+REPLY_SCHEMA_V2 = "tollgate.reply.v2"
 
 
 # --- tollgate.usage --------------------------------------------------------------------------
@@ -233,21 +444,37 @@ class AuditEventV1(Contract):
 
 __all__ = [
     "REPLY_SCHEMA",
+    "REPLY_SCHEMA_V2",
     "AdmissionV1",
+    "AdmissionV2",
     "AuditEventV1",
     "ChatMessage",
+    "ChatMessageV2",
     "ChatRequestV1",
+    "ChatRequestV2",
+    "ContentBlock",
     "Contract",
     "ErrorInfo",
+    "ImageContent",
     "ReplyChunkV1",
+    "ReplyChunkV2",
     "ReplyDoneV1",
     "ReplyErrorV1",
     "ReplyTo",
     "ReplyV1",
     "RequestLogV1",
+    "ResponseFormat",
+    "StopReason",
     "TextBlock",
+    "TextContent",
+    "ToolCallDelta",
+    "ToolChoice",
+    "ToolResultContent",
+    "ToolSpec",
+    "ToolUseContent",
     "Usage",
     "UsageRecordV1",
     "new_request_id",
+    "upgrade_message",
     "utcnow",
 ]

@@ -10,7 +10,13 @@ callers never match strings::
     │   └── UnsupportedSchemaError   a known payload with an unknown schema version
     ├── DependencyUnavailable     Kafka, Postgres or another service cannot be reached (retriable)
     └── RequestError              a client request that is refused; ``error_type`` is the wire type
-        └── RecordTooLarge        an event larger than a Kafka record may be (retrying cannot help)
+        ├── RecordTooLarge        an event larger than a Kafka record may be (retrying cannot help)
+        ├── Unauthenticated       401: no credential, or one that does not verify
+        ├── Forbidden             403: a known caller asking for what it may not
+        └── NotFound              404: no such thing
+
+Every HTTP service answers them as ``{"error": {"type", "message"[, "details"]}}``
+(:func:`tollgate_core.http.error_response`).
 """
 
 from __future__ import annotations
@@ -65,3 +71,22 @@ class RecordTooLarge(RequestError):
     """An event whose record exceeds the Kafka record limit: never retried."""
 
     http_status: ClassVar[int] = 413
+
+
+class Unauthenticated(RequestError):
+    """No credential, or one that does not verify."""
+
+    error_type: ClassVar[str] = "unauthorized"
+    http_status: ClassVar[int] = 401
+
+
+class Forbidden(RequestError):
+    """A known caller asking for what it may not."""
+
+    error_type: ClassVar[str] = "forbidden"
+    http_status: ClassVar[int] = 403
+
+
+class NotFound(RequestError):
+    error_type: ClassVar[str] = "not_found"
+    http_status: ClassVar[int] = 404

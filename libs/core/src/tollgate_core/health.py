@@ -53,3 +53,12 @@ class Health:
 
     def report(self) -> dict[str, dict[str, object]]:
         return {name: {"ready": c.ready, "reason": c.reason} for name, c in self._checks.items()}
+
+    def liveness(self) -> tuple[dict[str, object], int]:
+        """The ``/healthz`` answer: its JSON body and HTTP status."""
+        return {"status": "ok" if self.live else "dead"}, 200 if self.live else 503
+
+    def readiness(self) -> tuple[dict[str, object], int]:
+        """The ``/readyz`` answer: its JSON body and HTTP status."""
+        ready = self.ready
+        return {"ready": ready, "checks": self.report()}, 200 if ready else 503

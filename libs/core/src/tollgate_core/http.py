@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tollgate_core.errors import RequestError
+from tollgate_core.errors import RequestError, TollgateError
 from tollgate_core.health import Health
 from tollgate_core.settings import TelemetrySettings
 
@@ -45,6 +45,20 @@ async def parse_body(request: Request, model: type[M]) -> M:
         raise RequestError(f"{where}: {first['msg']}") from exc
 
 
+def error_body(exc: TollgateError) -> dict[str, object]:
+    """``exc`` as every Tollgate HTTP API answers an error."""
+    body: dict[str, object] = {"type": exc.error_type, "message": exc.message}
+    if exc.details:
+        body["details"] = exc.details
+    return {"error": body}
+
+
+def error_response(exc: TollgateError) -> JSONResponse:
+    """``exc`` as an HTTP answer with its status; a 401 says the scheme it wants."""
+    headers = {"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None
+    return JSONResponse(error_body(exc), exc.http_status, headers=headers)
+
+
 def bearer_matches(authorization: str | None, token: str | None) -> bool:
     """Whether an ``Authorization`` header is ``Bearer <token>``, compared in constant time as
     bytes (``hmac.compare_digest`` refuses non-ASCII ``str``)."""
@@ -53,8 +67,14 @@ def bearer_matches(authorization: str | None, token: str | None) -> bool:
     scheme, _, given = authorization.strip().partition(" ")
     if scheme.lower() != "bearer" or not given.strip():
         return False
+    return secret_equals(given.strip(), token)
+
+
+def secret_equals(given: str, secret: str) -> bool:
+    """``given == secret`` in constant time, as bytes (``hmac.compare_digest`` refuses
+    non-ASCII ``str``)."""
     return hmac.compare_digest(
-        given.strip().encode("utf-8", "surrogateescape"), token.encode("utf-8", "surrogateescape")
+        given.encode("utf-8", "surrogateescape"), secret.encode("utf-8", "surrogateescape")
     )
 
 
@@ -67,13 +87,10 @@ def ops_routes(health: Health, *, metrics: bool = True) -> list[BaseRoute]:
     of their own, see :func:`metrics_server`), ``/metrics``."""
 
     async def healthz(_: Request) -> Response:
-        return JSONResponse(
-            {"status": "ok" if health.live else "dead"}, 200 if health.live else 503
-        )
+        return JSONResponse(*health.liveness())
 
     async def readyz(_: Request) -> Response:
-        body = {"ready": health.ready, "checks": health.report()}
-        return JSONResponse(body, 200 if health.ready else 503)
+        return JSONResponse(*health.readiness())
 
     return [
         Route("/healthz", healthz, methods=["GET"]),

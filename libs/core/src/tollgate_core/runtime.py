@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import signal
 from collections.abc import Awaitable, Callable
 
@@ -14,6 +13,7 @@ from tollgate_core import telemetry
 from tollgate_core.errors import ConfigurationError
 from tollgate_core.health import Health
 from tollgate_core.http import metrics_server
+from tollgate_core.retry import Backoff
 from tollgate_core.settings import TelemetrySettings
 
 logger = logging.getLogger(__name__)
@@ -81,10 +81,8 @@ async def start_with_retry(
     dependency started. A :class:`ConfigurationError` is not retried: waiting cannot fix a
     setting, so it ends the process with its message.
     """
-    delay = initial_delay
-    attempt = 0
+    backoff = Backoff(initial_delay, max_delay, jitter=True)
     while not stop.is_set():
-        attempt += 1
         try:
             await start()
         except ConfigurationError:
@@ -93,12 +91,13 @@ async def start_with_retry(
             reason = f"{type(exc).__name__}: {exc}"
             health.fail(name, reason)
             logger.warning(
-                "cannot start %s (attempt %d): %s; retrying in %.1fs", name, attempt, reason, delay
+                "cannot start %s (attempt %d): %s; retrying in about %.1fs",
+                name,
+                backoff.failures + 1,
+                reason,
+                backoff.delay,
             )
-            jittered = delay * (0.5 + random.random())  # noqa: S311 - jitter, not crypto
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), jittered)
-            delay = min(delay * 2, max_delay)
+            await backoff.wait(stop)
         else:
             health.ok(name)
             return True

@@ -145,6 +145,9 @@ def service_env(
             env.setdefault(f"TOLLGATE_{client}_AUTH_URL", f"http://127.0.0.1:{ports['auth']}")
     if "meter" in ports:
         env.setdefault("TOLLGATE_STREAM_METER_URL", f"http://127.0.0.1:{ports['meter']}")
+    if "router" in ports:
+        for client in ("STREAM", "METER"):
+            env.setdefault(f"TOLLGATE_{client}_ROUTER_URL", f"http://127.0.0.1:{ports['router']}")
     return env
 
 

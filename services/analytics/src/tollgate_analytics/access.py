@@ -5,31 +5,26 @@ they are disabled. ``/healthz``, ``/readyz`` and ``/metrics`` stay open."""
 
 from __future__ import annotations
 
-import hmac
-
 from pydantic import SecretStr
 
 from tollgate_analytics.errors import AdminDisabled, Unauthorized
+from tollgate_core.http import bearer_matches
 
 
 class AdminAccess:
     def __init__(self, token: SecretStr | None) -> None:
-        secret = token.get_secret_value() if token is not None else ""
-        self._token = secret.encode() if secret else None
+        self._token = token.get_secret_value() if token is not None else ""
 
     @property
     def enabled(self) -> bool:
-        return self._token is not None
+        return bool(self._token)
 
     def check(self, authorization: str | None) -> None:
         """Raise unless ``authorization`` (the header) is ``Bearer <the admin token>``."""
-        if self._token is None:
+        if not self._token:
             raise AdminDisabled(
                 "the analytics data endpoints are disabled: set TOLLGATE_ANALYTICS_ADMIN_TOKEN"
                 " to enable them (they answer every user's records)"
             )
-        scheme, _, given = (authorization or "").strip().partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            given.strip().encode(), self._token
-        ):
+        if not bearer_matches(authorization, self._token):
             raise Unauthorized("give the analytics admin token as Authorization: Bearer <token>")

@@ -78,7 +78,7 @@ class Aggregate:
         self.ttft_ms.merge(other.ttft_ms)
         self.latency_ms.merge(other.latency_ms)
 
-    def to_dict(self) -> dict[str, Any]:
+    def _counts(self) -> dict[str, Any]:
         return {
             "requests": self.requests,
             "input_tokens": self.input_tokens,
@@ -86,6 +86,11 @@ class Aggregate:
             "cost_usd": str(self.cost_usd),
             "errors": dict(self.errors),
             "cache_hits": self.cache_hits,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self._counts(),
             "ttft_ms": self.ttft_ms.to_dict(),
             "latency_ms": self.latency_ms.to_dict(),
             "last_offset": self.last_offset,
@@ -113,12 +118,7 @@ class Aggregate:
             return None if value is None else round(value, 1)
 
         return {
-            "requests": self.requests,
-            "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens,
-            "cost_usd": str(self.cost_usd),
-            "errors": dict(self.errors),
-            "cache_hits": self.cache_hits,
+            **self._counts(),
             "ttft_ms_p50": q(self.ttft_ms, 0.5),
             "ttft_ms_p95": q(self.ttft_ms, 0.95),
             "ttft_ms_p99": q(self.ttft_ms, 0.99),

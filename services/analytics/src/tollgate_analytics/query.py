@@ -56,8 +56,24 @@ def _filesystem(location: str, s3_options: dict[str, Any]) -> tuple[pafs.FileSys
     return pafs.LocalFileSystem(), location.rstrip("/")
 
 
+def _one_row_per_request(name: str) -> str:
+    # a request's records share its key (the principal), so they are on one partition
+    return (
+        f"CREATE VIEW {name} AS SELECT * FROM {name}_records"  # noqa: S608 - our own names
+        " QUALIFY row_number() OVER"
+        " (PARTITION BY request_id ORDER BY kafka_partition, kafka_offset) = 1"
+    )
+
+
 class Catalog:
-    """Opens DuckDB connections with the dataset's tables registered as views."""
+    """Opens DuckDB connections with the dataset's tables registered as views.
+
+    The dataset holds every record of the source topics, and delivery is at least once: a
+    router or meter that dies after publishing a request's log or usage record, but before it
+    noted that, publishes the same record again (at another offset), and so does a producer
+    whose acknowledgement was lost. Each table is therefore a view with one row per request
+    (the record at the lowest offset); ``<table>_records`` has every record as stored.
+    """
 
     def __init__(self, location: str, s3_options: dict[str, Any] | None = None) -> None:
         self._location = location
@@ -89,7 +105,8 @@ class Catalog:
             }
         )
         for table in dataset.TABLES:
-            con.register(table.name, self._table(table))
+            con.register(f"{table.name}_records", self._table(table))
+            con.execute(_one_row_per_request(table.name))
         con.execute("SET lock_configuration = true")
         return con
 

@@ -35,8 +35,9 @@ class AnalyticsSettings(BaseSettings):
     logs_topic: str = topics.LOGS
     usage_topic: str = topics.USAGE
     dead_letter_topic: str = topics.DEAD_LETTER
-    #: partitions of the source topics, and so of the aggregates table's changelog
-    topic_partitions: int = Field(default=12, ge=1)
+    #: partitions of the source topics, and so of the aggregates table's changelog; unset:
+    #: read from the broker at start (set, it must match the source topics)
+    topic_partitions: int | None = Field(default=None, ge=1)
 
     roll_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
     roll_max_records: int = Field(default=100_000, ge=1)

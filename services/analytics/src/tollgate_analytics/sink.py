@@ -40,6 +40,7 @@ from tollgate_analytics.adapters.storage import ObjectStore
 from tollgate_analytics.errors import RowNotRepresentable, StorageUnavailable
 from tollgate_core.errors import DependencyUnavailable
 from tollgate_core.health import Health
+from tollgate_core.retry import Backoff
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +116,15 @@ class _Segment:
     rows: dict[tuple[str, datetime], list[dict[str, object]]] = field(default_factory=dict)
     tables: dict[str, dataset.Table] = field(default_factory=dict)
 
+    def append(self, offset: int, row: dataset.Row | None, size: int) -> None:
+        """Record ``offset``, ``size`` bytes on the wire, with its row unless it has none."""
+        self.last = offset
+        self.records += 1
+        self.size += size
+        if row is not None:
+            self.tables[row.table.name] = row.table
+            self.rows.setdefault((row.table.name, row.hour), []).append(row.values)
+
 
 class ParquetSink:
     def __init__(
@@ -189,61 +199,71 @@ class ParquetSink:
                 row, rejected = None, exc
         async with self._lock:
             key = (topic, partition)
-            markers = await self._load_markers(topic, partition)
-            expected = self._expected.get(key)
-            if expected is None and markers:
-                # first record since start or assignment: the stream must resume at or
-                # before the end of the last durable segment
-                expected = max(last for _, last in markers) + 1
-                if offset <= expected:
-                    expected = None
-            if expected is not None and offset < expected:
-                segment = self._open.get(key)
-                if segment is not None and offset >= segment.first:
-                    DUPLICATES.inc()
-                    return None
-                # the stream went back before the open segment (a seek to the committed
-                # offset): drop the segment, its records come again
-                self._open.pop(key, None)
-            elif expected is not None and offset > expected:
-                return self._seek_back(key, expected, offset)
-            self._end_wait(key)
-            self._expected[key] = offset + 1
+            take, answer = await self._in_order(key, offset)
+            if not take:
+                return answer
             if on_accept is not None and rejected is None:
                 on_accept()  # in offset order, once per record (bar restarts)
-            segment = self._open.get(key)
-            if (
-                segment is not None
-                and segment.pinned_last is not None
-                and offset > segment.pinned_last
-            ):
-                await self._flush(key)
-                segment = None
+            segment = await self._segment_for(key, offset)
             if segment is None:
-                segment = await self._open_segment(topic, partition, offset)
-                if segment is None:
-                    SKIPPED.inc()
-                    return None
+                SKIPPED.inc()
+                return None
             if rejected is not None:
                 if on_reject is not None:
                     await on_reject(rejected)
                 else:
                     logger.warning("%s/%d@%d: %s", topic, partition, offset, rejected.message)
-            segment.last = offset
-            segment.records += 1
-            segment.size += size
-            if row is not None:
-                segment.tables[row.table.name] = row.table
-                segment.rows.setdefault((row.table.name, row.hour), []).append(row.values)
-            if segment.pinned_last is not None:
-                if offset >= segment.pinned_last:
-                    await self._flush(key)
-            elif (
-                segment.size >= self._settings.max_bytes
-                or segment.records >= self._settings.max_records
-            ):
+            segment.append(offset, row, size)
+            if self._full(segment, offset):
                 await self._flush(key)
             return None
+
+    async def _in_order(self, key: tuple[str, int], offset: int) -> tuple[bool, int | None]:
+        """Whether record ``offset`` is to be taken (the next one of its partition, which
+        then expects the one after it), and otherwise what :meth:`add` answers: None for a
+        duplicate, or the offset to seek back to when records before it are missing."""
+        markers = await self._load_markers(*key)
+        expected = self._expected.get(key)
+        if expected is None and markers:
+            # first record since start or assignment: the stream must resume at or before
+            # the end of the last durable segment
+            expected = max(last for _, last in markers) + 1
+            if offset <= expected:
+                expected = None
+        if expected is not None and offset < expected:
+            segment = self._open.get(key)
+            if segment is not None and offset >= segment.first:
+                DUPLICATES.inc()
+                return False, None
+            # the stream went back before the open segment (a seek to the committed offset):
+            # drop the segment, its records come again
+            self._open.pop(key, None)
+        elif expected is not None and offset > expected:
+            return False, self._seek_back(key, expected, offset)
+        self._end_wait(key)
+        self._expected[key] = offset + 1
+        return True, None
+
+    async def _segment_for(self, key: tuple[str, int], offset: int) -> _Segment | None:
+        """The open segment record ``offset`` goes into (a pinned one it is past is written
+        first), or None when the record is already in a durable segment."""
+        segment = self._open.get(key)
+        if segment is not None and segment.pinned_last is not None and offset > segment.pinned_last:
+            await self._flush(key)
+            segment = None
+        if segment is None:
+            segment = await self._open_segment(*key, offset)
+        return segment
+
+    def _full(self, segment: _Segment, offset: int) -> bool:
+        """Whether ``segment`` is to be written now: it reached its pinned end (the one a
+        previous run wrote it with), or its size or record limit."""
+        if segment.pinned_last is not None:
+            return offset >= segment.pinned_last
+        return (
+            segment.size >= self._settings.max_bytes
+            or segment.records >= self._settings.max_records
+        )
 
     def _seek_back(self, key: tuple[str, int], expected: int, offset: int) -> int | None:
         """Records ``expected``.. are missing (``offset`` came instead): the offset to seek
@@ -425,7 +445,7 @@ class ParquetSink:
         fail for their values; if it fails anyway (a bug), the segment is kept, readiness
         reports it and the encoding is retried with backoff: no offset is committed past
         a segment that is not written."""
-        delay = self._settings.retry_initial_s
+        backoff = self._backoff()
         while True:
             try:
                 # in a thread: a 64 MiB segment takes seconds to encode, and the event loop
@@ -444,11 +464,8 @@ class ParquetSink:
                 )
                 self._encode_failing = True
                 self._health.fail(SEGMENTS_CHECK, reason)
-                logger.exception("%s; retrying in %.1fs", reason, delay)
-                try:
-                    await asyncio.wait_for(self._stopping.wait(), delay)
-                except TimeoutError:
-                    delay = min(delay * 2, self._settings.retry_max_s)
+                logger.exception("%s; retrying in %.1fs", reason, backoff.delay)
+                if await backoff.wait(self._stopping):
                     continue
                 raise
             if self._encode_failing:
@@ -460,19 +477,19 @@ class ParquetSink:
         await self._retrying(f"write {path}", lambda: self._store.put(path, data))
 
     async def _retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        delay = self._settings.retry_initial_s
+        backoff = self._backoff()
         while True:
             try:
                 result = await call()
             except StorageUnavailable as exc:
                 STORAGE_ERRORS.inc()
                 self._health.fail(STORAGE_CHECK, exc.message)
-                logger.warning("cannot %s: %s; retrying in %.1fs", what, exc.message, delay)
-                try:
-                    await asyncio.wait_for(self._stopping.wait(), delay)
-                except TimeoutError:
-                    delay = min(delay * 2, self._settings.retry_max_s)
+                logger.warning("cannot %s: %s; retrying in %.1fs", what, exc.message, backoff.delay)
+                if await backoff.wait(self._stopping):
                     continue
                 raise
             self._health.ok(STORAGE_CHECK)
             return result
+
+    def _backoff(self) -> Backoff:
+        return Backoff(self._settings.retry_initial_s, self._settings.retry_max_s)

@@ -19,18 +19,10 @@ from tollgate_auth.domain import GroupPolicy
 from tollgate_auth.policy import GroupPolicyModel, Policy
 from tollgate_auth.service import Audit, Authorizer
 from tollgate_core.contracts import AuditEventV1, utcnow
-from tollgate_core.errors import TollgateError
-from tollgate_core.http import parse_body
+from tollgate_core.errors import NotFound, RequestError, TollgateError
+from tollgate_core.http import error_response, parse_body
 
 _NAME = re.compile(r"^[A-Za-z0-9._:@+-]{1,128}$")
-
-
-def error(status: int, error_type: str, message: str) -> Response:
-    return JSONResponse({"error": {"type": error_type, "message": message}}, status_code=status)
-
-
-def _from(exc: TollgateError) -> Response:
-    return error(exc.http_status, exc.error_type, exc.message)
 
 
 class AuthorizeRequest(BaseModel):
@@ -101,7 +93,7 @@ class Api:
             try:
                 response: Response = await handler(request)
             except TollgateError as exc:
-                return _from(exc)
+                return error_response(exc)
             return response
 
         return guarded
@@ -159,7 +151,7 @@ class Api:
     async def revoke_key(self, request: Request) -> Response:
         event = await self._admin_event(request, "api_key.revoke", request.path_params["key_id"])
         if not await self._keys.store.revoke(request.path_params["key_id"]):
-            return error(404, "not_found", "no such active API key")
+            raise NotFound("no such active API key")
         await self._audit.record(event)
         return JSONResponse({"revoked": request.path_params["key_id"]})
 
@@ -177,7 +169,7 @@ class Api:
     async def put_group(self, request: Request) -> Response:
         group = request.path_params["group"]
         if not _NAME.match(group):
-            return error(400, "validation_error", "group names are 1-128 of [A-Za-z0-9._:@+-]")
+            raise RequestError("group names are 1-128 of [A-Za-z0-9._:@+-]")
         event = await self._admin_event(request, "policy.update", group)
         body: GroupPolicyModel = await parse_body(request, GroupPolicyModel)
         await self._policy.store.put(group, body.to_domain())
@@ -188,7 +180,7 @@ class Api:
         group = request.path_params["group"]
         event = await self._admin_event(request, "policy.delete", group)
         if not await self._policy.store.delete(group):
-            return error(404, "not_found", "no run-time policy for that group")
+            raise NotFound("no run-time policy for that group")
         await self._audit.record(event)
         return JSONResponse({"deleted": group})
 
@@ -196,7 +188,7 @@ class Api:
 
     async def dev_token(self, request: Request) -> Response:
         if self._dev_idp is None:  # pragma: no cover - the route is not mounted then
-            return error(404, "not_found", "the development IdP is off")
+            raise NotFound("the development IdP is off")
         body: DevTokenRequest = await parse_body(request, DevTokenRequest)
         tokens = self._dev_idp.issue(
             body.sub, body.groups, expires_in=body.expires_in, not_before_in=body.not_before_in
@@ -205,7 +197,7 @@ class Api:
 
     async def jwks(self, request: Request) -> Response:
         if self._dev_idp is None:  # pragma: no cover - the route is not mounted then
-            return error(404, "not_found", "the development IdP is off")
+            raise NotFound("the development IdP is off")
         return Response(json.dumps(self._dev_idp.jwks()), media_type="application/json")
 
 

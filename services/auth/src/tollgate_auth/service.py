@@ -3,7 +3,6 @@ Every decision and every change is written to the audit topic."""
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from tollgate_core import topics
 from tollgate_core.bus import Publisher
 from tollgate_core.contracts import AuditEventV1
 from tollgate_core.errors import TollgateError
+from tollgate_core.http import secret_equals
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +59,8 @@ class Authenticator:
         credential = rest.strip() if scheme.lower() == "bearer" and rest else authorization
         if looks_like_key(credential):
             return await self._api_keys.verify(credential)
-        if self._admin_token is not None and hmac.compare_digest(
-            credential.encode(), self._admin_token.get_secret_value().encode()
+        if self._admin_token is not None and secret_equals(
+            credential, self._admin_token.get_secret_value()
         ):
             return Principal(sub="admin", groups=("admin",), credential="admin_token")
         return await self._verifier.verify(credential)

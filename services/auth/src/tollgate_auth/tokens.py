@@ -18,6 +18,7 @@ import jwt
 from tollgate_auth.domain import Principal
 from tollgate_auth.errors import InvalidToken, TokenExpired
 from tollgate_core.errors import DependencyUnavailable
+from tollgate_core.retry import Backoff
 
 logger = logging.getLogger(__name__)
 
@@ -70,13 +71,13 @@ class JwksCache:
         self._source = source
         self._ttl_s = ttl_s
         self._min_refresh_s = min_refresh_s
-        self._max_backoff_s = max(max_backoff_s, 1.0)
+        # a clock-driven backoff: the delay says when the next fetch may start, nobody sleeps
+        self._backoff = Backoff(max(min_refresh_s, 1.0), max(max_backoff_s, 1.0))
         self._max_stale_s = max_stale_s
         self._clock = clock
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched_at: float | None = None
         self._next_attempt = float("-inf")
-        self._failures = 0
         self._last_error = "no JWKS fetched yet"
         self._lock = asyncio.Lock()
         self._background: asyncio.Task[None] | None = None
@@ -136,10 +137,7 @@ class JwksCache:
             if not keys:
                 raise DependencyUnavailable("the JWKS holds no usable key")
         except DependencyUnavailable as exc:
-            self._failures += 1
-            wait = min(
-                self._max_backoff_s, max(self._min_refresh_s, 1.0) * 2 ** (self._failures - 1)
-            )
+            wait = self._backoff.next_delay()
             self._next_attempt = self._clock() + wait
             self._last_error = exc.message
             logger.warning(
@@ -151,7 +149,7 @@ class JwksCache:
             return
         self._keys = keys
         self._fetched_at = self._clock()
-        self._failures = 0
+        self._backoff.reset()
         self._next_attempt = self._fetched_at + self._min_refresh_s
 
     @staticmethod

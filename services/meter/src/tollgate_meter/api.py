@@ -18,8 +18,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from tollgate_core.authorize import CREDENTIAL_HEADERS, AuthorizeClient, Denial
-from tollgate_core.errors import RequestError, TollgateError
-from tollgate_core.http import bearer_matches, parse_body
+from tollgate_core.errors import Forbidden, RequestError, TollgateError, Unauthenticated
+from tollgate_core.http import bearer_matches, error_response, parse_body
 from tollgate_meter.adapters.ledger import PostgresLedger, UsageReport
 from tollgate_meter.limits import DIMENSIONS, TierSpec, WindowSpec, WindowUsage
 
@@ -29,16 +29,6 @@ class Caller:
     principal: str
     groups: tuple[str, ...]
     admin: bool
-
-
-class Unauthenticated(TollgateError):
-    error_type = "unauthorized"
-    http_status = 401
-
-
-class Forbidden(TollgateError):
-    error_type = "forbidden"
-    http_status = 403
 
 
 class IdentityResolver(Protocol):
@@ -78,12 +68,6 @@ class PrincipalLimits(BaseModel):
     model_config = ConfigDict(extra="forbid")
     tier: str | None = None
     windows: tuple[WindowSpec, ...] | None = None
-
-
-def _error(exc: TollgateError) -> Response:
-    return JSONResponse(
-        {"error": {"type": exc.error_type, "message": exc.message}}, status_code=exc.http_status
-    )
 
 
 def _totals(usage: WindowUsage) -> dict[str, Any]:
@@ -153,7 +137,7 @@ class UsageApi:
                 try:
                     return await fn(request)
                 except TollgateError as exc:
-                    return _error(exc)
+                    return error_response(exc)
 
             return endpoint
 

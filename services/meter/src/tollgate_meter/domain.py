@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from datetime import datetime
 
 from tollgate_core.bus.codec import encode
-from tollgate_core.contracts import AdmissionV1, ChatRequestV1, UsageRecordV1
+from tollgate_core.contracts import (
+    AdmissionV1,
+    AdmissionV2,
+    ChatRequestV1,
+    ChatRequestV2,
+    ImageContent,
+    TextContent,
+    ToolResultContent,
+    ToolUseContent,
+    UsageRecordV1,
+)
 from tollgate_core.errors import RequestError
 from tollgate_core.limits import INT32_MAX, Limits, check_text, check_tokens
 
@@ -14,6 +26,12 @@ from tollgate_core.limits import INT32_MAX, Limits, check_text, check_tokens
 #: reservation is replaced by the provider's real count at settlement.
 CHARS_PER_TOKEN = 3.0
 MESSAGE_OVERHEAD_TOKENS = 4
+#: an image, whatever its size: providers count up to about 1 600 tokens for one
+#: (Anthropic: width x height / 750, images scaled to at most 1.15 megapixels; OpenAI's
+#: high detail: 85 + 170 per 512-px tile, ~1 100 for 1024 x 1024)
+IMAGE_TOKENS = 1600
+#: what a tool definition costs beyond its JSON (providers wrap tools in a system prompt)
+TOOL_OVERHEAD_TOKENS = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,12 +40,54 @@ class Estimate:
     output_tokens: int
 
 
-def estimate(request: ChatRequestV1, *, default_max_tokens: int) -> Estimate:
+@dataclass(frozen=True, slots=True)
+class OutputLimit:
+    """What the router lets one model write: ``default`` for a request that names no
+    ``max_tokens``, never more than ``maximum`` (its catalog's ``default_max_tokens`` and
+    ``max_max_tokens``)."""
+
+    default: int
+    maximum: int
+
+    def allowed(self, requested: int | None) -> int:
+        """The output the router will allow: the same rule as the router's catalog."""
+        return min(requested or self.default, self.maximum)
+
+
+def estimate(
+    request: ChatRequestV1 | ChatRequestV2,
+    *,
+    default_max_tokens: int,
+    output_limit: OutputLimit | None = None,
+) -> Estimate:
+    """Input tokens (erring high: text, tool definitions, tool calls and results by
+    characters, each image as :data:`IMAGE_TOKENS`) plus the output the router will allow
+    the request: its model's ``output_limit`` when the catalog is known, else ``max_tokens``
+    or the meter's ``default_max_tokens``."""
+    request = ChatRequestV2.of(request)
     chars = sum(len(t) for t in request.system)
-    chars += sum(len(b.text) for m in request.messages for b in m.content)
+    images = 0
+    for block in (b for m in request.messages for b in m.content):
+        if isinstance(block, TextContent):
+            chars += len(block.text)
+        elif isinstance(block, ToolUseContent):
+            chars += len(block.id) + len(block.name) + len(_json(block.input))
+        elif isinstance(block, ToolResultContent):
+            chars += len(block.tool_use_id) + len(block.content)
+        elif isinstance(block, ImageContent):
+            images += 1
+    chars += sum(len(_json(t.model_dump())) for t in request.tools)
+    if request.response_format is not None and request.response_format.json_schema:
+        chars += len(_json(request.response_format.json_schema))
     overhead = MESSAGE_OVERHEAD_TOKENS * (len(request.messages) + len(request.system))
+    overhead += TOOL_OVERHEAD_TOKENS * len(request.tools) + IMAGE_TOKENS * images
     input_tokens = math.ceil(chars / CHARS_PER_TOKEN) + overhead
-    output_tokens = request.max_tokens if request.max_tokens is not None else default_max_tokens
+    if output_limit is not None:
+        output_tokens = output_limit.allowed(request.max_tokens)
+    elif request.max_tokens is not None:
+        output_tokens = request.max_tokens
+    else:
+        output_tokens = default_max_tokens
     if input_tokens + output_tokens > INT32_MAX:
         raise RequestError("messages: the request is too large to meter")
     return Estimate(input_tokens, output_tokens)
@@ -37,7 +97,11 @@ def estimate(request: ChatRequestV1, *, default_max_tokens: int) -> Estimate:
 MAX_TEXT_CHARS = 512
 
 
-def validate_request(request: ChatRequestV1, limits: Limits) -> None:
+def _json(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def validate_request(request: ChatRequestV1 | ChatRequestV2, limits: Limits) -> None:
     """Refuse, before the ledger, a request the ledger could not store or the router could
     not be handed: raises :class:`RequestError` naming the field."""
     check_text("request_id", request.request_id, max_chars=MAX_TEXT_CHARS)
@@ -46,7 +110,8 @@ def validate_request(request: ChatRequestV1, limits: Limits) -> None:
     for group in request.groups:
         check_text("groups", group, max_chars=MAX_TEXT_CHARS)
     check_tokens("max_tokens", request.max_tokens, limit=limits.max_tokens)
-    admission = AdmissionV1(request=request, reserved_input_tokens=0, reserved_output_tokens=0)
+    # the largest this admission can be: every count at its widest, an expiry set
+    admission = admission_of(request, (INT32_MAX, INT32_MAX), request.created_at)
     size = len(encode(admission))
     if size > limits.max_record_bytes:
         raise RequestError(
@@ -54,6 +119,24 @@ def validate_request(request: ChatRequestV1, limits: Limits) -> None:
             f" {limits.max_record_bytes})",
             details={"field": "messages"},
         )
+
+
+def admission_of(
+    request: ChatRequestV1 | ChatRequestV2,
+    reserved: tuple[int, int],
+    expires: datetime | None,
+) -> AdmissionV1 | AdmissionV2:
+    """The admission, in the request's own version (a router of the previous release still
+    takes a v1 request's): ``reserved`` input and output tokens, released by the sweeper at
+    the earliest at ``expires``."""
+    fields = {
+        "reserved_input_tokens": reserved[0],
+        "reserved_output_tokens": reserved[1],
+        "reservation_expires_at": expires,
+    }
+    if isinstance(request, ChatRequestV2):
+        return AdmissionV2.model_validate({"request": request, **fields})
+    return AdmissionV1.model_validate({"request": request, **fields})
 
 
 def validate_usage(usage: UsageRecordV1) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from opentelemetry import trace
 from prometheus_client import Counter, Histogram
@@ -12,8 +12,8 @@ from prometheus_client import Counter, Histogram
 from tollgate_core import topics
 from tollgate_core.bus import Delivered, Publisher
 from tollgate_core.contracts import (
-    AdmissionV1,
     ChatRequestV1,
+    ChatRequestV2,
     ErrorInfo,
     ReplyErrorV1,
     RequestLogV1,
@@ -24,8 +24,13 @@ from tollgate_core.health import Health
 from tollgate_core.limits import Limits, count_bad_input
 from tollgate_meter.adapters.ledger import AdmissionRequest, Ledger
 from tollgate_meter.batching import AdmissionBatcher
-from tollgate_meter.domain import estimate, validate_request, validate_usage
-from tollgate_meter.limits import with_policy_tier
+from tollgate_meter.domain import (
+    OutputLimit,
+    admission_of,
+    estimate,
+    validate_request,
+    validate_usage,
+)
 
 logger = logging.getLogger(__name__)
 tracer = trace.get_tracer("tollgate.meter")
@@ -42,6 +47,12 @@ DECISION_SECONDS = Histogram(
 )
 
 Clock = Callable[[], datetime]
+#: a model's output limit as the router's catalog says (None: not known)
+OutputLimits = Callable[[str | None], OutputLimit | None]
+
+
+def _unknown(_: str | None) -> OutputLimit | None:
+    return None
 
 
 class AdmissionHandler:
@@ -54,15 +65,19 @@ class AdmissionHandler:
         default_max_tokens: int,
         fail_open: bool,
         limits: Limits | None = None,
+        output_limits: OutputLimits | None = None,
+        reservation_ttl_s: float | None = None,
     ) -> None:
+        self._ttl = None if reservation_ttl_s is None else timedelta(seconds=reservation_ttl_s)
         self._batcher = batcher
+        self._output_limits = output_limits or _unknown
         self._limits = limits or Limits()
         self._publisher = publisher
         self._health = health
         self._default_max_tokens = default_max_tokens
         self._fail_open = fail_open
 
-    async def __call__(self, delivered: Delivered[ChatRequestV1]) -> None:
+    async def __call__(self, delivered: Delivered[ChatRequestV1 | ChatRequestV2]) -> None:
         request = delivered.event
         with tracer.start_as_current_span(
             "meter.admit",
@@ -74,14 +89,19 @@ class AdmissionHandler:
             with DECISION_SECONDS.time():
                 try:
                     validate_request(request, self._limits)
-                    est = estimate(request, default_max_tokens=self._default_max_tokens)
+                    est = estimate(
+                        request,
+                        default_max_tokens=self._default_max_tokens,
+                        output_limit=self._output_limits(request.model),
+                    )
                     decision = await self._batcher.admit(
                         request.principal,
                         AdmissionRequest(
                             request.request_id,
                             request.model,
-                            tuple(with_policy_tier(request.groups, request.tier)),
+                            request.groups,
                             est,
+                            tier=request.tier,
                         ),
                     )
                 except RequestError as exc:  # bad input, never an outage: nothing was written
@@ -96,7 +116,7 @@ class AdmissionHandler:
             span.set_attribute("tollgate.meter.repeated", decision.repeated)
             if decision.violation is None:
                 DECISIONS.labels("admitted").inc()
-                await self._admit(request, est.input_tokens, est.output_tokens)
+                await self._admit(request, est.input_tokens, est.output_tokens, reserved=True)
                 return
             violation = decision.violation
             DECISIONS.labels("rejected").inc()
@@ -112,28 +132,43 @@ class AdmissionHandler:
                 ),
             )
 
-    async def _admit(self, request: ChatRequestV1, reserved_in: int, reserved_out: int) -> None:
-        # Published again on redelivery: the decision may have been written by a run that
-        # died before its admission reached Kafka. The router de-duplicates.
+    async def _admit(
+        self,
+        request: ChatRequestV1 | ChatRequestV2,
+        reserved_in: int,
+        reserved_out: int,
+        *,
+        reserved: bool,
+    ) -> None:
+        """Hand the request to the router with what was reserved and, when a reservation
+        was made, when the sweeper may release it at the earliest: TTL after the request was
+        created, which is never later than its reservation was written (also for a
+        redelivered request, whose reservation is older than this publication).
+
+        Published again on redelivery: the decision may have been written by a run that
+        died before its admission reached Kafka. The router de-duplicates."""
+        expires = None
+        if reserved and self._ttl is not None:
+            expires = request.created_at + self._ttl
         await self._publisher.publish(
             topics.ADMITTED,
-            AdmissionV1(
-                request=request,
-                reserved_input_tokens=reserved_in,
-                reserved_output_tokens=reserved_out,
-            ),
+            admission_of(request, (reserved_in, reserved_out), expires),
             key=request.principal,
         )
 
     async def _unavailable(
-        self, request: ChatRequestV1, exc: DependencyUnavailable, est_in: int, est_out: int
+        self,
+        request: ChatRequestV1 | ChatRequestV2,
+        exc: DependencyUnavailable,
+        est_in: int,
+        est_out: int,
     ) -> None:
         if self._fail_open:
             DECISIONS.labels("admitted_fail_open").inc()
             logger.warning(
                 "admitting %s without a reservation: %s", request.request_id, exc.message
             )
-            await self._admit(request, est_in, est_out)
+            await self._admit(request, est_in, est_out, reserved=False)
             return
         DECISIONS.labels("unavailable").inc()
         logger.warning("refusing %s: %s", request.request_id, exc.message)
@@ -147,7 +182,7 @@ class AdmissionHandler:
             ),
         )
 
-    async def _bad_request(self, request: ChatRequestV1, exc: RequestError) -> None:
+    async def _bad_request(self, request: ChatRequestV1 | ChatRequestV2, exc: RequestError) -> None:
         DECISIONS.labels("invalid").inc()
         count_bad_input("meter.admission", exc.details.get("field"))
         logger.info("refusing %s as invalid: %s", request.request_id, exc.message)
@@ -156,7 +191,7 @@ class AdmissionHandler:
             ErrorInfo(type=exc.error_type, message=exc.message, details=dict(exc.details)),
         )
 
-    async def _refuse(self, request: ChatRequestV1, error: ErrorInfo) -> None:
+    async def _refuse(self, request: ChatRequestV1 | ChatRequestV2, error: ErrorInfo) -> None:
         await self._publisher.publish(
             request.reply_to.topic,
             ReplyErrorV1(

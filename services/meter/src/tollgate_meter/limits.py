@@ -102,33 +102,23 @@ class TierConfig(BaseModel):
         return cls.model_validate(tomllib.loads(path.read_text()))
 
     def tier_for(
-        self, groups: Iterable[str], overrides: Mapping[str, TierSpec], forced: str | None
+        self,
+        groups: Iterable[str],
+        overrides: Mapping[str, TierSpec],
+        forced: str | None,
+        policy_tier: str | None = None,
     ) -> tuple[str, TierSpec]:
-        """The tier of a caller: a per-principal tier first, else the highest-ranked tier
-        any of its groups maps to — or the auth policy names (a ``tier:<name>`` entry among
-        the groups, see :func:`with_policy_tier`) — else the default. Admin-set tiers
-        override the file's."""
+        """The tier of a caller: a per-principal tier first, else the highest-ranked of the
+        tiers its groups map to and the one its auth policy names (``policy_tier``; a name
+        no tier has is ignored), else the default. Admin-set tiers override the file's."""
         tiers = {**self.tiers, **overrides}
         if forced is not None and forced in tiers:
             return forced, tiers[forced]
         candidates = [self.groups[g] for g in groups if self.groups.get(g) in tiers]
-        candidates += [
-            g.removeprefix(POLICY_TIER)
-            for g in groups
-            if g.startswith(POLICY_TIER) and g.removeprefix(POLICY_TIER) in tiers
-        ]
+        if policy_tier is not None and policy_tier in tiers:
+            candidates.append(policy_tier)
         name = max(candidates, key=lambda t: tiers[t].rank, default=self.default_tier)
         return name, tiers[name]
-
-
-#: how the auth policy's tier for a request is handed to the tier choice, beside its groups
-POLICY_TIER = "tier:"
-
-
-def with_policy_tier(groups: tuple[str, ...], tier: str | None) -> tuple[str, ...]:
-    """The groups a tier is chosen from, with the tier the auth policy named (if any) as one
-    more candidate; a name no tier has is ignored."""
-    return groups if tier is None else (*groups, POLICY_TIER + tier)
 
 
 @dataclass
@@ -149,6 +139,12 @@ class Totals:
         self.output += other.output
         self.requests += other.requests
 
+    def plus(self, other: Totals) -> Totals:
+        """A new total of both."""
+        return Totals(
+            self.input + other.input, self.output + other.output, self.requests + other.requests
+        )
+
 
 @dataclass(frozen=True)
 class Bucket:
@@ -158,10 +154,7 @@ class Bucket:
 
     @property
     def counted(self) -> Totals:
-        t = Totals()
-        t.add(self.used)
-        t.add(self.reserved)
-        return t
+        return self.used.plus(self.reserved)
 
 
 @dataclass
@@ -175,10 +168,7 @@ class WindowUsage:
 
     @property
     def counted(self) -> Totals:
-        t = Totals()
-        t.add(self.used)
-        t.add(self.reserved)
-        return t
+        return self.used.plus(self.reserved)
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,11 @@ import httpx
 
 from tollgate_core import db, topics
 from tollgate_core.bus import Decoder, EventConsumer, EventProducer
-from tollgate_core.contracts import ChatRequestV1, UsageRecordV1
+from tollgate_core.contracts import ChatRequestV1, ChatRequestV2, UsageRecordV1
 from tollgate_core.health import Health
 from tollgate_core.http import HttpServer, ops_app
 from tollgate_core.runtime import run_service, start_with_retry, watch_dependency
+from tollgate_meter.adapters.catalog import RouterCatalog
 from tollgate_meter.adapters.ledger import PostgresLedger, create_engine
 from tollgate_meter.api import AuthServiceIdentity, UsageApi
 from tollgate_meter.batching import AdmissionBatcher
@@ -40,6 +41,7 @@ async def serve(settings: MeterSettings, stop: asyncio.Event) -> None:
         engine, TierConfig.load(settings.tiers_file), bucket_seconds=settings.bucket_seconds
     )
     auth_client = httpx.AsyncClient(timeout=settings.auth_timeout_s)
+    catalog = RouterCatalog(auth_client, settings.router_url, refresh_s=settings.catalog_refresh_s)
     api = UsageApi(
         ledger,
         AuthServiceIdentity(auth_client, settings.auth_url),
@@ -58,7 +60,7 @@ async def serve(settings: MeterSettings, stop: asyncio.Event) -> None:
         name="meter-admission",
         topics=[topics.REQUESTS],
         group_id=settings.consumer_group,
-        decoder=Decoder.of(ChatRequestV1),
+        decoder=Decoder.of(ChatRequestV1, ChatRequestV2),
         handler=AdmissionHandler(
             AdmissionBatcher(ledger, utc_now),
             producer,
@@ -66,6 +68,8 @@ async def serve(settings: MeterSettings, stop: asyncio.Event) -> None:
             default_max_tokens=settings.default_max_tokens,
             fail_open=settings.fail_open,
             limits=settings.limits,
+            output_limits=catalog.output_limit,
+            reservation_ttl_s=settings.reservation_ttl_s,
         ),
         dead_letter=producer,
         concurrency=settings.admission_concurrency,
@@ -104,10 +108,12 @@ async def serve(settings: MeterSettings, stop: asyncio.Event) -> None:
             await start_with_retry("kafka", start_kafka, health, stop)
         ):
             sweeper.start()
+            catalog.start()
             logger.info("meter ready")
             # not ready while the brokers are lost; the clients reconnect by themselves
             await watch_dependency("kafka", producer.ping, health, stop)
     finally:
+        await catalog.stop()
         await sweeper.stop()
         # both drain at once: one after the other they could outlast the pod's grace period
         await asyncio.gather(admissions.stop(), settlements.stop())

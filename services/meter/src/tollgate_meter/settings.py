@@ -20,7 +20,11 @@ class MeterSettings(BaseSettings):
     consumer_group: str = "tollgate-meter"
     #: admissions decided side by side; one principal's are still serialized by a row lock
     admission_concurrency: int = Field(default=32, ge=1)
+    #: reserved for a request without max_tokens until the router's catalog has been read
     default_max_tokens: int = Field(default=1024, ge=1, description="reserved when unset")
+    #: the router, whose GET /v1/models gives each model's default and maximum output
+    router_url: str = "http://127.0.0.1:8082"
+    catalog_refresh_s: float = Field(default=30.0, gt=0)
     #: TOML file of limit tiers (see docs/metering.md); unset: the built-in defaults
     tiers_file: Path | None = None
     bucket_seconds: int = Field(default=600, ge=1, le=86_400)

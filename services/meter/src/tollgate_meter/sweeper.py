@@ -20,6 +20,7 @@ from prometheus_client import Counter
 
 from tollgate_core.errors import DependencyUnavailable
 from tollgate_core.health import Health
+from tollgate_core.retry import Backoff
 from tollgate_meter.adapters.ledger import Ledger
 
 logger = logging.getLogger(__name__)
@@ -105,18 +106,19 @@ class Sweeper:
             self._health.fail("postgres", exc.message)
 
     async def _run(self) -> None:
-        failures = 0
+        backoff = Backoff(self._interval * 2, self._max_backoff)
         while True:
             delay = self._interval
             try:
                 await self._round()
-                failures = 0
+                backoff.reset()
             except Exception:
-                failures += 1
                 ERRORS.inc()
-                delay = min(self._interval * 2**failures, self._max_backoff)
+                delay = backoff.next_delay()
                 logger.exception(
-                    "meter sweep failed (%d in a row); trying again in %.1f s", failures, delay
+                    "meter sweep failed (%d in a row); trying again in %.1f s",
+                    backoff.failures,
+                    delay,
                 )
             await asyncio.sleep(delay)
 

@@ -8,18 +8,19 @@ edge to proxy) and the admin API of prepared responses (Bearer admin token)::
 
 from __future__ import annotations
 
-import hmac
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import uuid4
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from tollgate_core.contracts import ChatMessage, utcnow
-from tollgate_core.errors import TollgateError
+from tollgate_core.errors import NotFound, TollgateError, Unauthenticated
+from tollgate_core.http import bearer_matches, error_response, parse_body
 from tollgate_router.catalog import CatalogSource
 from tollgate_router.prepared import ANY_MODEL, PreparedResponse, PreparedStore, prepared_key
 
@@ -72,10 +73,6 @@ def entry_json(entry: PreparedResponse) -> dict[str, Any]:
     }
 
 
-def _error(status: int, kind: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"type": kind, "message": message}}, status)
-
-
 def models_route(catalog: CatalogSource) -> BaseRoute:
     async def models(_: Request) -> Response:
         current = catalog.current
@@ -103,47 +100,37 @@ def models_route(catalog: CatalogSource) -> BaseRoute:
 
 
 def admin_routes(store: PreparedStore, token: SecretStr | None) -> list[BaseRoute]:
-    def authorized(request: Request) -> bool:
-        if token is None:
-            return False
-        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        return hmac.compare_digest(given.encode(), token.get_secret_value().encode())
+    secret = token.get_secret_value() if token is not None else None
+
+    def guarded(handler: Callable[[Request], Awaitable[Response]]) -> Any:
+        """``handler`` for the admin token's holder only; a typed error as its answer."""
+
+        async def guarded(request: Request) -> Response:
+            try:
+                if not bearer_matches(request.headers.get("authorization"), secret):
+                    raise Unauthenticated("admin token required")
+                return await handler(request)
+            except TollgateError as exc:
+                return error_response(exc)
+
+        return guarded
 
     async def add(request: Request) -> Response:
-        if not authorized(request):
-            return _error(401, "unauthorized", "admin token required")
-        try:
-            body = PreparedIn.model_validate_json(await request.body())
-        except ValidationError as exc:
-            return _error(400, "validation_error", str(exc))
-        try:
-            entry = await store.add(body.entry(utcnow()))
-        except TollgateError as exc:
-            return _error(exc.http_status, exc.error_type, exc.message)
+        body = await parse_body(request, PreparedIn)
+        entry = await store.add(body.entry(utcnow()))
         return JSONResponse(entry_json(entry), 201)
 
     async def listing(request: Request) -> Response:
-        if not authorized(request):
-            return _error(401, "unauthorized", "admin token required")
-        try:
-            entries = await store.list(principal=request.query_params.get("principal"))
-        except TollgateError as exc:
-            return _error(exc.http_status, exc.error_type, exc.message)
+        entries = await store.list(principal=request.query_params.get("principal"))
         return JSONResponse({"data": [entry_json(e) for e in entries]})
 
     async def remove(request: Request) -> Response:
-        if not authorized(request):
-            return _error(401, "unauthorized", "admin token required")
-        try:
-            removed = await store.remove(request.path_params["entry_id"])
-        except TollgateError as exc:
-            return _error(exc.http_status, exc.error_type, exc.message)
-        if not removed:
-            return _error(404, "not_found", "no such prepared response")
+        if not await store.remove(request.path_params["entry_id"]):
+            raise NotFound("no such prepared response")
         return Response(status_code=204)
 
     return [
-        Route("/admin/prepared", add, methods=["POST"]),
-        Route("/admin/prepared", listing, methods=["GET"]),
-        Route("/admin/prepared/{entry_id}", remove, methods=["DELETE"]),
+        Route("/admin/prepared", guarded(add), methods=["POST"]),
+        Route("/admin/prepared", guarded(listing), methods=["GET"]),
+        Route("/admin/prepared/{entry_id}", guarded(remove), methods=["DELETE"]),
     ]

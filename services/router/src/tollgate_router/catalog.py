@@ -67,6 +67,12 @@ ProviderConfig = Annotated[
 ]
 
 
+#: what a model's ``drop_params`` may name
+DroppableParam = Literal[
+    "temperature", "top_p", "seed", "stop", "response_format", "tool_choice", "extras"
+]
+
+
 class ModelSpec(_Frozen):
     id: str = Field(min_length=1)
     provider: str = Field(description="a key of the catalog's providers")
@@ -81,6 +87,11 @@ class ModelSpec(_Frozen):
     groups: tuple[str, ...] = Field(default=(), description="empty: every group may use it")
     fallbacks: tuple[str, ...] = ()
     description: str = ""
+    drop_params: tuple[DroppableParam, ...] = Field(
+        default=(),
+        description="parameters this model's provider cannot take that are dropped from a"
+        " request instead of refusing it",
+    )
 
     @property
     def upstream_id(self) -> str:

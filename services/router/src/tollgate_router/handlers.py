@@ -18,7 +18,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TypeVar
 
@@ -31,13 +31,20 @@ from tollgate_core import topics
 from tollgate_core.bus import Delivered, Publisher
 from tollgate_core.contracts import (
     AdmissionV1,
+    AdmissionV2,
     ChatRequestV1,
+    ChatRequestV2,
     ErrorInfo,
+    ImageContent,
     ReplyChunkV1,
+    ReplyChunkV2,
     ReplyDoneV1,
     ReplyErrorV1,
     ReplyV1,
     RequestLogV1,
+    ToolCallDelta,
+    ToolResultContent,
+    ToolUseContent,
     Usage,
     UsageRecordV1,
     utcnow,
@@ -55,12 +62,18 @@ from tollgate_router.errors import (
 )
 from tollgate_router.journal import Claim, InMemoryJournal, RequestJournal
 from tollgate_router.prepared import PreparedStore, prepared_key
-from tollgate_router.providers.base import Finished, Provider, ProviderRequest, TextDelta
+from tollgate_router.providers.base import (
+    Finished,
+    Provider,
+    ProviderRequest,
+    TextDelta,
+    ToolUseDelta,
+)
 from tollgate_router.providers.local import count_tokens
 from tollgate_router.resilience import Outcome, ResilientRouter, RetryPolicy, Timeouts
 from tollgate_router.streaming import ChunkWriter, Coalescing
 
-Reply = TypeVar("Reply", ReplyChunkV1, ReplyDoneV1, ReplyErrorV1)
+Reply = TypeVar("Reply", ReplyChunkV1, ReplyChunkV2, ReplyDoneV1, ReplyErrorV1)
 #: a stored terminal reply, told apart by its own ``kind``
 _REPLY: TypeAdapter[ReplyChunkV1 | ReplyDoneV1 | ReplyErrorV1] = TypeAdapter(ReplyV1)
 
@@ -93,20 +106,82 @@ LATENCY = Histogram(
 
 
 class _Stream:
-    """Reply publishing for one request: seq numbering and chunk coalescing."""
+    """Reply publishing for one request: seq numbering and chunk coalescing. A v2 request's
+    chunks are v2 (text or tool-call deltas); a v1 request's stay v1, for older edges. A tool
+    call's first piece (its id and name) goes out at once, its argument pieces coalesced as
+    text is."""
 
-    def __init__(self, handler: GenerationHandler, request: ChatRequestV1, model: str) -> None:
+    def __init__(
+        self, handler: GenerationHandler, request: ChatRequestV2, model: str, *, v2: bool
+    ) -> None:
         self.handler = handler
         self.request = request
         self.model = model
         self.seq = 0
+        self.v2 = v2
         self.writer = ChunkWriter(self._chunk, handler.coalescing)
+        self._call: ToolCallDelta | None = None
+        self._arguments = ChunkWriter(self._call_arguments, handler.coalescing)
+        self._block_offset: int | None = None
+        self._tool_sent: list[str] = []
 
     async def _chunk(self, text: str) -> None:
+        if self.v2:
+            await self.handler.reply(
+                self.request, ReplyChunkV2, seq=self.seq, model=self.model, text=text
+            )
+        else:
+            await self.handler.reply(
+                self.request, ReplyChunkV1, seq=self.seq, model=self.model, text=text
+            )
+        self.seq += 1
+
+    async def text(self, text: str) -> None:
+        await self._arguments.flush()
+        await self.writer.write(text)
+
+    async def tool(self, delta: ToolUseDelta) -> None:
+        """One tool-call delta, after the text before it; its content block index counts
+        a text block before the first call."""
+        if not self.v2:
+            logger.warning(
+                "request %s: tool call from a v1 request dropped", self.request.request_id
+            )
+            return
+        await self.writer.flush()
+        if self._block_offset is None:
+            self._block_offset = 1 if self.writer.sent else 0
+        if self._call is None or delta.id or delta.name or delta.index != self._call.index:
+            await self._arguments.flush()
+            self._call = ToolCallDelta(index=delta.index, block=delta.index + self._block_offset)
+            self._arguments = ChunkWriter(self._call_arguments, self.handler.coalescing)
+            if delta.id or delta.name:
+                start = self._call.model_copy(
+                    update={"id": delta.id, "name": delta.name, "arguments": delta.arguments}
+                )
+                await self._publish(start)
+                return
+        if delta.arguments:
+            await self._arguments.write(delta.arguments)
+
+    async def _call_arguments(self, arguments: str) -> None:
+        assert self._call is not None  # noqa: S101 - written only once a call is open
+        await self._publish(self._call.model_copy(update={"arguments": arguments}))
+
+    async def _publish(self, call: ToolCallDelta) -> None:
+        self._tool_sent.append(call.arguments)
         await self.handler.reply(
-            self.request, ReplyChunkV1, seq=self.seq, model=self.model, text=text
+            self.request, ReplyChunkV2, seq=self.seq, model=self.model, tool_call=call
         )
         self.seq += 1
+
+    async def flush(self) -> None:
+        await self.writer.flush()
+        await self._arguments.flush()
+
+    def sent(self) -> str:
+        """What the client has received, tool-call arguments included (to count it)."""
+        return "".join(self.writer.sent) + "".join(self._tool_sent)
 
 
 class GenerationHandler:
@@ -122,10 +197,14 @@ class GenerationHandler:
         coalescing: Coalescing | None = None,
         lease_s: float = 30.0,
         admission_max_age_s: float | None = None,
+        longest_answer_s: float | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._lease_s = lease_s
         self._max_age = admission_max_age_s
+        self._longest_answer = (
+            None if longest_answer_s is None else timedelta(seconds=longest_answer_s)
+        )
         self._clock = clock
         self._providers = providers
         self._catalog = catalog
@@ -137,8 +216,8 @@ class GenerationHandler:
         )
         self.coalescing = coalescing or Coalescing()
 
-    async def __call__(self, delivered: Delivered[AdmissionV1]) -> None:
-        request = delivered.event.request
+    async def __call__(self, delivered: Delivered[AdmissionV1 | AdmissionV2]) -> None:
+        request = ChatRequestV2.of(delivered.event.request)
         owner = uuid.uuid4().hex
         claim = await self._journal.claim(
             request.request_id, request.principal, owner=owner, lease_s=self._lease_s
@@ -170,7 +249,9 @@ class GenerationHandler:
             except TollgateError as exc:
                 logger.warning("lease of %s not renewed: %s", request_id, exc.message)
 
-    async def _handle(self, request: ChatRequestV1, claim: Claim, admission: AdmissionV1) -> None:
+    async def _handle(
+        self, request: ChatRequestV2, claim: Claim, admission: AdmissionV1 | AdmissionV2
+    ) -> None:
         if claim.previous is not None:
             REDELIVERED.labels(claim.previous).inc()
             logger.info(
@@ -191,10 +272,31 @@ class GenerationHandler:
 
     # -- serving ---------------------------------------------------------------------------
 
-    async def _serve(self, request: ChatRequestV1, admission: AdmissionV1) -> None:
+    def _expired(self, admission: AdmissionV1 | AdmissionV2) -> RequestExpired | None:
+        """Why ``admission`` must not run: it is older than ``admission_max_age_s``, or its
+        reservation may be released (``reservation_expires_at``) before the longest answer
+        (``longest_answer_s``, the router's total timeout) started now could end — a request
+        running on a released reservation could take its caller past a limit."""
+        now = self._clock()
+        age = (now - admission.admitted_at).total_seconds()
+        if self._max_age is not None and age > self._max_age:
+            return RequestExpired(
+                f"the request waited {age:.0f} s for a model; its token reservation may"
+                " have been released: send it again"
+            )
+        expires = admission.reservation_expires_at
+        longest = self._longest_answer
+        if expires is not None and longest is not None and now + longest > expires:
+            return RequestExpired(
+                "the request waited too long for a model: its token reservation would"
+                " run out before an answer could end; send it again"
+            )
+        return None
+
+    async def _serve(self, request: ChatRequestV2, admission: AdmissionV1 | AdmissionV2) -> None:
         """Answer ``request``; the model is never asked for more output than the meter
-        reserved, and an admission older than ``admission_max_age_s`` (whose reservation
-        the sweeper may have released) is not run."""
+        reserved, and an admission whose reservation may be released before its answer
+        could end (see :meth:`_expired`) is not run."""
         catalog = self._catalog.current
         model_id = request.model or catalog.default_model
         started_at = utcnow()
@@ -215,19 +317,14 @@ class GenerationHandler:
                 error = ModelNotFound(f"unknown model {model_id!r}")
             elif not spec.allows(request.groups):
                 error = ModelNotAllowed(f"model {model_id!r} is not allowed for your groups")
-            elif self._max_age is not None and (
-                (age := (self._clock() - admission.admitted_at).total_seconds()) > self._max_age
-            ):
-                error = RequestExpired(
-                    f"the request waited {age:.0f} s for a model; its token reservation may"
-                    " have been released: send it again"
-                )
+            else:
+                error = self._expired(admission)
             if error is not None or spec is None:
                 assert error is not None  # noqa: S101
                 span.set_status(Status(StatusCode.ERROR, error.message))
                 await self._fail_before_start(request, model_id, error, started_at, t0)
                 return
-            stream = _Stream(self, request, spec.id)
+            stream = _Stream(self, request, spec.id, v2=isinstance(admission, AdmissionV2))
             if self._prepared is not None and await self._serve_prepared(
                 request, spec, stream, started_at, t0
             ):
@@ -237,33 +334,27 @@ class GenerationHandler:
             usage: Usage | None = None
             stop_reason = "end_turn"
             ttft_ms: int | None = None
-            provider_request = ProviderRequest(
-                model=spec.id,
-                messages=request.messages,
-                system=request.system,
-                max_tokens=request.max_tokens,
-                temperature=request.temperature,
-                max_tokens_cap=admission.reserved_output_tokens,
-            )
+            provider_request = _provider_request(request, spec.id, admission.reserved_output_tokens)
             try:
                 async for event in self._router.stream(
                     catalog.chain(spec.id, request.groups, request.allowed_models),
                     provider_request,
                     outcome,
                 ):
-                    if isinstance(event, TextDelta):
+                    if isinstance(event, TextDelta | ToolUseDelta):
                         if ttft_ms is None:
                             ttft_ms = int((time.perf_counter() - t0) * 1000)
                             stream.model = outcome.model.id
                             # journal first: a crash in between must not serve it twice
                             await self._journal.streaming(request.request_id)
-                            await stream.writer.write(event.text)
+                        if isinstance(event, TextDelta):
+                            await stream.text(event.text)
                         else:
-                            await stream.writer.write(event.text)
+                            await stream.tool(event)
                     elif isinstance(event, Finished):
                         usage = event.usage
                         stop_reason = event.stop_reason
-                await stream.writer.flush()
+                await stream.flush()
             except ProviderError as exc:
                 error = exc
             served = outcome.model
@@ -276,10 +367,10 @@ class GenerationHandler:
                 span.set_status(Status(StatusCode.ERROR, error.message))
                 if outcome.started:
                     # settle what the client received: provider usage never arrived
-                    await stream.writer.flush()
+                    await stream.flush()
                     usage = Usage(
                         input_tokens=_prompt_tokens(request),
-                        output_tokens=count_tokens("".join(stream.writer.sent)),
+                        output_tokens=count_tokens(stream.sent()),
                     )
                 else:
                     usage = Usage()
@@ -330,14 +421,17 @@ class GenerationHandler:
 
     async def _serve_prepared(
         self,
-        request: ChatRequestV1,
+        request: ChatRequestV2,
         spec: ModelSpec,
         stream: _Stream,
         started_at: datetime,
         t0: float,
     ) -> bool:
         assert self._prepared is not None  # noqa: S101
-        key = prepared_key(request.system, request.messages)
+        wire = request.to_wire()
+        if not isinstance(wire, ChatRequestV1):
+            return False  # tools, images, structured output: always the model's own answer
+        key = prepared_key(request.system, wire.messages)
         try:
             entry = await self._prepared.lookup(
                 key, model=spec.id, principal=request.principal, now=utcnow()
@@ -377,7 +471,7 @@ class GenerationHandler:
 
     async def _fail_before_start(
         self,
-        request: ChatRequestV1,
+        request: ChatRequestV2,
         model_id: str,
         error: ProviderError,
         started_at: datetime,
@@ -407,7 +501,7 @@ class GenerationHandler:
         except (KeyError, TollgateError):
             return spec.provider
 
-    async def _interrupted(self, request: ChatRequestV1) -> None:
+    async def _interrupted(self, request: ChatRequestV2) -> None:
         """A router died mid-stream: end the client's stream and settle once, without calling
         the provider again (its usage for the dead stream is not knowable)."""
         model_id = request.model or self._catalog.current.default_model
@@ -435,7 +529,7 @@ class GenerationHandler:
 
     async def reply(
         self,
-        request: ChatRequestV1,
+        request: ChatRequestV2,
         kind: type[Reply],
         *,
         seq: int,
@@ -446,7 +540,7 @@ class GenerationHandler:
 
     @staticmethod
     def event(
-        request: ChatRequestV1,
+        request: ChatRequestV2,
         kind: type[Reply],
         *,
         seq: int,
@@ -464,7 +558,9 @@ class GenerationHandler:
         )
 
     async def _send_reply(
-        self, request: ChatRequestV1, event: ReplyChunkV1 | ReplyDoneV1 | ReplyErrorV1
+        self,
+        request: ChatRequestV2,
+        event: ReplyChunkV1 | ReplyChunkV2 | ReplyDoneV1 | ReplyErrorV1,
     ) -> None:
         await self._publisher.publish(
             request.reply_to.topic,
@@ -475,7 +571,7 @@ class GenerationHandler:
 
     async def _settle(
         self,
-        request: ChatRequestV1,
+        request: ChatRequestV2,
         spec: ModelSpec,
         provider: str,
         status: str,
@@ -560,7 +656,7 @@ class GenerationHandler:
         )
 
     async def _publish_records(
-        self, request: ChatRequestV1, record: UsageRecordV1, log: RequestLogV1
+        self, request: ChatRequestV2, record: UsageRecordV1, log: RequestLogV1
     ) -> None:
         # two topics, no order between them to keep: one acknowledgement round, not two
         await asyncio.gather(
@@ -568,7 +664,7 @@ class GenerationHandler:
             self._publisher.publish(topics.LOGS, log, key=request.principal),
         )
 
-    async def _republish(self, request: ChatRequestV1, records: str) -> None:
+    async def _republish(self, request: ChatRequestV2, records: str) -> None:
         data = json.loads(records)
         record = UsageRecordV1.model_validate_json(data["usage"])
         log = RequestLogV1.model_validate_json(data["log"])
@@ -578,9 +674,44 @@ class GenerationHandler:
         await self._journal.settled(request.request_id)
 
 
-def _prompt_tokens(request: ChatRequestV1) -> int:
-    prompt = " ".join(b.text for m in request.messages for b in m.content)
-    return count_tokens(" ".join(request.system)) + count_tokens(prompt)
+#: what an image is counted as when a provider's usage never arrives (Anthropic's and
+#: Bedrock's Claude count about 1 600 tokens for a large image)
+IMAGE_TOKENS = 1600
+
+
+def _prompt_tokens(request: ChatRequestV2) -> int:
+    """The prompt's tokens by the local tokenizer, tool definitions and calls included,
+    for a stream that failed before its provider reported usage."""
+    parts = [m.text() for m in request.messages]
+    images = 0
+    for block in (b for m in request.messages for b in m.content):
+        if isinstance(block, ToolUseContent):
+            parts.append(block.name + json.dumps(block.input))
+        elif isinstance(block, ToolResultContent):
+            parts.append(block.content)
+        elif isinstance(block, ImageContent):
+            images += 1
+    parts += [json.dumps(t.model_dump()) for t in request.tools]
+    tokens = count_tokens(" ".join(request.system)) + count_tokens(" ".join(parts))
+    return tokens + images * IMAGE_TOKENS
+
+
+def _provider_request(request: ChatRequestV2, model: str, cap: int) -> ProviderRequest:
+    return ProviderRequest(
+        model=model,
+        messages=request.messages,
+        system=request.system,
+        max_tokens=request.max_tokens,
+        temperature=request.temperature,
+        max_tokens_cap=cap,
+        tools=request.tools,
+        tool_choice=request.tool_choice,
+        response_format=request.response_format,
+        stop=request.stop,
+        top_p=request.top_p,
+        seed=request.seed,
+        extras=dict(request.extras),
+    )
 
 
 def _error_info(error: ProviderError) -> ErrorInfo:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tollgate_core import db, topics
 from tollgate_core.bus import Decoder, EventConsumer, EventProducer
-from tollgate_core.contracts import AdmissionV1, utcnow
+from tollgate_core.contracts import AdmissionV1, AdmissionV2, utcnow
 from tollgate_core.errors import TollgateError
 from tollgate_core.health import Health
 from tollgate_core.http import HttpServer, ops_app
@@ -117,7 +117,7 @@ async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
         name="router",
         topics=[topics.ADMITTED],
         group_id=settings.consumer_group,
-        decoder=Decoder.of(AdmissionV1),
+        decoder=Decoder.of(AdmissionV1, AdmissionV2),
         handler=GenerationHandler(
             catalog,
             registry,
@@ -130,6 +130,7 @@ async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
             ),
             lease_s=settings.lease_s,
             admission_max_age_s=settings.admission_max_age_s,
+            longest_answer_s=settings.longest_answer_s,
         ),
         dead_letter=producer,
         concurrency=settings.max_concurrent_streams,

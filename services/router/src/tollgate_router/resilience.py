@@ -5,6 +5,7 @@ first token, idle gap and total are enforced here around any provider stream).""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import time
@@ -19,6 +20,7 @@ from tollgate_router import genai
 from tollgate_router.catalog import ModelSpec
 from tollgate_router.errors import (
     CircuitOpen,
+    InvalidProviderRequest,
     ProviderError,
     ProviderTimeout,
     ProviderUnavailable,
@@ -29,7 +31,9 @@ from tollgate_router.providers.base import (
     ProviderEvent,
     ProviderRequest,
     TextDelta,
+    ToolUseDelta,
 )
+from tollgate_router.providers.params import fit
 
 logger = logging.getLogger(__name__)
 tracer = trace.get_tracer("tollgate.router")
@@ -183,7 +187,7 @@ async def guarded(
                 ) from exc
             finally:
                 watchdog.waiting = False
-            if waiting_first and isinstance(event, TextDelta):
+            if waiting_first and isinstance(event, TextDelta | ToolUseDelta):
                 waiting_first = False
             yield event
     finally:
@@ -245,19 +249,15 @@ class ResilientRouter:
     ) -> AsyncIterator[ProviderEvent]:
         last: ProviderError | None = None
         for index, spec in enumerate(chain):
+            provider = self._providers(spec.provider)
+            upstream = _fitted(request, spec, provider, outcome, primary=not index)
+            if upstream is None:
+                continue  # a fallback that cannot take the request is not one
             if index:
                 outcome.fallback_used = True
             outcome.model = spec
-            provider = self._providers(spec.provider)
             outcome.provider = provider.name
             breaker = self.breaker(spec.provider)
-            upstream = ProviderRequest(
-                model=spec.upstream_id,
-                messages=request.messages,
-                system=request.system,
-                max_tokens=spec.max_tokens(request.max_tokens, request.max_tokens_cap),
-                temperature=request.temperature,
-            )
             attempt = 0
             while True:
                 outcome.attempts.append(spec.id)
@@ -266,7 +266,7 @@ class ResilientRouter:
                 try:
                     trial = breaker.check(spec.provider)
                     async for event in guarded(provider.stream(upstream), self._timeouts):
-                        if isinstance(event, TextDelta):
+                        if isinstance(event, TextDelta | ToolUseDelta):
                             outcome.started = True
                         elif isinstance(event, Finished):
                             span.set_attributes(
@@ -307,6 +307,36 @@ class ResilientRouter:
                 raise last
         assert last is not None  # noqa: S101 - chain is never empty here
         raise last
+
+
+def _fitted(
+    request: ProviderRequest,
+    spec: ModelSpec,
+    provider: Provider,
+    outcome: Outcome,
+    *,
+    primary: bool,
+) -> ProviderRequest | None:
+    """The request for ``spec`` on ``provider``: the model's upstream id and output limit, and
+    the parameters the provider cannot take dropped or refused. A fallback that cannot take
+    it gives None (skipped); the primary raises, naming the parameter."""
+    try:
+        return fit(
+            dataclasses.replace(
+                request,
+                model=spec.upstream_id,
+                max_tokens=spec.max_tokens(request.max_tokens, request.max_tokens_cap),
+                max_tokens_cap=None,
+            ),
+            provider,
+            model=spec.id,
+            drop=spec.drop_params,
+        )
+    except InvalidProviderRequest:
+        if primary:
+            outcome.provider = provider.name
+            raise
+        return None
 
 
 def _attempt_span(provider: str, spec: ModelSpec, upstream: ProviderRequest, attempt: int) -> Span:

@@ -44,6 +44,7 @@ class RouterSettings(BaseSettings):
     connect_timeout_s: float = Field(default=5.0, gt=0)
     first_token_timeout_s: float = Field(default=30.0, gt=0)
     idle_timeout_s: float = Field(default=30.0, gt=0)
+    #: the longest stream of one attempt (see longest_answer_s)
     total_timeout_s: float = Field(default=300.0, gt=0)
     #: how long a request's journal lease outlives a router that stopped renewing it (it is
     #: renewed every third of it): a redelivery waits that long before ending the stream of
@@ -71,3 +72,13 @@ class RouterSettings(BaseSettings):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     local_model: LocalModelSettings = Field(default_factory=LocalModelSettings)
+
+    @property
+    def longest_answer_s(self) -> float:
+        """How long an answer on one model can take: the retries before its first token
+        (each waits up to the first-token timeout and the longest backoff), then one stream
+        of at most ``total_timeout_s``. The router starts no answer that could outlast the
+        admission's ``reservation_expires_at`` by this reckoning (each fallback model would
+        add its own attempts)."""
+        retry = self.first_token_timeout_s + self.retry_max_delay_s
+        return self.total_timeout_s + self.max_retries * retry

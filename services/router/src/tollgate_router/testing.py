@@ -9,6 +9,11 @@ One :class:`FakeProviderServer` answers all three APIs from a script of :class:`
 - OpenAI ``POST /v1/chat/completions``: SSE chunks, the ``include_usage`` chunk, ``[DONE]``;
 - Anthropic ``POST /v1/messages``: SSE ``message_start`` … ``message_stop``, ``error`` events.
 
+A scenario's ``tool_calls`` are streamed after its text the way each API streams them:
+OpenAI ``tool_calls`` deltas with indices, Anthropic ``tool_use`` blocks with
+``input_json_delta`` pieces, Bedrock ``contentBlockStart``/``contentBlockDelta`` with
+``toolUse``; the stop reason is then the API's own word for a tool call.
+
 The event-stream encoder is written here (framing per the AWS event-stream spec) because
 botocore only decodes; it is checked against botocore's decoder and boto3 in the tests.
 """
@@ -30,7 +35,13 @@ from starlette.routing import Route
 
 from tollgate_core.contracts import Usage
 from tollgate_core.http import HttpServer
-from tollgate_router.providers.base import Finished, ProviderEvent, ProviderRequest, TextDelta
+from tollgate_router.providers.base import (
+    Finished,
+    ProviderEvent,
+    ProviderRequest,
+    TextDelta,
+    ToolUseDelta,
+)
 
 
 def _headers(headers: dict[str, str]) -> bytes:
@@ -74,6 +85,19 @@ def bedrock_exception(exception_type: str, message: str) -> bytes:
 
 
 @dataclass(frozen=True, slots=True)
+class FakeToolCall:
+    id: str
+    name: str
+    #: the call's JSON input, streamed in ``pieces`` parts
+    arguments: str = "{}"
+    pieces: int = 3
+
+    def parts(self) -> list[str]:
+        size = max(1, -(-len(self.arguments) // self.pieces))
+        return [self.arguments[i : i + size] for i in range(0, len(self.arguments), size)]
+
+
+@dataclass(frozen=True, slots=True)
 class Scenario:
     chunks: tuple[str, ...] = ("Hello", " from", " a", " fake", " model")
     input_tokens: int = 7
@@ -91,6 +115,7 @@ class Scenario:
     garbage_after: int | None = None
     #: end the stream after the text, before the usage / stop events
     truncate: bool = False
+    tool_calls: tuple[FakeToolCall, ...] = ()
 
 
 @dataclass
@@ -178,7 +203,10 @@ class FakeProviderServer:
             if s.truncate:
                 return
             yield bedrock_event("contentBlockStop", {"contentBlockIndex": 0})
-            yield bedrock_event("messageStop", {"stopReason": s.stop_reason})
+            for tool_frame in _bedrock_tool_frames(s.tool_calls):
+                yield tool_frame
+            stop = "tool_use" if s.tool_calls else s.stop_reason
+            yield bedrock_event("messageStop", {"stopReason": stop})
             out = len(s.chunks)
             yield bedrock_event(
                 "metadata",
@@ -221,7 +249,16 @@ class FakeProviderServer:
                 yield sse({**base, "choices": [{"index": 0, "delta": delta}]})
             if s.truncate:
                 return
-            yield sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+            for i, call in enumerate(s.tool_calls):
+                for j, part in enumerate(["", *call.parts()]):
+                    item: dict[str, Any] = {"index": i, "function": {"arguments": part}}
+                    if j == 0:
+                        item.update(id=call.id, type="function")
+                        item["function"]["name"] = call.name
+                    calls = {"tool_calls": [item]}
+                    yield sse({**base, "choices": [{"index": 0, "delta": calls}]})
+            finish = "tool_calls" if s.tool_calls else "stop"
+            yield sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
             if include_usage:
                 usage = {
                     "prompt_tokens": s.input_tokens,
@@ -278,16 +315,39 @@ class FakeProviderServer:
             if s.truncate:
                 return
             yield sse("content_block_stop", {"index": 0})
+            for i, call in enumerate(s.tool_calls, start=1):
+                block = {"type": "tool_use", "id": call.id, "name": call.name, "input": {}}
+                yield sse("content_block_start", {"index": i, "content_block": block})
+                for part in call.parts():
+                    piece = {"type": "input_json_delta", "partial_json": part}
+                    yield sse("content_block_delta", {"index": i, "delta": piece})
+                yield sse("content_block_stop", {"index": i})
             yield sse(
                 "message_delta",
                 {
-                    "delta": {"stop_reason": s.stop_reason},
+                    "delta": {"stop_reason": "tool_use" if s.tool_calls else s.stop_reason},
                     "usage": {"output_tokens": len(s.chunks)},
                 },
             )
             yield sse("message_stop", {})
 
         return StreamingResponse(events(), media_type="text/event-stream")
+
+
+def _bedrock_tool_frames(calls: tuple[FakeToolCall, ...]) -> list[bytes]:
+    frames: list[bytes] = []
+    for index, call in enumerate(calls, start=1):
+        start = {"toolUse": {"toolUseId": call.id, "name": call.name}}
+        frames.append(
+            bedrock_event("contentBlockStart", {"start": start, "contentBlockIndex": index})
+        )
+        for part in call.parts():
+            delta = {"toolUse": {"input": part}}
+            frames.append(
+                bedrock_event("contentBlockDelta", {"delta": delta, "contentBlockIndex": index})
+            )
+        frames.append(bedrock_event("contentBlockStop", {"contentBlockIndex": index}))
+    return frames
 
 
 @dataclass
@@ -302,6 +362,7 @@ class Step:
     first_delay_s: float = 0.0
     gap_s: float = 0.0
     input_tokens: int = 5
+    tool_calls: tuple[FakeToolCall, ...] = ()
 
 
 class ScriptedProvider:
@@ -325,4 +386,9 @@ class ScriptedProvider:
             if i and step.gap_s:
                 await asyncio.sleep(step.gap_s)
             yield TextDelta(chunk)
-        yield Finished(Usage(input_tokens=step.input_tokens, output_tokens=len(step.chunks)))
+        for index, call in enumerate(step.tool_calls):
+            yield ToolUseDelta(index, id=call.id, name=call.name)
+            for part in call.parts():
+                yield ToolUseDelta(index, arguments=part)
+        usage = Usage(input_tokens=step.input_tokens, output_tokens=len(step.chunks))
+        yield Finished(usage, "tool_use" if step.tool_calls else "end_turn")

@@ -16,6 +16,7 @@ from tollgate_stream.gateway import Gateway
 from tollgate_stream.limits import ConnectionLimiter
 from tollgate_stream.openai.api import OpenAIApi
 from tollgate_stream.settings import StreamSettings
+from tollgate_stream.state import EdgeState
 from tollgate_stream.subscriptions import Subscriptions
 
 
@@ -42,10 +43,6 @@ def create_app(
     )
     if settings.cors_origin_list:
         app.add_middleware(ClientRouteCors, origins=settings.cors_origin_list)
-    app.state.settings = settings
-    app.state.gateway = gateway
-    app.state.subscriptions = subscriptions
-    app.state.connection_limiter = ConnectionLimiter(
-        settings.max_connections, settings.max_connections_per_address
-    )
+    limiter = ConnectionLimiter(settings.max_connections, settings.max_connections_per_address)
+    EdgeState(settings, gateway, subscriptions, limiter).attach(app)
     return app

@@ -5,9 +5,17 @@ Inbound (published to ``/Inbound-Messages/<sub>[/…]``)::
     {"messages": [{"role": "user", "content": [{"text": "Hi"}]}],
      "modelId": "…", "conversationId": "…", "system": "…", "maxTokens": 512}
 
+Converse-shaped equivalents of the whole model API are accepted too: content blocks
+``{"image": {"format", "source": {"bytes"}}}``, ``{"toolUse": {"toolUseId", "name", "input"}}``
+and ``{"toolResult": {"toolUseId", "content": [{"text"} | {"json"}], "status"}}``;
+``toolConfig`` (``tools: [{"toolSpec": {"name", "description", "inputSchema": {"json"}}}]``,
+``toolChoice: {"auto"|"any"|"tool": …}``); ``inferenceConfig`` (``maxTokens``,
+``temperature``, ``topP``, ``stopSequences``); ``additionalModelRequestFields``.
+
 Outbound (received on ``/Outbound-Messages/<sub>[/…]``): Bedrock ConverseStream-shaped events
-with ``conversationId`` and ``requestId`` added; errors as
-``{"error": {"type", "message", "requestId", "details"}}``.
+with ``conversationId`` and ``requestId`` added — a tool call as ``contentBlockStart`` with
+``start.toolUse`` then ``contentBlockDelta`` with ``delta.toolUse.input`` pieces, as Bedrock
+streams it; errors as ``{"error": {"type", "message", "requestId", "details"}}``.
 """
 
 from __future__ import annotations
@@ -16,15 +24,27 @@ import json
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tollgate_core.contracts import (
-    ChatMessage,
+    ChatMessageV2,
     ReplyChunkV1,
+    ReplyChunkV2,
     ReplyDoneV1,
     ReplyErrorV1,
+    ToolChoice,
+    ToolSpec,
 )
 from tollgate_core.errors import RequestError
+from tollgate_stream import converse
 
 #: identifiers (a model id, a conversation id) are printable: no NUL, no other control
 #: character, which Postgres, logs and headers downstream could not carry
@@ -34,7 +54,7 @@ NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]*$"
 class InboundChat(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
 
-    messages: tuple[ChatMessage, ...] = Field(min_length=1)
+    messages: tuple[ChatMessageV2, ...] = Field(min_length=1)
     model_id: str | None = Field(
         default=None, alias="modelId", max_length=256, pattern=NO_CONTROL_CHARACTERS
     )
@@ -44,6 +64,18 @@ class InboundChat(BaseModel):
     system: tuple[str, ...] = ()
     max_tokens: int | None = Field(default=None, alias="maxTokens", ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    stop: tuple[str, ...] = Field(default=(), max_length=4)
+    tools: tuple[ToolSpec, ...] = Field(default=(), alias="toolConfig")
+    tool_choice: ToolChoice | None = None
+    extras: dict[str, JsonValue] = Field(default_factory=dict, alias="additionalModelRequestFields")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _converse(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        return converse.normalize(value)
 
     @field_validator("system", mode="before")
     @classmethod
@@ -84,18 +116,18 @@ def conversation_of(event: object) -> str | None:
     return None
 
 
-def outbound_events(reply: ReplyChunkV1 | ReplyDoneV1 | ReplyErrorV1) -> list[dict[str, Any]]:
+def outbound_events(
+    reply: ReplyChunkV1 | ReplyChunkV2 | ReplyDoneV1 | ReplyErrorV1,
+) -> list[dict[str, Any]]:
     """The ConverseStream-shaped events one reply becomes on the outbound channel."""
     common: dict[str, Any] = {"requestId": reply.request_id}
     if reply.conversation_id is not None:
         common["conversationId"] = reply.conversation_id
-    if isinstance(reply, ReplyChunkV1):
+    if isinstance(reply, ReplyChunkV1 | ReplyChunkV2):
         events: list[dict[str, Any]] = []
         if reply.seq == 0:
             events.append({"messageStart": {"role": "assistant"}, **common})
-        events.append(
-            {"contentBlockDelta": {"delta": {"text": reply.text}, "contentBlockIndex": 0}, **common}
-        )
+        events += [{**e, **common} for e in converse.chunk_events(reply)]
         return events
     if isinstance(reply, ReplyDoneV1):
         usage = reply.usage

@@ -43,6 +43,18 @@ class AppSyncError(TollgateError):
     def limit(cls, message: str) -> AppSyncError:
         return cls("LimitExceededException", message, 400)
 
+    @classmethod
+    def timeout(cls, message: str) -> AppSyncError:
+        return cls("TimeoutException", message, 408)
+
+    @classmethod
+    def unsupported(cls, message: str) -> AppSyncError:
+        return cls("UnsupportedOperation", message, 400)
+
+    @classmethod
+    def unknown_operation(cls, message: str) -> AppSyncError:
+        return cls("UnknownOperationError", message, 400)
+
 
 class OpenAIError(TollgateError):
     """An error of the OpenAI-compatible API, in OpenAI's shape."""

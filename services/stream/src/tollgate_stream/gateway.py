@@ -16,6 +16,7 @@ from tollgate_core.bus import Publisher
 from tollgate_core.bus.codec import encode
 from tollgate_core.contracts import (
     ChatRequestV1,
+    ChatRequestV2,
     ErrorInfo,
     ReplyErrorV1,
     ReplyTo,
@@ -81,7 +82,7 @@ class Gateway:
             partition=random.choice(self._reply_partitions),  # noqa: S311
         )
 
-    def check_size(self, request: ChatRequestV1, *, raw_bytes: int) -> None:
+    def check_size(self, request: ChatRequestV1 | ChatRequestV2, *, raw_bytes: int) -> None:
         """Refuse a request whose record, or the meter's admission record carrying it, would
         exceed the Kafka record limit. ``raw_bytes`` is the size of what the client sent: a
         request is at most about 1.5 times that plus its envelope, so a small one is not
@@ -96,7 +97,7 @@ class Gateway:
                 details={"field": "messages"},
             )
 
-    async def submit(self, request: ChatRequestV1) -> None:
+    async def submit(self, request: ChatRequestV1 | ChatRequestV2) -> None:
         """Put a request built by another front door (the OpenAI API) into the pipeline."""
         await self._publisher.publish(topics.REQUESTS, request, key=request.principal)
 
@@ -194,7 +195,7 @@ class Gateway:
         event: object,
         channel: Channel,
         identity: Identity,
-    ) -> ChatRequestV1:
+    ) -> ChatRequestV1 | ChatRequestV2:
         if not isinstance(event, str):
             raise RequestError("each event must be a string holding JSON")
         size = len(event.encode())
@@ -214,7 +215,7 @@ class Gateway:
             )
         if not identity.allows(chat.model_id):
             raise ModelNotAllowed(f"your groups do not allow the model {chat.model_id!r}")
-        request = ChatRequestV1(
+        request = ChatRequestV2(
             request_id=request_id,
             principal=identity.principal,
             groups=identity.groups,
@@ -225,10 +226,15 @@ class Gateway:
             system=chat.system,
             max_tokens=chat.max_tokens,
             temperature=chat.temperature,
+            top_p=chat.top_p,
+            stop=chat.stop,
+            tools=chat.tools,
+            tool_choice=chat.tool_choice,
+            extras=chat.extras,
             conversation_id=chat.conversation_id,
             channel=self.outbound_for(channel).path,
             protocol="appsync",
             reply_to=self.reply_to(),
-        )
+        ).to_wire()
         self.check_size(request, raw_bytes=size)
         return request

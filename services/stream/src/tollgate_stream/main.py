@@ -9,11 +9,12 @@ from typing import Any
 
 import botocore.session
 import httpx
+from pydantic import TypeAdapter
 from starlette.routing import BaseRoute
 
 from tollgate_core import topics
 from tollgate_core.bus import Decoder, EventConsumer, EventProducer
-from tollgate_core.contracts import REPLY_SCHEMA, ReplyV1
+from tollgate_core.contracts import REPLY_SCHEMA, REPLY_SCHEMA_V2, ReplyChunkV2, ReplyV1
 from tollgate_core.errors import ConfigurationError, DependencyUnavailable
 from tollgate_core.health import Health
 from tollgate_core.http import HttpServer
@@ -284,7 +285,9 @@ def reply_consumers(
             topics=[topics.REPLIES],
             partitions=partitions,
             from_latest=True,
-            decoder=Decoder.union(REPLY_SCHEMA, ReplyV1),
+            decoder=Decoder(
+                {REPLY_SCHEMA: TypeAdapter(ReplyV1), REPLY_SCHEMA_V2: TypeAdapter(ReplyChunkV2)}
+            ),
             handler=ReplyDispatcher(sink, waiters, usage=usage),
             dead_letter=producer,
             accept=local_interest(

@@ -20,7 +20,7 @@ from tollgate_core.errors import RequestError
 from tollgate_stream.appsync import auth_headers
 from tollgate_stream.appsync.channels import Channel, parse_channel
 from tollgate_stream.bridge.auth import publish_body, subscribe_body
-from tollgate_stream.bridge.verify import verify_sigv4
+from tollgate_stream.bridge.verify import SigV4Verifier
 from tollgate_stream.chat import dumps
 from tollgate_stream.errors import AppSyncError
 from tollgate_stream.gateway import Gateway, PublishResult
@@ -43,8 +43,7 @@ class RelayAuthorizer:
         region: str = "us-east-1",
     ) -> None:
         self._api_keys = api_keys
-        self._iam = iam
-        self._region = region
+        self._iam = None if iam is None else SigV4Verifier(iam, region)
 
     @classmethod
     def from_settings(cls, settings: StreamSettings) -> RelayAuthorizer:
@@ -63,12 +62,10 @@ class RelayAuthorizer:
         if key is not None and any(hmac.compare_digest(key, k) for k in self._api_keys):
             return
         if self._iam is not None and "authorization" in headers:
-            verify_sigv4(
+            self._iam.verify(
                 headers,
                 url=f"https://{headers.get('host', '')}/event",
                 payload_sha256=payload_sha256,
-                credentials=self._iam,
-                region=self._region,
             )
             return
         raise AppSyncError.unauthorized()

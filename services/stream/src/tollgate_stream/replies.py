@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 from tollgate_core.bus import Delivered
 from tollgate_core.bus import headers as h
-from tollgate_core.contracts import ReplyChunkV1, ReplyDoneV1, ReplyErrorV1
+from tollgate_core.contracts import ReplyChunkV1, ReplyChunkV2, ReplyDoneV1, ReplyErrorV1
 from tollgate_stream.appsync.channels import Channel, parse_channel
 from tollgate_stream.chat import dumps, outbound_events
 from tollgate_stream.errors import AppSyncError
@@ -19,7 +19,7 @@ from tollgate_stream.waiters import ReplyWaiters
 
 logger = logging.getLogger(__name__)
 
-Reply = ReplyChunkV1 | ReplyDoneV1 | ReplyErrorV1
+Reply = ReplyChunkV1 | ReplyChunkV2 | ReplyDoneV1 | ReplyErrorV1
 
 
 class ChannelSink(Protocol):

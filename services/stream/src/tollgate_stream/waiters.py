@@ -13,13 +13,13 @@ import logging
 
 from prometheus_client import Gauge
 
-from tollgate_core.contracts import ReplyChunkV1, ReplyDoneV1, ReplyErrorV1
+from tollgate_core.contracts import ReplyChunkV1, ReplyChunkV2, ReplyDoneV1, ReplyErrorV1
 
 logger = logging.getLogger(__name__)
 
 WAITERS = Gauge("tollgate_stream_reply_waiters", "HTTP requests waiting for their replies")
 
-Reply = ReplyChunkV1 | ReplyDoneV1 | ReplyErrorV1
+Reply = ReplyChunkV1 | ReplyChunkV2 | ReplyDoneV1 | ReplyErrorV1
 
 
 class WaiterOverflow(Exception):

@@ -61,6 +61,27 @@ async def ensure_topics(
         await admin.close()
 
 
+async def partition_counts(settings: KafkaSettings, names: Iterable[str]) -> dict[str, int]:
+    """How many partitions each of ``names`` has on the broker; a topic that does not exist
+    (yet) is left out — and is not created, as describing it by name could (a broker that
+    creates topics on first use would give it its default partition count)."""
+    admin = AIOKafkaAdminClient(client_id="tollgate-admin", **settings.client_kwargs())
+    try:
+        await admin.start()
+        existing = set(await admin.list_topics())
+        wanted = [name for name in names if name in existing]
+        described = await admin.describe_topics(wanted) if wanted else []
+    except KafkaError as exc:
+        raise DependencyUnavailable(f"Kafka unreachable: {exc}") from exc
+    finally:
+        await admin.close()
+    return {
+        str(topic["topic"]): len(topic["partitions"])
+        for topic in described
+        if topic["error_code"] == 0 and topic["partitions"]
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Create Tollgate's Kafka topics if missing.")
     parser.add_argument("--replication", type=int, default=1)

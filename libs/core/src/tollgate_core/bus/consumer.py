@@ -39,6 +39,7 @@ from tollgate_core.bus.producer import EventProducer
 from tollgate_core.bus.security import verify_tls
 from tollgate_core.contracts import Contract
 from tollgate_core.errors import ContractError, DependencyUnavailable, TollgateError
+from tollgate_core.retry import Backoff
 from tollgate_core.settings import KafkaSettings
 from tollgate_core.topics import DEAD_LETTER
 
@@ -374,7 +375,7 @@ class EventConsumer(Generic[T]):
         span: trace.Span,
     ) -> bool:
         """Run the handler; True when the record is finished (handled or dead-lettered)."""
-        delay = 0.2
+        backoff = Backoff(0.2, self._max_retry_delay)
         while True:
             try:
                 await self._handler(delivered)
@@ -393,7 +394,7 @@ class EventConsumer(Generic[T]):
                     record.partition,
                     record.offset,
                     exc.message,
-                    delay,
+                    backoff.delay,
                 )
             except asyncio.CancelledError:
                 raise
@@ -410,9 +411,8 @@ class EventConsumer(Generic[T]):
                 return await self._send_to_dead_letter(
                     record, headers, "HandlerError", f"{type(exc).__name__}: {exc}"
                 )
-            if not await self._sleep(delay):
+            if not await backoff.wait(self._stopping):
                 return False  # stopping: leave it uncommitted, it will be redelivered
-            delay = min(delay * 2, self._max_retry_delay)
 
     async def _send_to_dead_letter(
         self,
@@ -421,15 +421,13 @@ class EventConsumer(Generic[T]):
         reason: str,
         message: str,
     ) -> bool:
-        dl_headers: h.Headers = list(record.headers or [])
-        dl_headers += [
-            (h.DLQ_REASON, f"{reason}: {message}"[:1000].encode()),
-            (h.DLQ_TOPIC, record.topic.encode()),
-            (h.DLQ_PARTITION, str(record.partition).encode()),
-            (h.DLQ_OFFSET, str(record.offset).encode()),
-            (h.DLQ_GROUP, (self._group_id or self.name).encode()),
-        ]
-        delay = 0.2
+        dl_headers = h.dead_letter_headers(
+            record.headers,
+            f"{reason}: {message}",
+            (record.topic, record.partition, record.offset),
+            self._group_id or self.name,
+        )
+        backoff = Backoff(0.2, self._max_retry_delay)
         while True:
             try:
                 await self._dead_letter.send_raw(
@@ -437,9 +435,8 @@ class EventConsumer(Generic[T]):
                 )
             except DependencyUnavailable as exc:
                 logger.warning("%s: cannot dead-letter yet: %s", self.name, exc)
-                if not await self._sleep(delay):
+                if not await backoff.wait(self._stopping):
                     return False
-                delay = min(delay * 2, self._max_retry_delay)
                 continue
             DEAD_LETTERED.labels(
                 self._settings.logical_topic(record.topic), self.name, reason

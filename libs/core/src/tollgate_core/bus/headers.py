@@ -40,3 +40,23 @@ def inject_trace(headers: Headers) -> None:
 def extract_trace(headers: Mapping[str, str] | Sequence[tuple[str, bytes]]) -> Context:
     carrier = headers if isinstance(headers, Mapping) else to_dict(headers)
     return propagate.extract(carrier)
+
+
+def dead_letter_headers(
+    original: Iterable[tuple[str, bytes]] | None,
+    reason: str,
+    source: tuple[str, int, int],
+    group: str,
+) -> Headers:
+    """A dead letter's headers: the record's own, then why it was set aside (``reason``, cut
+    to 1,000 characters), where it was read (``source`` = topic, partition, offset) and by
+    which consumer group."""
+    topic, partition, offset = source
+    return [
+        *(original or ()),
+        (DLQ_REASON, reason[:1000].encode()),
+        (DLQ_TOPIC, topic.encode()),
+        (DLQ_PARTITION, str(partition).encode()),
+        (DLQ_OFFSET, str(offset).encode()),
+        (DLQ_GROUP, group.encode()),
+    ]

@@ -215,6 +215,8 @@ class AdmissionRequest:
     model: str | None
     groups: tuple[str, ...]
     estimate: Estimate
+    #: the tier the auth policy names for the caller (one more candidate beside its groups')
+    tier: str | None = None
 
 
 class _Counters:
@@ -278,7 +280,7 @@ class PostgresLedger:
                     _STATE, {"p": principal, "r": ids, "oldest": oldest, "m": month_start(now)}
                 )
             ).one()
-            limits = [self._resolve(state, r.groups, overrides) for r in requests]
+            limits = [self._resolve(state, r.groups, overrides, r.tier) for r in requests]
             needed = oldest_bucket_needed(
                 [w for _, windows in limits for w in windows], now, self._bucket_seconds
             )
@@ -334,9 +336,13 @@ class PostgresLedger:
             return await db.run(self._engine, body, write=write, single=single)
 
     def _resolve(
-        self, owner: Any, groups: Sequence[str], overrides: dict[str, TierSpec]
+        self,
+        owner: Any,
+        groups: Sequence[str],
+        overrides: dict[str, TierSpec],
+        policy_tier: str | None = None,
     ) -> tuple[str, tuple[WindowSpec, ...]]:
-        name, tier = self._config.tier_for(groups, overrides, owner.tier)
+        name, tier = self._config.tier_for(groups, overrides, owner.tier, policy_tier)
         if owner.windows is not None:
             return name, tuple(WindowSpec.model_validate(w) for w in owner.windows)
         return name, tier.windows

@@ -8,6 +8,14 @@ the boto3 the workspace pins, and wraps every stream in its own aiohttp session 
 httpx one pooled client serves thousands of concurrent streams on one loop, exactly as the
 OpenAI-compatible and Anthropic adapters do. Credentials are resolved off the loop (the chain
 may read files or call IMDS/SSO) once, and again only when refreshable ones near expiry.
+
+Mapping: content blocks to Converse's ``text``/``image`` (inline ``bytes``; Converse takes no
+image URL, so one is refused)/``toolUse``/``toolResult`` blocks, tools to ``toolConfig``
+(``auto``/``any``/``tool`` choices: there is no ``none``, refused), ``stop`` and ``top_p`` to
+``inferenceConfig``, extras to ``additionalModelRequestFields``; ``seed`` and
+``response_format`` have no Converse field and are refused. ``contentBlockStart`` with
+``toolUse`` and the ``toolUse.input`` pieces of ``contentBlockDelta`` become
+:class:`ToolUseDelta`.
 """
 
 from __future__ import annotations
@@ -18,13 +26,21 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
+import httpx
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials, ReadOnlyCredentials, RefreshableCredentials
 from botocore.eventstream import EventStreamBuffer, ParserError
 from botocore.session import Session
 
-from tollgate_core.contracts import Usage
+from tollgate_core.contracts import (
+    ContentBlock,
+    ImageContent,
+    TextContent,
+    ToolChoice,
+    ToolUseContent,
+    Usage,
+)
 from tollgate_core.errors import ConfigurationError
 from tollgate_router.errors import (
     InvalidProviderRequest,
@@ -37,7 +53,15 @@ from tollgate_router.errors import (
     from_http_status,
 )
 from tollgate_router.providers._http import Clients, error_message, translate_httpx
-from tollgate_router.providers.base import Finished, ProviderEvent, ProviderRequest, TextDelta
+from tollgate_router.providers.base import (
+    Capabilities,
+    Finished,
+    ProviderEvent,
+    ProviderRequest,
+    TextDelta,
+    ToolUseDelta,
+    stop_reason,
+)
 
 #: ``x-amzn-ErrorType`` before the stream and ``:exception-type`` inside it, case-folded
 _ERRORS: dict[str, type[ProviderError]] = {
@@ -60,6 +84,64 @@ def bedrock_error(code: str, message: str, status: int | None = None) -> Provide
     if cls is None:
         return from_http_status(status or 500, f"bedrock {code}: {message}")
     return cls(f"bedrock {code.split(':', 1)[0]}: {message}", details={"aws_error": code})
+
+
+def block_of(block: ContentBlock) -> dict[str, Any]:
+    if isinstance(block, TextContent):
+        return {"text": block.text}
+    if isinstance(block, ImageContent):
+        image_format = (block.media_type or "").removeprefix("image/")
+        return {"image": {"format": image_format, "source": {"bytes": block.data}}}
+    if isinstance(block, ToolUseContent):
+        return {"toolUse": {"toolUseId": block.id, "name": block.name, "input": block.input}}
+    return {
+        "toolResult": {
+            "toolUseId": block.tool_use_id,
+            "content": [{"text": block.content}],
+            "status": "error" if block.is_error else "success",
+        }
+    }
+
+
+def tool_config(request: ProviderRequest) -> dict[str, Any]:
+    tools: list[dict[str, Any]] = []
+    for t in request.tools:
+        spec: dict[str, Any] = {"name": t.name, "inputSchema": {"json": t.input_schema}}
+        if t.description:
+            spec["description"] = t.description
+        tools.append({"toolSpec": spec})
+    config: dict[str, Any] = {"tools": tools}
+    if request.tool_choice is not None:
+        config["toolChoice"] = tool_choice_of(request.tool_choice)
+    return config
+
+
+def tool_choice_of(choice: ToolChoice) -> dict[str, Any]:
+    if choice.mode == "tool":
+        return {"tool": {"name": choice.name}}
+    return {"any": {}} if choice.mode == "required" else {"auto": {}}
+
+
+class _ToolBlocks:
+    """contentBlockIndex → the tool call's position among the answer's calls."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, int] = {}
+
+    def start(self, payload: dict[str, Any]) -> ToolUseDelta | None:
+        tool = (payload.get("start") or {}).get("toolUse")
+        if not tool:
+            return None
+        index = int(payload.get("contentBlockIndex") or 0)
+        call = self._calls.setdefault(index, len(self._calls))
+        return ToolUseDelta(call, id=tool.get("toolUseId"), name=tool.get("name"))
+
+    def delta(self, payload: dict[str, Any]) -> ToolUseDelta | None:
+        tool = (payload.get("delta") or {}).get("toolUse")
+        call = self._calls.get(int(payload.get("contentBlockIndex") or 0))
+        if tool is None or call is None:
+            return None
+        return ToolUseDelta(call, arguments=str(tool.get("input") or ""))
 
 
 class BedrockCredentials:
@@ -90,6 +172,9 @@ class BedrockCredentials:
 
 class BedrockProvider:
     name = "bedrock"
+    capabilities = Capabilities(
+        unsupported=frozenset({"seed", "response_format", "image_url", "tool_choice.none"})
+    )
 
     def __init__(
         self,
@@ -119,7 +204,7 @@ class BedrockProvider:
     def body(request: ProviderRequest) -> dict[str, Any]:
         body: dict[str, Any] = {
             "messages": [
-                {"role": m.role, "content": [{"text": b.text} for b in m.content]}
+                {"role": m.role, "content": [block_of(b) for b in m.content]}
                 for m in request.messages
             ]
         }
@@ -130,8 +215,16 @@ class BedrockProvider:
             config["maxTokens"] = request.max_tokens
         if request.temperature is not None:
             config["temperature"] = request.temperature
+        if request.top_p is not None:
+            config["topP"] = request.top_p
+        if request.stop:
+            config["stopSequences"] = list(request.stop)
         if config:
             body["inferenceConfig"] = config
+        if request.tools:
+            body["toolConfig"] = tool_config(request)
+        if request.extras:
+            body["additionalModelRequestFields"] = dict(request.extras)
         return body
 
     async def signed(self, request: ProviderRequest) -> tuple[str, bytes, dict[str, str]]:
@@ -152,8 +245,8 @@ class BedrockProvider:
     async def stream(self, request: ProviderRequest) -> AsyncIterator[ProviderEvent]:
         url, payload, headers = await self.signed(request)
         usage: Usage | None = None
-        stop_reason = "end_turn"
-        buffer = EventStreamBuffer()
+        reason = "end_turn"
+        tools = _ToolBlocks()
         with translate_httpx(self.name):
             async with self._client.stream(
                 "POST", url, content=payload, headers=headers
@@ -162,42 +255,52 @@ class BedrockProvider:
                     body = await response.aread()
                     code = response.headers.get("x-amzn-errortype", "")
                     raise bedrock_error(code, error_message(body), response.status_code)
-                async for data in response.aiter_bytes():
-                    buffer.add_data(data)
-                    try:
-                        messages = list(buffer)
-                    except ParserError as exc:
-                        raise ProviderUnavailable(f"bedrock: corrupt event stream: {exc}") from exc
-                    for message in messages:
-                        headers_ = message.headers
-                        try:
-                            payload_ = json.loads(message.payload or b"{}")
-                        except ValueError as exc:
-                            raise ProviderUnavailable(f"bedrock: bad event: {exc}") from exc
-                        kind = headers_.get(":message-type")
-                        if kind == "exception":
-                            raise bedrock_error(
-                                str(headers_.get(":exception-type", "")),
-                                str(payload_.get("message", "")),
-                            )
-                        if kind != "event":
-                            raise bedrock_error(
-                                str(headers_.get(":error-code", "InternalServerException")),
-                                str(headers_.get(":error-message", "")),
-                            )
-                        event = headers_.get(":event-type")
-                        if event == "contentBlockDelta":
-                            text = (payload_.get("delta") or {}).get("text")
-                            if text:
-                                yield TextDelta(text)
-                        elif event == "messageStop":
-                            stop_reason = payload_.get("stopReason") or stop_reason
-                        elif event == "metadata":
-                            u = payload_.get("usage") or {}
-                            usage = Usage(
-                                input_tokens=int(u.get("inputTokens") or 0),
-                                output_tokens=int(u.get("outputTokens") or 0),
-                            )
+                async for event, data in _events(response):
+                    if event == "contentBlockDelta":
+                        text = (data.get("delta") or {}).get("text")
+                        if text:
+                            yield TextDelta(text)
+                        elif (call := tools.delta(data)) is not None:
+                            yield call
+                    elif event == "contentBlockStart":
+                        if (call := tools.start(data)) is not None:
+                            yield call
+                    elif event == "messageStop":
+                        reason = data.get("stopReason") or reason
+                    elif event == "metadata":
+                        u = data.get("usage") or {}
+                        usage = Usage(
+                            input_tokens=int(u.get("inputTokens") or 0),
+                            output_tokens=int(u.get("outputTokens") or 0),
+                        )
         if usage is None:
             raise ProviderUnavailable("bedrock: the stream ended without its metadata event")
-        yield Finished(usage, stop_reason)
+        yield Finished(usage, stop_reason(reason))
+
+
+async def _events(response: httpx.Response) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    """The stream's events as (``:event-type``, JSON payload); exception frames raised."""
+    buffer = EventStreamBuffer()
+    async for data in response.aiter_bytes():
+        buffer.add_data(data)
+        try:
+            messages = list(buffer)
+        except ParserError as exc:
+            raise ProviderUnavailable(f"bedrock: corrupt event stream: {exc}") from exc
+        for message in messages:
+            headers = message.headers
+            try:
+                payload = json.loads(message.payload or b"{}")
+            except ValueError as exc:
+                raise ProviderUnavailable(f"bedrock: bad event: {exc}") from exc
+            kind = headers.get(":message-type")
+            if kind == "exception":
+                raise bedrock_error(
+                    str(headers.get(":exception-type", "")), str(payload.get("message", ""))
+                )
+            if kind != "event":
+                raise bedrock_error(
+                    str(headers.get(":error-code", "InternalServerException")),
+                    str(headers.get(":error-message", "")),
+                )
+            yield str(headers.get(":event-type")), payload

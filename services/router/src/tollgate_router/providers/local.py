@@ -9,7 +9,13 @@ import math
 from collections.abc import AsyncIterator
 
 from tollgate_core.contracts import Usage
-from tollgate_router.providers.base import Finished, ProviderEvent, ProviderRequest, TextDelta
+from tollgate_router.providers.base import (
+    Capabilities,
+    Finished,
+    ProviderEvent,
+    ProviderRequest,
+    TextDelta,
+)
 
 _TEXT = (
     "tollgate streams this answer from a simulated model so that every hop of the gateway "
@@ -25,7 +31,25 @@ def count_tokens(text: str) -> int:
 
 
 class LocalProvider:
+    """Text only: it cannot call tools, see images, follow a schema or stop on a sequence,
+    so requests asking for those are refused (top_p and seed change nothing here: the
+    answer is deterministic)."""
+
     name = "local"
+    capabilities = Capabilities(
+        unsupported=frozenset(
+            {
+                "tools",
+                "tool_choice",
+                "tool_choice.none",
+                "response_format",
+                "image",
+                "image_url",
+                "stop",
+                "extras",
+            }
+        )
+    )
 
     def __init__(
         self, *, time_to_first_token_ms: int, tokens_per_second: float, output_tokens: int
@@ -35,7 +59,7 @@ class LocalProvider:
         self._output_tokens = output_tokens
 
     async def stream(self, request: ProviderRequest) -> AsyncIterator[ProviderEvent]:
-        prompt = " ".join(b.text for m in request.messages for b in m.content)
+        prompt = " ".join(m.text() for m in request.messages)
         input_tokens = count_tokens(" ".join(request.system)) + count_tokens(prompt)
         limit = self._output_tokens
         if request.max_tokens is not None:

@@ -11,8 +11,7 @@ from tollgate_core.limits import count_bad_input
 from tollgate_stream import limits
 from tollgate_stream.appsync import auth_headers
 from tollgate_stream.errors import AppSyncError
-from tollgate_stream.gateway import Gateway
-from tollgate_stream.settings import StreamSettings
+from tollgate_stream.state import EdgeState
 
 
 def _error(exc: AppSyncError) -> Response:
@@ -22,8 +21,8 @@ def _error(exc: AppSyncError) -> Response:
 
 
 async def publish_endpoint(request: Request) -> Response:
-    gateway: Gateway = request.app.state.gateway
-    settings: StreamSettings = request.app.state.settings
+    edge = EdgeState.of(request.app)
+    gateway, settings = edge.gateway, edge.settings
     try:
         body = await limits.read_body(request, settings.max_body_bytes)
     except limits.BodyTooLarge as exc:

@@ -21,6 +21,7 @@ from tollgate_stream.errors import AppSyncError
 from tollgate_stream.gateway import Gateway
 from tollgate_stream.identity import Identity
 from tollgate_stream.settings import StreamSettings
+from tollgate_stream.state import EdgeState
 from tollgate_stream.subscriptions import Subscriptions
 
 logger = logging.getLogger(__name__)
@@ -73,11 +74,24 @@ class Connection:
         #: permission can be checked again while it lasts (revocation, expiry)
         self._grants: dict[str, tuple[Channel, dict[str, str], Identity]] = {}
         self._recheck: asyncio.Task[None] | None = None  # started with the first subscription
+        self._keepalive_task: asyncio.Task[None] | None = None  # started by connection_init
 
     # --- outgoing ------------------------------------------------------------------------
 
     def send(self, message: dict[str, Any]) -> None:
         self._enqueue(json.dumps(message, separators=(",", ":")))
+
+    def send_error(self, kind: str, error: AppSyncError, op_id: object = None) -> None:
+        """An error frame of ``kind`` (``error``, ``subscribe_error`` …), naming the operation
+        ``op_id`` when the client gave one. A ``connection_error`` carries its errors at top
+        level as AppSync Events sends them, and under ``payload`` as older clients read them."""
+        errors = [error.as_error()]
+        message: dict[str, Any] = {"type": kind, "errors": errors}
+        if op_id is not None:
+            message["id"] = op_id
+        if kind == "connection_error":
+            message["payload"] = {"errors": errors}
+        self.send(message)
 
     def send_data(self, subscription_id: str, event: str) -> None:
         self._enqueue(
@@ -105,9 +119,10 @@ class Connection:
         if self._writer_task is not None:
             self._writer_task.cancel()
 
-    def _end(self, error: dict[str, Any], code: int) -> None:
-        """Tell the client why with a ``connection_error``, then close the socket."""
-        self.send({"type": "connection_error", "errors": [error], "payload": {"errors": [error]}})
+    def _end(self, error: AppSyncError, code: int = 1000) -> None:
+        """Tell the client why with a ``connection_error``, then close the socket with
+        ``code``."""
+        self.send_error("connection_error", error)
         self._close_code = code
         self._close()
         self._stopped.set()
@@ -164,9 +179,7 @@ class Connection:
             receive.cancel()
             if not self._stopped.is_set() and deadline is not None:
                 TIMEOUTS.inc()
-                error = {"errorType": "TimeoutException", "errorCode": 408, "message": deadline[1]}
-                self.send({"type": "connection_error", "errors": [error]})
-                self._close()
+                self._end(AppSyncError.timeout(deadline[1]))
             return None
         received: Mapping[str, Any] = receive.result()
         self._last_seen = loop.time()
@@ -176,69 +189,57 @@ class Connection:
 
     async def run(self) -> None:
         writer = self._writer_task = asyncio.create_task(self._writer())
-        keepalive: asyncio.Task[None] | None = None
         try:
             while not self._closing:
                 received = await self._receive()
-                if received is None:
+                if received is None or not await self._handle(received):
                     break
-                text = received.get("text")
-                if text is None:
-                    self.send(
-                        {
-                            "type": "error",
-                            "errors": [
-                                AppSyncError.bad_request(
-                                    "binary frames are not supported: send JSON as text"
-                                ).as_error()
-                            ],
-                        }
-                    )
-                    continue
-                message = self._parse(text)
-                if message is None:
-                    continue
-                kind = message.get("type")
-                MESSAGES.labels(kind if isinstance(kind, str) and len(kind) < 32 else "?").inc()
-                if kind == "connection_init":
-                    if not await self._connection_init():
-                        break
-                    self._initialized = True
-                    if keepalive is None:
-                        keepalive = asyncio.create_task(self._keepalive())
-                elif kind == "subscribe":
-                    await self._subscribe(message)
-                elif kind == "unsubscribe":
-                    self._unsubscribe(message)
-                elif kind == "publish":
-                    await self._publish(message)
-                else:
-                    self.send(
-                        {
-                            "type": "error",
-                            "id": message.get("id"),
-                            "errors": [
-                                {
-                                    "errorType": "UnsupportedOperation",
-                                    "message": f"unknown message type {str(kind)[:64]!r}",
-                                }
-                            ],
-                        }
-                    )
         except WebSocketDisconnect:
             pass
         finally:
-            self._close()
-            if self._recheck is not None:
-                self._recheck.cancel()
-            if keepalive is not None:
-                keepalive.cancel()
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await writer
-            if self._aborted.is_set():
-                with contextlib.suppress(Exception):
-                    async with asyncio.timeout(5):
-                        await self._ws.close(1008)
+            await self._finish(writer)
+
+    async def _handle(self, received: Mapping[str, Any]) -> bool:
+        """Answer one client frame; False when the connection is to end."""
+        text = received.get("text")
+        if text is None:
+            self.send_error(
+                "error",
+                AppSyncError.bad_request("binary frames are not supported: send JSON as text"),
+            )
+            return True
+        message = self._parse(text)
+        if message is None:
+            return True
+        kind = message.get("type")
+        MESSAGES.labels(kind if isinstance(kind, str) and len(kind) < 32 else "?").inc()
+        if kind == "connection_init":
+            return await self._connection_init()
+        if kind == "subscribe":
+            await self._subscribe(message)
+        elif kind == "unsubscribe":
+            self._unsubscribe(message)
+        elif kind == "publish":
+            await self._publish(message)
+        else:
+            self.send_error(
+                "error",
+                AppSyncError.unsupported(f"unknown message type {str(kind)[:64]!r}"),
+                message.get("id"),
+            )
+        return True
+
+    async def _finish(self, writer: asyncio.Task[None]) -> None:
+        self._close()
+        for task in (self._recheck, self._keepalive_task):
+            if task is not None:
+                task.cancel()
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await writer
+        if self._aborted.is_set():
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5):
+                    await self._ws.close(1008)
 
     async def _reauthorize(self) -> None:
         """Check each subscription's permission again every ``reauthorize_interval_s``, and
@@ -268,14 +269,12 @@ class Connection:
                     if exc.code == 403 and self._subscriptions.remove(self, sub_id):
                         self._grants.pop(sub_id, None)
                         REVOKED.labels("subscription").inc()
-                        self.send(
-                            {"type": "subscribe_error", "id": sub_id, "errors": [exc.as_error()]}
-                        )
+                        self.send_error("subscribe_error", exc, sub_id)
 
     def _revoked(self, why: str) -> None:
         REVOKED.labels("connection").inc()
         logger.info("closing a connection whose credential is no longer valid: %s", why)
-        self._end(AppSyncError.unauthorized(why).as_error(), 1008)
+        self._end(AppSyncError.unauthorized(why), 1008)
 
     def _parse(self, text: str) -> dict[str, Any] | None:
         problem = "message is not a JSON object"
@@ -287,12 +286,7 @@ class Connection:
             message = None
         if not isinstance(message, dict):
             count_bad_input("stream.websocket", "message")
-            self.send(
-                {
-                    "type": "error",
-                    "errors": [{"errorType": "BadRequestException", "message": problem}],
-                }
-            )
+            self.send_error("error", AppSyncError.bad_request(problem))
             return None
         return message
 
@@ -302,12 +296,12 @@ class Connection:
         try:
             await self._gateway.authorizer.connect(self._headers)
         except AppSyncError as exc:
-            errors = [exc.as_error()]
-            # at top level as AppSync Events sends it, under payload as older clients read it
-            self.send({"type": "connection_error", "errors": errors, "payload": {"errors": errors}})
-            self._close()
+            self._end(exc)
             return False
         self._ack()
+        self._initialized = True
+        if self._keepalive_task is None:
+            self._keepalive_task = asyncio.create_task(self._keepalive())
         return True
 
     def _ack(self) -> None:
@@ -335,12 +329,7 @@ class Connection:
     async def _subscribe(self, message: dict[str, Any]) -> None:
         sub_id = message.get("id")
         if not isinstance(sub_id, str) or not sub_id:
-            self.send(
-                {
-                    "type": "subscribe_error",
-                    "errors": [AppSyncError.bad_request("subscribe needs an id").as_error()],
-                }
-            )
+            self.send_error("subscribe_error", AppSyncError.bad_request("subscribe needs an id"))
             return
         channel_path = message.get("channel")
         if channel_path is None and isinstance(message.get("payload"), dict):
@@ -354,7 +343,7 @@ class Connection:
             headers = self._auth(message)
             identity = await self._gateway.authorizer.for_channel(channel, headers)
         except AppSyncError as exc:
-            self.send({"type": "subscribe_error", "id": sub_id, "errors": [exc.as_error()]})
+            self.send_error("subscribe_error", exc, sub_id)
             return
         self._grants[sub_id] = (channel, headers, identity)
         if self._recheck is None:
@@ -368,32 +357,21 @@ class Connection:
             self._grants.pop(sub_id, None)
             self.send({"type": "unsubscribe_success", "id": sub_id})
         else:
-            self.send(
-                {
-                    "type": "unsubscribe_error",
-                    "id": sub_id,
-                    "errors": [
-                        {"errorType": "UnknownOperationError", "message": "no such subscription"}
-                    ],
-                }
+            self.send_error(
+                "unsubscribe_error", AppSyncError.unknown_operation("no such subscription"), sub_id
             )
 
     async def _publish(self, message: dict[str, Any]) -> None:
         pub_id = message.get("id")
         if not isinstance(pub_id, str) or not pub_id:
-            self.send(
-                {
-                    "type": "publish_error",
-                    "errors": [AppSyncError.bad_request("publish needs an id").as_error()],
-                }
-            )
+            self.send_error("publish_error", AppSyncError.bad_request("publish needs an id"))
             return
         try:
             result = await self._gateway.publish(
                 message.get("channel"), message.get("events"), self._auth(message)
             )
         except AppSyncError as exc:
-            self.send({"type": "publish_error", "id": pub_id, "errors": [exc.as_error()]})
+            self.send_error("publish_error", exc, pub_id)
             return
         self.send(
             {
@@ -406,8 +384,8 @@ class Connection:
 
 
 async def realtime_endpoint(websocket: WebSocket) -> None:
-    app_state = websocket.app.state
-    limiter: limits.ConnectionLimiter = app_state.connection_limiter
+    edge = EdgeState.of(websocket.app)
+    limiter = edge.connection_limiter
     address = websocket.client.host if websocket.client is not None else "?"
     refused = limiter.acquire(address)
     if refused is not None:
@@ -423,9 +401,7 @@ async def realtime_endpoint(websocket: WebSocket) -> None:
         }
         subprotocol = auth_headers.PROTOCOL if auth_headers.PROTOCOL in offered else None
         await websocket.accept(subprotocol=subprotocol)
-        connection = Connection(
-            websocket, app_state.gateway, app_state.subscriptions, app_state.settings, headers
-        )
+        connection = Connection(websocket, edge.gateway, edge.subscriptions, edge.settings, headers)
         CONNECTIONS.inc()
         try:
             await connection.run()

@@ -15,6 +15,7 @@ import websockets
 from prometheus_client import Counter
 
 from tollgate_core.health import Health
+from tollgate_core.retry import Backoff
 from tollgate_stream.appsync.channels import Channel
 from tollgate_stream.bridge.auth import RemoteAuth, publish_body, subscribe_body
 from tollgate_stream.errors import AppSyncError
@@ -65,17 +66,15 @@ class InboundBridge:
         self._health.register(HEALTH_CHECK)
 
     async def run(self, stop: asyncio.Event) -> None:
-        delay = 0.5
+        backoff = Backoff(0.5, 30)
         while not stop.is_set():
             try:
                 await self._session(stop)
-                delay = 0.5
+                backoff.reset()
             except (OSError, websockets.WebSocketException, AppSyncError, ValueError) as exc:
                 self.subscribed.clear()
                 self._health.fail(HEALTH_CHECK, f"remote AppSync: {exc}"[:200])
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
-                delay = min(delay * 2, 30)
+                await backoff.wait(stop)
 
     async def _session(self, stop: asyncio.Event) -> None:
         connect_headers = self._auth.headers(self._endpoint, "{}")
@@ -205,6 +204,7 @@ class RemoteChannels:
 
     async def _publish(self, channel: str, events: list[str]) -> None:
         body = publish_body(channel, events)
+        backoff = Backoff(0.2, 3.2)
         for attempt in range(5):
             # the signed headers are sent as signed: SigV4 covers content-type too
             headers = {
@@ -215,7 +215,7 @@ class RemoteChannels:
                 response = await self._client.post(self._endpoint, content=body, headers=headers)
             except httpx.HTTPError as exc:
                 logger.warning("publishing to the remote failed (%s), attempt %d", exc, attempt)
-                await asyncio.sleep(0.2 * 2**attempt)
+                await backoff.wait()
                 continue
             if response.status_code == 200 and not response.json().get("failed"):
                 BRIDGED.labels("outbound", "ok").inc(len(events))
@@ -224,6 +224,6 @@ class RemoteChannels:
                 BRIDGED.labels("outbound", "refused").inc(len(events))
                 logger.warning("remote refused replies on %s: %s", channel, response.text[:300])
                 return
-            await asyncio.sleep(0.2 * 2**attempt)
+            await backoff.wait()
         BRIDGED.labels("outbound", "lost").inc(len(events))
         logger.error("gave up publishing %d replies to %s", len(events), channel)

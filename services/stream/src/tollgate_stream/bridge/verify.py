@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from botocore.auth import SIGV4_TIMESTAMP, SigV4Auth
@@ -26,45 +27,52 @@ class _KnownPayload(SigV4Auth):  # type: ignore[misc]
         return self._sha256
 
 
-def verify_sigv4(
-    headers: Mapping[str, str],
-    *,
-    url: str,
-    payload_sha256: str,
-    credentials: Credentials,
-    region: str,
-    service: str = "appsync",
-    method: str = "POST",
-    max_skew_s: float = 300.0,
-    now: datetime | None = None,
-) -> None:
-    """Raise ``UnauthorizedException`` unless ``headers`` carry a valid SigV4 signature of a
-    ``method`` request to ``url`` with that payload, by ``credentials``, for ``service`` in
-    ``region``, dated within ``max_skew_s``."""
-    fields = sigv4_fields(headers.get("authorization", ""))
-    if fields is None:
-        raise AppSyncError.unauthorized("no SigV4 authorization")
-    try:
-        access_key, _date, scope_region, scope_service, terminator = fields["Credential"].split("/")
-        signed = fields["SignedHeaders"].split(";")
-        signature = fields["Signature"]
-        stamp = headers["x-amz-date"]
-        signed_at = datetime.strptime(stamp, SIGV4_TIMESTAMP).replace(tzinfo=UTC)
-        values = {name: headers[name] for name in signed}
-    except (KeyError, ValueError) as exc:
-        raise AppSyncError.unauthorized(f"malformed SigV4 authorization: {exc}") from exc
-    if access_key != credentials.access_key:
-        raise AppSyncError.unauthorized("unknown access key")
-    if (scope_region, scope_service, terminator) != (region, service, "aws4_request"):
-        raise AppSyncError.unauthorized("signature scope is not this API's")
-    if "host" not in signed:
-        raise AppSyncError.unauthorized("the host header must be signed")
-    if abs(((now or datetime.now(UTC)) - signed_at).total_seconds()) > max_skew_s:
-        raise AppSyncError.unauthorized("signature expired or dated in the future")
-    request = AWSRequest(method=method, url=url, headers=values)
-    request.context["timestamp"] = stamp
-    signer = _KnownPayload(credentials, service, region, payload_sha256)
-    canonical = signer.canonical_request(request)
-    expected = signer.signature(signer.string_to_sign(request, canonical), request)
-    if not hmac.compare_digest(expected, signature):
-        raise AppSyncError.unauthorized("signature does not match")
+@dataclass(frozen=True)
+class SigV4Verifier:
+    """What an API checks of a SigV4-signed ``method`` request: signed by ``credentials``
+    for ``service`` in ``region``, dated within ``max_skew_s``."""
+
+    credentials: Credentials
+    region: str
+    service: str = "appsync"
+    method: str = "POST"
+    max_skew_s: float = 300.0
+
+    def verify(
+        self,
+        headers: Mapping[str, str],
+        *,
+        url: str,
+        payload_sha256: str,
+        now: datetime | None = None,
+    ) -> None:
+        """Raise ``UnauthorizedException`` unless ``headers`` carry a valid signature of a
+        request to ``url`` with that payload."""
+        fields = sigv4_fields(headers.get("authorization", ""))
+        if fields is None:
+            raise AppSyncError.unauthorized("no SigV4 authorization")
+        try:
+            access_key, _date, region, service, terminator = fields["Credential"].split("/")
+            signed = fields["SignedHeaders"].split(";")
+            stamp = headers["x-amz-date"]
+            signed_at = datetime.strptime(stamp, SIGV4_TIMESTAMP).replace(tzinfo=UTC)
+            values = {name: headers[name] for name in signed}
+        except (KeyError, ValueError) as exc:
+            raise AppSyncError.unauthorized(f"malformed SigV4 authorization: {exc}") from exc
+        if access_key != self.credentials.access_key:
+            raise AppSyncError.unauthorized("unknown access key")
+        if (region, service, terminator) != (self.region, self.service, "aws4_request"):
+            raise AppSyncError.unauthorized("signature scope is not this API's")
+        if "host" not in signed:
+            raise AppSyncError.unauthorized("the host header must be signed")
+        if abs(((now or datetime.now(UTC)) - signed_at).total_seconds()) > self.max_skew_s:
+            raise AppSyncError.unauthorized("signature expired or dated in the future")
+        request = AWSRequest(method=self.method, url=url, headers=values)
+        request.context["timestamp"] = stamp
+        if not hmac.compare_digest(self._signature(request, payload_sha256), fields["Signature"]):
+            raise AppSyncError.unauthorized("signature does not match")
+
+    def _signature(self, request: AWSRequest, payload_sha256: str) -> str:
+        signer = _KnownPayload(self.credentials, self.service, self.region, payload_sha256)
+        canonical = signer.canonical_request(request)
+        return str(signer.signature(signer.string_to_sign(request, canonical), request))

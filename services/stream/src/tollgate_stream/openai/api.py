@@ -1,6 +1,7 @@
 """``POST /v1/chat/completions`` and ``GET /v1/models``, through the same pipeline as AppSync.
 
-A request becomes a ``ChatRequestV1`` (``protocol="openai"``, no channel) whose replies come
+A request becomes a ``ChatRequestV2`` (``protocol="openai"``, no channel; published as v1 when
+it only needs v1's fields) whose replies come
 back on one of this process's reply partitions; the :class:`ReplyWaiters` registry hands them
 to the HTTP request. The response status is chosen from the first reply, so a rejection
 (rate limit, unknown model, …) is a proper HTTP error even for a streaming request.
@@ -16,13 +17,16 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from prometheus_client import Counter
+from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from tollgate_core.contracts import (
     ChatRequestV1,
+    ChatRequestV2,
     ReplyChunkV1,
+    ReplyChunkV2,
     ReplyDoneV1,
     ReplyErrorV1,
     new_request_id,
@@ -32,7 +36,8 @@ from tollgate_core.limits import count_bad_input
 from tollgate_stream import limits
 from tollgate_stream.errors import OpenAIError
 from tollgate_stream.gateway import Gateway
-from tollgate_stream.openai import schema
+from tollgate_stream.identity import Identity
+from tollgate_stream.openai import convert, schema
 from tollgate_stream.openai.auth import BearerAuthenticator, bearer_token
 from tollgate_stream.openai.models import ModelCatalog
 from tollgate_stream.waiters import Reply, ReplyWaiters, Waiter, WaiterOverflow
@@ -42,6 +47,23 @@ logger = logging.getLogger(__name__)
 REQUESTS = Counter(
     "tollgate_stream_openai_requests_total", "OpenAI API requests", ["stream", "status"]
 )
+
+
+def _request_fields(chat: schema.ChatCompletionRequest) -> dict[str, Any]:
+    """The contract's fields of an OpenAI request (bad input raised as ``OpenAIError``)."""
+    return {
+        "messages": convert.conversation(chat),
+        "system": chat.system(),
+        "max_tokens": chat.output_limit(),
+        "temperature": chat.temperature,
+        "top_p": chat.top_p,
+        "seed": chat.seed,
+        "stop": chat.stop_sequences(),
+        "tools": convert.tools(chat),
+        "tool_choice": convert.tool_choice(chat),
+        "response_format": convert.response_format(chat),
+        "extras": chat.provider_extras or {},
+    }
 
 
 def error_response(exc: OpenAIError) -> JSONResponse:
@@ -100,26 +122,10 @@ class OpenAIApi:
         except limits.BodyTooLarge as exc:
             raise OpenAIError(413, "Request body too large.") from exc
         chat = schema.parse_request(body, self._gateway.limits)
-        messages = chat.conversation()
+        fields = _request_fields(chat)  # bad input is a 400 before any policy decision
         await self._auth.authorize_model(identity, chat.model)
         request_id = new_request_id()
-        try:
-            event = ChatRequestV1(
-                request_id=request_id,
-                principal=identity.principal,
-                groups=identity.groups,
-                allowed_models=identity.allowed_models(),
-                tier=identity.tier,
-                model=chat.model,
-                messages=messages,
-                system=chat.system(),
-                max_tokens=chat.output_limit(),
-                temperature=chat.temperature,
-                protocol="openai",
-                reply_to=self._gateway.reply_to(),
-            )
-        except TollgateError as exc:
-            raise OpenAIError.unavailable(exc.message) from exc
+        event = self._event(request_id, identity, chat.model, fields)
         try:
             self._gateway.check_size(event, raw_bytes=len(body))
         except RecordTooLarge as exc:
@@ -153,6 +159,31 @@ class OpenAIApi:
             if not handed_over:
                 self._waiters.discard(request_id)
 
+    def _event(
+        self, request_id: str, identity: Identity, model: str, fields: dict[str, Any]
+    ) -> ChatRequestV1 | ChatRequestV2:
+        """The pipeline's request: v2, or v1 when it uses nothing v1 lacks."""
+        try:
+            return ChatRequestV2(
+                request_id=request_id,
+                principal=identity.principal,
+                groups=identity.groups,
+                allowed_models=identity.allowed_models(),
+                tier=identity.tier,
+                model=model,
+                protocol="openai",
+                reply_to=self._gateway.reply_to(),
+                **fields,
+            ).to_wire()
+        except ValidationError as exc:
+            problem = exc.errors(include_url=False, include_input=False)[0]
+            where = ".".join(str(p) for p in problem["loc"]) or None
+            raise OpenAIError.bad_request(
+                f"Invalid request: {problem['msg']}", param=where
+            ) from exc
+        except TollgateError as exc:
+            raise OpenAIError.unavailable(exc.message) from exc
+
     async def _next(self, waiter: Waiter) -> Reply:
         try:
             async with asyncio.timeout(self._timeout):
@@ -169,14 +200,14 @@ class OpenAIApi:
     async def _collect(
         self, waiter: Waiter, reply: Reply, chat: schema.ChatCompletionRequest, created: int
     ) -> dict[str, Any]:
-        parts: list[str] = []
+        answer = schema.Answer()
         while True:
             if isinstance(reply, ReplyErrorV1):
                 raise schema.error_from_reply(reply.error)
             if isinstance(reply, ReplyDoneV1):
                 model = reply.model or chat.model
-                return schema.completion(waiter.request_id, created, model, "".join(parts), reply)
-            parts.append(reply.text)
+                return schema.completion(waiter.request_id, created, model, answer, reply)
+            answer.add(reply)
             reply = await self._next(waiter)
 
     async def _stream(
@@ -196,13 +227,13 @@ class OpenAIApi:
                 )
             )
             while True:
-                if isinstance(reply, ReplyChunkV1):
+                if isinstance(reply, ReplyChunkV1 | ReplyChunkV2):
                     yield _sse(
                         schema.chunk(
                             request_id,
                             created,
                             model,
-                            delta={"content": reply.text},
+                            delta=schema.delta_of(reply),
                             include_usage=usage,
                         )
                     )
