@@ -3,6 +3,7 @@ through the edge, CORS, and the web page's own routes."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -223,3 +224,37 @@ def test_oidc_sign_in_needs_its_endpoints() -> None:
     )
     assert settings.warning_thresholds() == (0.8, 0.95)
     assert parse_channel("/Outbound-Messages/alice/*", allow_wildcard=True).wildcard
+
+
+class Held:
+    """An annotator whose meter answers only when released."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def annotate(self, reply: ReplyDoneV1, event: dict[str, Any]) -> None:
+        await self.release.wait()
+        event["tokenUsage"] = {}
+
+
+async def test_past_the_pending_bound_answers_go_out_without_waiting_for_usage() -> None:
+    sink, held = Sink(), Held()
+    dispatcher = ReplyDispatcher(sink, usage=held, max_annotating=1)
+    for n in range(2):
+        done = ReplyDoneV1(
+            request_id=f"r{n}",
+            principal="alice",
+            seq=0,
+            channel="/Outbound-Messages/alice",
+            usage=Usage(input_tokens=1, output_tokens=1),
+        )
+        await dispatcher(Delivered(done, topics.REPLIES, 0, n, "alice"))
+    # the second answer's metadata did not wait behind the first one's meter call
+    assert [("metadata" in e, "tokenUsage" in e) for e in sink.events] == [
+        (False, False),
+        (False, False),
+        (True, False),
+    ]
+    held.release.set()
+    await dispatcher.drain()
+    assert "tokenUsage" in sink.events[-1] and sink.events[-1]["requestId"] == "r0"

@@ -48,11 +48,15 @@ class ReplyDispatcher:
         *,
         remember: int = 100_000,
         usage: UsageAnnotator | None = None,
+        max_annotating: int = 1000,
     ) -> None:
         self._subscriptions = subscriptions
         self._waiters = waiters
         self._usage = usage
+        #: metadata events waiting for the meter; past ``max_annotating`` (a meter that
+        #: is slow to answer) the next ones go out at once, without usage
         self._annotating: set[asyncio.Task[None]] = set()
+        self._max_annotating = max_annotating
         self._next_seq: OrderedDict[str, int] = OrderedDict()
         self._remember = remember
 
@@ -77,7 +81,11 @@ class ReplyDispatcher:
             logger.warning("reply %s names an invalid channel", reply.request_id)
             return
         events = outbound_events(reply)
-        if isinstance(reply, ReplyDoneV1) and self._usage is not None:
+        if (
+            isinstance(reply, ReplyDoneV1)
+            and self._usage is not None
+            and len(self._annotating) < self._max_annotating
+        ):
             # the metadata event waits for the meter; the reply stream does not wait for it
             last = events.pop()
             task = asyncio.create_task(
