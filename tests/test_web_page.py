@@ -203,23 +203,6 @@ async def test_an_exhausted_limit_shows_the_time_to_retry(browser: Browser, stac
     await page.context.close()
 
 
-async def test_a_model_the_users_groups_refuse_is_said_plainly(
-    browser: Browser, stack: Stack
-) -> None:
-    page = await open_page(browser, stack.url("stream"))
-    await sign_in(page, "web-wanda")
-    await page.get_by_role("combobox", name="Model").select_option("claude-big")
-    await page.get_by_role("textbox", name="Message").fill("May I?")
-    await page.get_by_role("button", name="Send").click()
-    # answered both in the publish's failed entry and on the channel: shown once
-    alert = page.get_by_role("alert")
-    await expect(alert).to_have_text(re.compile(r"^Model refused: .*claude-big"))
-    await page.wait_for_timeout(500)
-    await expect(alert).to_have_count(1)
-    await expect(page.get_by_role("log").locator(".turn.assistant")).to_have_count(0)
-    await page.context.close()
-
-
 async def test_the_page_reconnects_after_its_socket_drops(browser: Browser, stack: Stack) -> None:
     edge_port = int(stack.url("stream").rsplit(":", 1)[1])
     with TcpProxy(edge_port) as proxy:

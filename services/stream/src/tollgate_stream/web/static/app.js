@@ -215,7 +215,7 @@ async function refreshUsage() {
 
 async function refreshAdmin() {
   try {
-    const overview = await api("/v1/admin/usage");
+    const overview = await api("/v1/admin/usage?top=100");
     renderAdmin($("admin-principals").tBodies[0], $("admin-models").tBodies[0], overview);
     state.admin = true;
     $("admin").hidden = false;
