@@ -9,7 +9,7 @@ VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install run test lint typecheck pytest bench clean
+.PHONY: install run test lint typecheck pytest chromium bench clean
 
 $(UV): tools/uv-requirements.txt
 	$(PYTHON) -m venv $(TOOLS)
@@ -31,7 +31,11 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
-pytest: install
+# The browser tests drive Debian's chromium (installed here when missing and we are root).
+chromium:
+	sh scripts/ensure-chromium.sh
+
+pytest: install chromium
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest

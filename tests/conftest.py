@@ -124,6 +124,7 @@ def stack(
             "TOLLGATE_ANALYTICS_STATE_DIR": str(analytics_dir / "state"),
             "TOLLGATE_ANALYTICS_ROLL_MAX_AGE_S": "1",
             "TOLLGATE_METER_ADMIN_TOKEN": METER_ADMIN_TOKEN,
+            "TOLLGATE_STREAM_METER_ADMIN_TOKEN": METER_ADMIN_TOKEN,
             **dev_auth_env(Path(__file__).parents[1]),
         },
     )

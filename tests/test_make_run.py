@@ -113,6 +113,7 @@ def test_make_run_serves_a_request_and_ctrl_c_leaves_no_process_behind(tmp_path:
     try:
         text = wait_for_line(log, READY_LINE, process, timeout=180)
         stream_url = f"http://127.0.0.1:{ports['stream']}"
+        assert f"Web page: chat and usage     {stream_url}/" in text
         assert f"POST {stream_url}/event" in text
         assert f"{stream_url.replace('http', 'ws')}/event/realtime" in text
         for service, port in ports.items():
@@ -120,7 +121,8 @@ def test_make_run_serves_a_request_and_ctrl_c_leaves_no_process_behind(tmp_path:
             assert httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200, service
 
         kinds = asyncio.run(one_request(stream_url, f"http://127.0.0.1:{ports['auth']}"))
-        assert kinds[0] == "messageStart" and kinds[-1] == "metadata", kinds
+        # make run shares a meter admin token with the edge: answers carry tokenUsage
+        assert kinds[0] == "messageStart" and kinds[-2:] == ["metadata", "tokenUsage"], kinds
         assert kinds.count("contentBlockDelta") >= 1
 
         started = [*psutil.Process(process.pid).children(recursive=True)]

@@ -352,7 +352,7 @@ def test_network_policies_admit_each_service_only_from_its_callers() -> None:
 
     assert callers("auth") == {"stream", "meter", "test"}
     assert callers("router") == {"stream", "meter", "test"}  # the meter reads its catalog
-    assert callers("meter") == {"test"}
+    assert callers("meter") == {"stream", "test"}  # the edge asks for the caller's usage
     edge_from = policies["gw-tollgate-stream"]["spec"]["ingress"][0]["from"]
     assert edge_from[:-1] == values_file("production")["networkPolicy"]["edgeFrom"]
     assert callers("stream") == {"test"}  # besides the ingress: `helm test`
@@ -362,7 +362,7 @@ def test_network_policies_admit_each_service_only_from_its_callers() -> None:
     stream_ports = {
         p["port"] for r in policies["gw-tollgate-stream"]["spec"]["egress"] for p in r["ports"]
     }
-    assert 5432 not in stream_ports and {8081, 8082} <= stream_ports
+    assert 5432 not in stream_ports and {8081, 8082, 8083} <= stream_ports
     meter_ports = {
         p["port"] for r in policies["gw-tollgate-meter"]["spec"]["egress"] for p in r["ports"]
     }

@@ -221,6 +221,15 @@ env:
     value: {{ printf "http://%s-auth:%v" (include "tollgate.fullname" $root) $root.Values.services.auth.port | quote }}
   - name: TOLLGATE_STREAM_KEEPALIVE_INTERVAL_S
     value: {{ $spec.keepaliveIntervalSeconds | quote }}
+  - name: TOLLGATE_STREAM_METER_URL
+    value: {{ printf "http://%s-meter:%v" (include "tollgate.fullname" $root) $root.Values.services.meter.port | quote }}
+{{- with $root.Values.meter.adminTokenSecret }}
+  - name: TOLLGATE_STREAM_METER_ADMIN_TOKEN
+    valueFrom:
+      secretKeyRef:
+        name: {{ . }}
+        key: ADMIN_TOKEN
+{{- end }}
 {{- end }}
 {{- if eq $name "analytics" }}
   - name: TOLLGATE_ANALYTICS_DATA_DIR

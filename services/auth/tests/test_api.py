@@ -21,6 +21,8 @@ def _h(token: str) -> dict[str, str]:
         ("publish", "/Inbound-Messages/alice/conversation-1"),
         ("subscribe", "/Outbound-Messages/alice"),
         ("subscribe", "/Outbound-Messages/alice/conversation-1"),
+        ("subscribe", "/Outbound-Messages/alice/*"),  # a subtree of one's own channel
+        ("subscribe", "/Outbound-Messages/alice/conversation-1/*"),
     ],
 )
 def test_own_channels_are_allowed(auth: Any, operation: str, channel: str) -> None:
@@ -38,7 +40,9 @@ def test_own_channels_are_allowed(auth: Any, operation: str, channel: str) -> No
         ("subscribe", "/Outbound-Messages/bob"),
         ("subscribe", "/Outbound-Messages/*"),
         ("subscribe", "/Outbound-Messages/bob/*"),
-        ("subscribe", "/Outbound-Messages/alice/*"),  # wildcards are for admins only
+        ("subscribe", "/Outbound-Messages/*/alice"),  # a wildcard only ends one's own subtree
+        ("subscribe", "/Outbound-Messages/alice/*/x"),
+        ("publish", "/Inbound-Messages/alice/*"),  # never when publishing
         ("subscribe", "/Inbound-Messages/alice"),  # nor may a user read others' requests
         ("subscribe", "Outbound-Messages/alice"),
         ("invoke-typo", "/Outbound-Messages/alice"),

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import httpx
 import pytest
 from starlette.applications import Starlette
 
+from tollgate_core.contracts import Usage, UsageRecordV1
 from tollgate_core.errors import TollgateError
 from tollgate_meter.adapters.ledger import PostgresLedger
 from tollgate_meter.api import AuthServiceIdentity, Caller, Unauthenticated, UsageApi
@@ -125,3 +127,70 @@ async def test_the_meter_reads_auth_decisions_like_the_edge(
     async with httpx.AsyncClient(transport=transport, base_url="http://meter") as client:
         response = await client.get("/v1/usage/me", headers={"x-api-key": "tg_x"})
     assert response.status_code == expected
+
+
+def settled_usage(request_id: str, principal: str, inp: int, out: int) -> UsageRecordV1:
+    return UsageRecordV1(
+        request_id=request_id,
+        principal=principal,
+        model="m",
+        provider="local",
+        usage=Usage(input_tokens=inp, output_tokens=out),
+        cost_usd=Decimal("0.5"),
+    )
+
+
+async def test_the_admin_overview_sums_settled_usage_per_principal_and_model(
+    ledger: PostgresLedger, client: httpx.AsyncClient
+) -> None:
+    for request_id, principal, inp, out in [
+        ("o1", "ov-a", 3, 7),
+        ("o2", "ov-a", 1, 2),
+        ("o3", "ov-b", 5, 5),
+    ]:
+        await ledger.admit(request_id, principal, "m", (), Estimate(10, 100), NOW)
+        await ledger.settle(settled_usage(request_id, principal, inp, out), NOW)
+    await ledger.admit("o4", "ov-b", "m", (), Estimate(10, 100), NOW)  # open: not counted
+    assert await status(client, "GET", "/v1/admin/usage", "alice-token") == 403
+    assert await status(client, "GET", "/v1/admin/usage?top=lots", "root-token") == 400
+    body = (await client.get("/v1/admin/usage", headers={"authorization": "root-token"})).json()
+    assert body["day"] == "2026-11-22" and body["month"] == "2026-11-01"
+    rows = {p["principal"]: p for p in body["principals"] if p["principal"].startswith("ov-")}
+    assert (
+        rows["ov-a"]["today"]
+        == rows["ov-a"]["month"]
+        == {
+            "requests": 2,
+            "input_tokens": 4,
+            "output_tokens": 9,
+            "total_tokens": 13,
+            "cost_usd": "1.00000000",
+        }
+    )
+    assert rows["ov-b"]["month"]["total_tokens"] == 10 and rows["ov-b"]["month"]["requests"] == 1
+    [model] = [m for m in body["models"] if m["model"] == "m"]
+    assert model["total_tokens"] >= 23
+
+
+async def test_a_report_waits_for_a_requests_settlement(
+    ledger: PostgresLedger, client: httpx.AsyncClient
+) -> None:
+    admin = {"authorization": "root-token"}
+    await ledger.admit("w1", "wait-a", "m", (), Estimate(10, 100), NOW)
+    pending = await client.get("/v1/usage/wait-a?settled=w1&wait_s=0.2", headers=admin)
+    assert pending.json()["settled"] is False
+    assert pending.json()["windows"][0]["reserved"]["output"] == 100
+    # someone else's request never counts as this principal's settlement
+    other = await client.get("/v1/usage/wait-b?settled=w1&wait_s=0", headers=admin)
+    assert other.json()["settled"] is False
+    await ledger.settle(settled_usage("w1", "wait-a", 4, 6), NOW)
+    done = (await client.get("/v1/usage/wait-a?settled=w1", headers=admin)).json()
+    assert done["settled"] is True
+    assert (
+        done["windows"][0]["used"]["output"] == 6 and done["windows"][0]["reserved"]["output"] == 0
+    )
+    for bad in ("-1", "6", "soon"):
+        assert (
+            await status(client, "GET", f"/v1/usage/wait-a?settled=w1&wait_s={bad}", "root-token")
+            == 400
+        )

@@ -155,12 +155,18 @@ async def publish_all(bodies: list[bytes]) -> None:
         status, raw = await asgi(app, "/event", body, {"content-type": "application/json"})
         assert status in (200, 400, 401, 403, 413), (status, raw)
         answer = json.loads(raw)
-        published = len(publisher.events) - before
+        new = publisher.events[before:]
+        published = sum(1 for e in new if e.topic == topics.REQUESTS)
+        answered = [e.event for e in new if e.topic == topics.REPLIES]
         if status == 200:
             assert published == len(answer["successful"])
             assert all(400 <= f["errorCode"] < 500 for f in answer["failed"]), answer
+            # each refused event is also answered on the caller's outbound channel
+            assert [r.request_id for r in answered] == [  # type: ignore[attr-defined]
+                f["identifier"] for f in answer["failed"]
+            ]
         else:
-            assert published == 0
+            assert new == []
             assert answer["errors"][0]["errorType"]
 
 

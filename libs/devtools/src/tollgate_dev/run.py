@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -91,6 +92,15 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def share_meter_admin_token(env: dict[str, str]) -> None:
+    """The edge asks the meter for a caller's usage after each answer (``tokenUsage``) with
+    the meter's admin token: one made up for this run unless one is configured."""
+    token = env.get("TOLLGATE_METER_ADMIN_TOKEN") or env.get("TOLLGATE_STREAM_METER_ADMIN_TOKEN")
+    token = token or secrets.token_urlsafe(24)
+    env.setdefault("TOLLGATE_METER_ADMIN_TOKEN", token)
+    env.setdefault("TOLLGATE_STREAM_METER_ADMIN_TOKEN", token)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--root", type=Path, default=Path.cwd(), help="repository root")
@@ -149,6 +159,7 @@ def main() -> None:
             tansu=broker is not None,
         )
         env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+        share_meter_admin_token(env)
         honcho = subprocess.Popen(
             [bin_path("honcho"), "start", "-f", str(procfile), "-d", str(args.root)],
             env=env,
@@ -159,6 +170,7 @@ def main() -> None:
         stream = urls["stream"]
         ws = stream.replace("http://", "ws://")
         logger.info("ready in %.1fs", time.monotonic() - started)
+        logger.info("  Web page: chat and usage     %s/", stream)
         logger.info("  AppSync Events HTTP publish  POST %s/event", stream)
         logger.info("  AppSync Events WebSocket     %s/event/realtime", ws)
         if env.get("TOLLGATE_AUTH_DEV_IDP", "").lower() in ("1", "true", "yes"):

@@ -143,6 +143,8 @@ def service_env(
     if "auth" in ports:
         for client in ("STREAM", "METER"):
             env.setdefault(f"TOLLGATE_{client}_AUTH_URL", f"http://127.0.0.1:{ports['auth']}")
+    if "meter" in ports:
+        env.setdefault("TOLLGATE_STREAM_METER_URL", f"http://127.0.0.1:{ports['meter']}")
     if "router" in ports:
         for client in ("STREAM", "METER"):
             env.setdefault(f"TOLLGATE_{client}_ROUTER_URL", f"http://127.0.0.1:{ports['router']}")
@@ -156,6 +158,8 @@ def dev_auth_env(root: Path) -> dict[str, str]:
         "TOLLGATE_AUTH_DEV_IDP": "true",
         "TOLLGATE_AUTH_POLICY_FILE": str(root / "services" / "auth" / "policy.dev.toml"),
         "TOLLGATE_STREAM_AUTH_MODE": "service",
+        # the web page at the edge's / signs people in with the development IdP
+        "TOLLGATE_STREAM_WEB_SIGN_IN": "local",
     }
 
 

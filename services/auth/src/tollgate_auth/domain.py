@@ -65,8 +65,9 @@ def combine(
 
 @dataclass(frozen=True, slots=True)
 class ChannelRules:
-    """Users publish to ``/<inbound>/<own sub>[/…]`` and subscribe to ``/<outbound>/<own sub>[/…]``;
-    only an admin group may use wildcards or another user's sub."""
+    """Users publish to ``/<inbound>/<own sub>[/…]`` and subscribe to ``/<outbound>/<own sub>[/…]``,
+    or to a subtree of it (``/<outbound>/<own sub>/*``); only an admin group may use other
+    wildcards or another user's sub."""
 
     inbound_namespace: str = "Inbound-Messages"
     outbound_namespace: str = "Outbound-Messages"
@@ -82,13 +83,25 @@ class ChannelRules:
             raise ChannelDenied(f"operation {operation!r} takes no channel")
         if segments[0] != wanted:
             raise ChannelDenied(f"{operation} is only allowed on /{wanted}/…")
-        wildcard = any(WILDCARD in s for s in segments)
         if grants.admin:
             return
-        if wildcard:
-            raise ChannelDenied("wildcard channels are reserved to administrators")
+        if any(WILDCARD in s for s in segments) and not self._own_subtree(
+            principal, segments, operation
+        ):
+            raise ChannelDenied("a wildcard is only allowed as the last segment below your own sub")
         if len(segments) < 2 or segments[1] != principal.sub:
             raise ChannelDenied(f"{channel} is not yours: its second segment must be your sub")
+
+    @staticmethod
+    def _own_subtree(principal: Principal, segments: list[str], operation: str) -> bool:
+        """``/<outbound>/<own sub>[/…]/*``: a subscription to a subtree of one's own channel."""
+        return (
+            operation == "subscribe"
+            and len(segments) >= 3
+            and segments[1] == principal.sub
+            and segments[-1] == WILDCARD
+            and not any(WILDCARD in s for s in segments[:-1])
+        )
 
     @staticmethod
     def check_model(grants: Grants, model: str | None) -> None:

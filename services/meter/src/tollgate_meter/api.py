@@ -3,7 +3,9 @@ limits. Callers are identified by the auth service (the same credentials as the 
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from tollgate_core.authorize import CREDENTIAL_HEADERS, AuthorizeClient, Denial
-from tollgate_core.errors import Forbidden, TollgateError, Unauthenticated
+from tollgate_core.errors import Forbidden, RequestError, TollgateError, Unauthenticated
 from tollgate_core.http import bearer_matches, error_response, parse_body
 from tollgate_meter.adapters.ledger import PostgresLedger, UsageReport
 from tollgate_meter.limits import DIMENSIONS, TierSpec, WindowSpec, WindowUsage
@@ -46,6 +48,20 @@ class AuthServiceIdentity:
         if isinstance(decision, Denial):
             raise Unauthenticated(decision.message)
         return Caller(decision.principal, decision.groups, decision.admin)
+
+
+#: how often a report waiting for a request's settlement looks again
+SETTLE_POLL_S = 0.05
+
+
+def _wait_seconds(raw: str, *, field: str = "wait_s", most: float = 5.0) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= most:
+        raise RequestError(f"{field} must be a number from 0 to {most:g}", details={"field": field})
+    return value
 
 
 class PrincipalLimits(BaseModel):
@@ -128,6 +144,7 @@ class UsageApi:
         return [
             Route("/v1/usage/me", handle(self.me), methods=["GET"]),
             Route("/v1/usage/{principal}", handle(self.of_principal), methods=["GET"]),
+            Route("/v1/admin/usage", handle(self.overview), methods=["GET"]),
             Route("/v1/admin/tiers", handle(self.list_tiers), methods=["GET"]),
             Route("/v1/admin/tiers/{name}", handle(self.put_tier), methods=["PUT"]),
             Route("/v1/admin/tiers/{name}", handle(self.delete_tier), methods=["DELETE"]),
@@ -141,11 +158,42 @@ class UsageApi:
         return JSONResponse(report_json(report))
 
     async def of_principal(self, request: Request) -> Response:
+        """An admin's view of one principal's windows. ``settled=<request id>`` first waits
+        (at most ``wait_s``, ≤ 5 s) until that request of the principal is settled or
+        released, so the report counts its real tokens and no longer its reservation; the
+        answer's ``settled`` says whether it was."""
         await self._admin(request)
-        groups = tuple(g for g in request.query_params.get("groups", "").split(",") if g)
+        query = request.query_params
+        groups = tuple(g for g in query.get("groups", "").split(",") if g)
         principal = request.path_params["principal"]
+        settled: bool | None = None
+        if "settled" in query:
+            wait_s = _wait_seconds(query.get("wait_s", "2"))
+            settled = await self._await_settled(query["settled"], principal, wait_s)
         report = await self._ledger.report(principal, groups, self._clock())
-        return JSONResponse(report_json(report))
+        body = report_json(report)
+        if settled is not None:
+            body["settled"] = settled
+        return JSONResponse(body)
+
+    async def _await_settled(self, request_id: str, principal: str, wait_s: float) -> bool:
+        deadline = time.monotonic() + wait_s
+        while True:
+            reservation = await self._ledger.get(request_id)
+            if (
+                reservation is not None
+                and reservation.principal == principal
+                and reservation.status != "reserved"
+            ):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(SETTLE_POLL_S)
+
+    async def overview(self, request: Request) -> Response:
+        await self._admin(request)
+        top = _wait_seconds(request.query_params.get("top", "20"), field="top", most=100)
+        return JSONResponse(await self._ledger.overview(self._clock(), int(top)))
 
     async def list_tiers(self, request: Request) -> Response:
         await self._admin(request)

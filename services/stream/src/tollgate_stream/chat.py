@@ -21,6 +21,7 @@ streams it; errors as ``{"error": {"type", "message", "requestId", "details"}}``
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from pydantic import (
@@ -96,6 +97,23 @@ def parse_inbound(event: str) -> InboundChat:
         raise RequestError(
             f"invalid chat event: {where}: {first['msg']}", details={"field": where}
         ) from exc
+
+
+def conversation_of(event: object) -> str | None:
+    """The ``conversationId`` of a published event, if it names a usable one: an event that
+    was refused is still answered in its conversation."""
+    if not isinstance(event, str):
+        return None
+    try:
+        payload = json.loads(event)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(payload, dict):
+        return None
+    value = payload.get("conversationId")
+    if isinstance(value, str) and len(value) <= 256 and re.match(NO_CONTROL_CHARACTERS, value):
+        return value
+    return None
 
 
 def outbound_events(

@@ -18,6 +18,8 @@ from tollgate_core.contracts import (
     ChatRequestV1,
     ChatRequestV2,
     EmbeddingRequestV1,
+    ErrorInfo,
+    ReplyErrorV1,
     ReplyTo,
     new_request_id,
 )
@@ -25,7 +27,7 @@ from tollgate_core.errors import DependencyUnavailable, RecordTooLarge, RequestE
 from tollgate_core.limits import count_bad_input
 from tollgate_stream import limits
 from tollgate_stream.appsync.channels import Channel, parse_channel
-from tollgate_stream.chat import parse_inbound
+from tollgate_stream.chat import conversation_of, parse_inbound
 from tollgate_stream.errors import AppSyncError
 from tollgate_stream.identity import Authorizer, Identity, ModelNotAllowed
 from tollgate_stream.settings import StreamSettings
@@ -141,22 +143,54 @@ class Gateway:
                     request = self._request(request_id, event, channel, identity)
                     await self._publisher.publish(topics.REQUESTS, request, key=identity.principal)
                 except TollgateError as exc:
-                    PUBLISHED.labels("failed").inc()
-                    if isinstance(exc, RequestError):
-                        count_bad_input("stream.publish", exc.details.get("field"))
-                    code = exc.http_status
-                    result.failed.append(
-                        {
-                            "identifier": request_id,
-                            "index": index,
-                            "errorCode": code,
-                            "errorMessage": exc.message,
-                        }
-                    )
+                    result.failed.append(self._failed(request_id, index, exc, event))
+                    await self._answer_failure(request_id, event, channel, identity, exc)
                     continue
                 PUBLISHED.labels("ok").inc()
                 result.successful.append({"identifier": request_id, "index": index})
         return result
+
+    @staticmethod
+    def _failed(request_id: str, index: int, exc: TollgateError, event: object) -> dict[str, Any]:
+        PUBLISHED.labels("failed").inc()
+        if isinstance(exc, RequestError):
+            count_bad_input("stream.publish", exc.details.get("field"))
+        return {
+            "identifier": request_id,
+            "index": index,
+            "errorCode": exc.http_status,
+            "errorMessage": exc.message,
+        }
+
+    async def _answer_failure(
+        self,
+        request_id: str,
+        event: object,
+        channel: Channel,
+        identity: Identity,
+        exc: TollgateError,
+    ) -> None:
+        """Also answer a refused event on the caller's outbound channel, as the AWS sample
+        does: an error reply on the replies topic, so it reaches the caller's subscribers on
+        every edge replica. When that cannot be done (Kafka is what failed), the publish
+        answer's ``failed`` entry is the only answer."""
+        if isinstance(exc, DependencyUnavailable):
+            return
+        reply = ReplyErrorV1(
+            request_id=request_id,
+            principal=identity.principal,
+            seq=0,
+            channel=self.outbound_for(channel).path,
+            conversation_id=conversation_of(event),
+            error=ErrorInfo(type=exc.error_type, message=exc.message, details=dict(exc.details)),
+        )
+        try:
+            reply_to = self.reply_to()
+            await self._publisher.publish(
+                reply_to.topic, reply, key=identity.principal, partition=reply_to.partition
+            )
+        except TollgateError as failure:
+            logger.warning("could not answer a refused event on its channel: %s", failure)
 
     def _request(
         self,

@@ -108,6 +108,11 @@ class AuthServiceAuthorizer:
         self._ttl_s = ttl_s
         self._max_entries = max_entries
         self._cache: OrderedDict[str, tuple[float, Identity | AppSyncError]] = OrderedDict()
+        self._groups: OrderedDict[str, tuple[str, ...]] = OrderedDict()
+
+    def groups_of(self, principal: str) -> tuple[str, ...]:
+        """The groups the auth service last gave ``principal`` here (none if not seen)."""
+        return self._groups.get(principal, ())
 
     async def for_channel(self, channel: Channel, headers: dict[str, str]) -> Identity:
         operation = self._operations.get(channel.namespace)
@@ -186,6 +191,10 @@ class AuthServiceAuthorizer:
             tier=decision.tier,
             expires_at=decision.expires_at,
         )
+        self._groups[identity.principal] = identity.groups
+        self._groups.move_to_end(identity.principal)
+        while len(self._groups) > self._max_entries:
+            self._groups.popitem(last=False)
         valid_for = (
             decision.expires_at - time.time() if decision.expires_at is not None else self._ttl_s
         )

@@ -10,6 +10,7 @@ from typing import Any
 import botocore.session
 import httpx
 from pydantic import TypeAdapter
+from starlette.routing import BaseRoute
 
 from tollgate_core import topics
 from tollgate_core.bus import Decoder, EventConsumer, EventProducer
@@ -44,7 +45,9 @@ from tollgate_stream.relay import Relay
 from tollgate_stream.replies import Reply, ReplyDispatcher, local_interest
 from tollgate_stream.settings import StreamSettings
 from tollgate_stream.subscriptions import Subscriptions
+from tollgate_stream.usage import MeterClient, MeterUsageAnnotator, UsageRoutes
 from tollgate_stream.waiters import ReplyWaiters
+from tollgate_stream.web import WebRoutes
 
 logger = logging.getLogger(__name__)
 
@@ -129,10 +132,50 @@ async def serve(settings: StreamSettings, stop: asyncio.Event) -> None:
             client = await resources.enter_async_context(
                 httpx.AsyncClient(base_url=settings.auth_url, timeout=settings.auth_timeout_s)
             )
-        await _serve(settings, stop, build_authorizer(settings, client))
+        meter = MeterClient(
+            settings.meter_url,
+            admin_token=(
+                settings.meter_admin_token.get_secret_value()
+                if settings.meter_admin_token is not None
+                else None
+            ),
+            timeout_s=settings.meter_timeout_s,
+        )
+        resources.push_async_callback(meter.aclose)
+        await _serve(settings, stop, build_authorizer(settings, client), meter, client)
 
 
-async def _serve(settings: StreamSettings, stop: asyncio.Event, authorizer: Authorizer) -> None:
+def client_routes(
+    settings: StreamSettings, meter: MeterClient, auth_client: httpx.AsyncClient | None
+) -> list[BaseRoute]:
+    """The usage API through the meter and, unless turned off, the web page."""
+    routes = UsageRoutes(meter).routes()
+    if settings.web_enabled:
+        routes += WebRoutes(settings, auth_client).routes()
+    return routes
+
+
+def usage_annotator(
+    settings: StreamSettings, meter: MeterClient, authorizer: Authorizer
+) -> MeterUsageAnnotator | None:
+    """``tokenUsage`` on answers, when the edge may ask the meter for any principal."""
+    if not meter.reports_usage:
+        return None
+    groups_of = (
+        authorizer.groups_of
+        if isinstance(authorizer, AuthServiceAuthorizer)
+        else lambda principal: ()
+    )
+    return MeterUsageAnnotator(meter, groups_of, settings.warning_thresholds())
+
+
+async def _serve(
+    settings: StreamSettings,
+    stop: asyncio.Event,
+    authorizer: Authorizer,
+    meter: MeterClient,
+    auth_client: httpx.AsyncClient | None,
+) -> None:
     health = Health()
     health.register("kafka")
     producer = EventProducer(
@@ -175,7 +218,14 @@ async def _serve(settings: StreamSettings, stop: asyncio.Event, authorizer: Auth
             health=health,
         )
     http = HttpServer(
-        create_app(settings, health, gateway, subscriptions, openai_api),
+        create_app(
+            settings,
+            health,
+            gateway,
+            subscriptions,
+            openai_api,
+            extra_routes=client_routes(settings, meter, auth_client),
+        ),
         host=settings.host,
         port=settings.port,
         **_websocket_options(settings),
@@ -190,7 +240,8 @@ async def _serve(settings: StreamSettings, stop: asyncio.Event, authorizer: Auth
             raise DependencyUnavailable(f"topic {topics.REPLIES} does not exist")
         partitions[:] = sorted(available)
         if not consumers:
-            consumers.extend(reply_consumers(settings, producer, partitions, sink, waiters))
+            usage = usage_annotator(settings, meter, authorizer)
+            consumers.extend(reply_consumers(settings, producer, partitions, sink, waiters, usage))
         for consumer in consumers:
             await consumer.start()
         logger.info("reading all %d reply partitions", len(partitions))
@@ -228,6 +279,7 @@ def reply_consumers(
     partitions: list[int],
     sink: Subscriptions | RemoteChannels,
     waiters: ReplyWaiters,
+    usage: MeterUsageAnnotator | None = None,
 ) -> list[EventConsumer[Reply]]:
     """How replies reach this replica's clients.
 
@@ -250,7 +302,7 @@ def reply_consumers(
             partitions=partitions,
             from_latest=True,
             decoder=REPLIES,
-            handler=ReplyDispatcher(sink, waiters),
+            handler=ReplyDispatcher(sink, waiters, usage=usage),
             dead_letter=producer,
             accept=local_interest(
                 sink if isinstance(sink, Subscriptions) else None, waiters, every_channel=not local

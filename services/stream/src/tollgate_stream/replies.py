@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from tollgate_core.bus import Delivered
 from tollgate_core.bus import headers as h
@@ -33,6 +34,12 @@ class ChannelSink(Protocol):
     def deliver(self, channel: Channel, event: str) -> int: ...
 
 
+class UsageAnnotator(Protocol):
+    """Adds the caller's usage to an answer's last (``metadata``) event."""
+
+    async def annotate(self, reply: ReplyDoneV1, event: dict[str, Any]) -> None: ...
+
+
 class ReplyDispatcher:
     """Delivers each reply once, in order: a redelivered (request, seq) is dropped.
 
@@ -46,9 +53,16 @@ class ReplyDispatcher:
         waiters: ReplyWaiters | None = None,
         *,
         remember: int = 100_000,
+        usage: UsageAnnotator | None = None,
+        max_annotating: int = 1000,
     ) -> None:
         self._subscriptions = subscriptions
         self._waiters = waiters
+        self._usage = usage
+        #: metadata events waiting for the meter; past ``max_annotating`` (a meter that
+        #: is slow to answer) the next ones go out at once, without usage
+        self._annotating: set[asyncio.Task[None]] = set()
+        self._max_annotating = max_annotating
         self._next_seq: OrderedDict[str, int] = OrderedDict()
         self._remember = remember
 
@@ -72,8 +86,37 @@ class ReplyDispatcher:
         except AppSyncError:
             logger.warning("reply %s names an invalid channel", reply.request_id)
             return
-        for event in outbound_events(reply):
+        events = outbound_events(reply)
+        if (
+            isinstance(reply, ReplyDoneV1)
+            and self._usage is not None
+            and len(self._annotating) < self._max_annotating
+        ):
+            # the metadata event waits for the meter; the reply stream does not wait for it
+            last = events.pop()
+            task = asyncio.create_task(
+                _annotated(self._usage, self._subscriptions, channel, reply, last)
+            )
+            self._annotating.add(task)
+            task.add_done_callback(self._annotating.discard)
+        for event in events:
             self._subscriptions.deliver(channel, dumps(event))
+
+    async def drain(self) -> None:
+        """Wait for the metadata events still waiting for the meter."""
+        if self._annotating:
+            await asyncio.gather(*self._annotating, return_exceptions=True)
+
+
+async def _annotated(
+    usage: UsageAnnotator,
+    sink: ChannelSink,
+    channel: Channel,
+    reply: ReplyDoneV1,
+    event: dict[str, Any],
+) -> None:
+    await usage.annotate(reply, event)
+    sink.deliver(channel, dumps(event))
 
 
 def local_interest(

@@ -81,6 +81,27 @@ class StreamSettings(BaseSettings):
     relay_iam_access_key_id: str | None = None
     relay_iam_secret_access_key: SecretStr | None = None
     relay_region: str = "us-east-1"
+    #: origins (``scheme://host[:port]``, comma-separated) allowed to call ``/event`` and
+    #: ``/v1/*`` from a browser page served elsewhere; none by default
+    cors_origins: str = ""
+    #: the meter's base URL: ``/v1/usage/me`` and ``/v1/admin/usage`` are answered through it
+    meter_url: str = "http://127.0.0.1:8083"
+    #: the meter's admin token: with it, the last ``metadata`` event of an AppSync answer
+    #: carries the caller's usage and limits (``tokenUsage``); without it, it does not
+    meter_admin_token: SecretStr | None = None
+    #: how long the edge waits for the meter (a proxied call, or the answer's settlement)
+    meter_timeout_s: float = Field(default=3.0, gt=0, le=30)
+    #: fractions of a window's limit past which an answer warns (comma-separated)
+    usage_warning_thresholds: str = "0.8,0.95"
+    #: the web page at ``/``; ``web_sign_in``: ``local`` (the development IdP of
+    #: ``auth_url``), ``oidc`` (authorization code with PKCE, ``oidc_*``), or ``token``
+    #: (paste an access token or API key)
+    web_enabled: bool = True
+    web_sign_in: Literal["local", "oidc", "token"] = "token"
+    oidc_authorize_url: str | None = None
+    oidc_token_url: str | None = None
+    oidc_client_id: str | None = None
+    oidc_scopes: str = "openid email profile"
     limits: Limits = Field(default_factory=Limits)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
@@ -94,7 +115,27 @@ class StreamSettings(BaseSettings):
                 raise ValueError("bridge mode needs appsync_endpoint")
             if self.appsync_auth == "api_key" and self.appsync_api_key is None:
                 raise ValueError("bridge mode with api_key auth needs appsync_api_key")
+        if self.web_sign_in == "oidc" and not (
+            self.oidc_authorize_url and self.oidc_token_url and self.oidc_client_id
+        ):
+            raise ValueError(
+                "web_sign_in=oidc needs oidc_authorize_url, oidc_token_url and oidc_client_id"
+            )
+        self.warning_thresholds()  # refuse a bad list at start
         return self
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+    def warning_thresholds(self) -> tuple[float, ...]:
+        try:
+            values = sorted({float(v) for v in self.usage_warning_thresholds.split(",") if v})
+        except ValueError as exc:
+            raise ValueError("usage_warning_thresholds: comma-separated fractions") from exc
+        if any(not 0 < v <= 1 for v in values):
+            raise ValueError("usage_warning_thresholds are fractions in (0, 1]")
+        return tuple(values)
 
     @property
     def relay_api_key_list(self) -> tuple[str, ...]:
