@@ -223,50 +223,19 @@ class OpenAIApi:
         self, waiter: Waiter, reply: Reply, chat: schema.ChatCompletionRequest, created: int
     ) -> AsyncIterator[bytes]:
         request_id = waiter.request_id
-        usage = chat.include_usage
-        model = reply.model or chat.model
+        chunks = schema.Chunks(
+            request_id, created, reply.model or chat.model, include_usage=chat.include_usage
+        )
         try:
-            yield _sse(
-                schema.chunk(
-                    request_id,
-                    created,
-                    model,
-                    delta={"role": "assistant", "content": ""},
-                    include_usage=usage,
-                )
-            )
+            yield _sse(chunks.chunk(delta={"role": "assistant", "content": ""}))
             while True:
                 if isinstance(reply, ReplyChunkV1 | ReplyChunkV2):
-                    yield _sse(
-                        schema.chunk(
-                            request_id,
-                            created,
-                            model,
-                            delta=schema.delta_of(reply),
-                            include_usage=usage,
-                        )
-                    )
+                    yield _sse(chunks.chunk(delta=schema.delta_of(reply)))
                 elif isinstance(reply, ReplyDoneV1):
-                    yield _sse(
-                        schema.chunk(
-                            request_id,
-                            created,
-                            model,
-                            delta={},
-                            finish=schema.finish_reason(reply.stop_reason),
-                            include_usage=usage,
-                        )
-                    )
-                    if usage:
-                        yield _sse(
-                            schema.chunk(
-                                request_id,
-                                created,
-                                model,
-                                usage=schema.usage_object(reply),
-                                include_usage=True,
-                            )
-                        )
+                    finish = schema.finish_reason(reply.stop_reason)
+                    yield _sse(chunks.chunk(delta={}, finish=finish))
+                    if chunks.include_usage:
+                        yield _sse(chunks.chunk(usage=schema.usage_object(reply)))
                     break
                 elif isinstance(reply, ReplyErrorV1):
                     yield _sse(schema.error_from_reply(reply.error).body())

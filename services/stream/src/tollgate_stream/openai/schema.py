@@ -12,6 +12,7 @@ parameter that silently does nothing is a bug the caller cannot see.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
@@ -201,28 +202,35 @@ def usage_object(done: ReplyDoneV1) -> dict[str, int]:
     }
 
 
-def chunk(
-    request_id: str,
-    created: int,
-    model: str,
-    *,
-    delta: dict[str, Any] | None = None,
-    finish: str | None = None,
-    usage: dict[str, int] | None = None,
-    include_usage: bool = False,
-) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "id": completion_id(request_id),
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "choices": []
-        if delta is None
-        else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-    }
-    if include_usage:
-        body["usage"] = usage
-    return body
+@dataclass(frozen=True, slots=True)
+class Chunks:
+    """The ``chat.completion.chunk`` objects of one streamed answer; with ``include_usage``
+    (``stream_options``) each carries ``usage``, null but on the last."""
+
+    request_id: str
+    created: int
+    model: str
+    include_usage: bool = False
+
+    def chunk(
+        self,
+        *,
+        delta: dict[str, Any] | None = None,
+        finish: str | None = None,
+        usage: dict[str, int] | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "id": completion_id(self.request_id),
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": []
+            if delta is None
+            else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        }
+        if self.include_usage:
+            body["usage"] = usage
+        return body
 
 
 def delta_of(reply: ReplyChunkV1 | ReplyChunkV2) -> dict[str, Any]:
