@@ -294,26 +294,10 @@ class PostgresLedger:
                 month = None if state.period is None else _bucket(now, _Counters(state.period))
             batch = _Batch(now, bucket_start(now, self._bucket_seconds), buckets, month)
             previous: dict[str, Any] = dict(state.previous or {})
-            decisions: list[Decision] = []
-            for request, (tier, windows) in zip(requests, limits, strict=True):
-                earlier = previous.get(request.request_id)
-                if earlier is not None:
-                    violation = _violation(earlier.get("rejection"))
-                    tier_name = earlier.get("tier") or ""
-                    decisions.append(Decision(violation is None, tier_name, violation, True))
-                    continue
-                usages = [
-                    window_usage(w, batch.buckets, batch.month, now, self._bucket_seconds)
-                    for w in windows
-                ]
-                requested = Totals(request.estimate.input_tokens, request.estimate.output_tokens, 1)
-                violation = check(usages, requested, now)
-                batch.add(request, tier, violation)
-                previous[request.request_id] = {
-                    "tier": tier,
-                    "rejection": violation.details() if violation else None,
-                }
-                decisions.append(Decision(violation is None, tier, violation))
+            decisions = [
+                self._decide(batch, previous, request, limit)
+                for request, limit in zip(requests, limits, strict=True)
+            ]
             if batch.rows:
                 await conn.execute(
                     _RESERVE if batch.admitted else _RECORD,
@@ -322,6 +306,33 @@ class PostgresLedger:
             return decisions
 
         return await self._run(admit)
+
+    def _decide(
+        self,
+        batch: _Batch,
+        previous: dict[str, Any],
+        request: AdmissionRequest,
+        limit: tuple[str, Sequence[WindowSpec]],
+    ) -> Decision:
+        """One request of a batch: the decision already written for its id (a redelivery),
+        else checked against the counters plus what the batch reserved before it."""
+        earlier = previous.get(request.request_id)
+        if earlier is not None:
+            violation = _violation(earlier.get("rejection"))
+            return Decision(violation is None, earlier.get("tier") or "", violation, True)
+        tier, windows = limit
+        now = batch.now
+        usages = [
+            window_usage(w, batch.buckets, batch.month, now, self._bucket_seconds) for w in windows
+        ]
+        requested = Totals(request.estimate.input_tokens, request.estimate.output_tokens, 1)
+        violation = check(usages, requested, now)
+        batch.add(request, tier, violation)
+        previous[request.request_id] = {
+            "tier": tier,
+            "rejection": violation.details() if violation else None,
+        }
+        return Decision(violation is None, tier, violation)
 
     async def _run(
         self,
