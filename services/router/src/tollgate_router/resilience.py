@@ -282,6 +282,9 @@ class ResilientRouter:
     async def stream(
         self, chain: list[ModelSpec], request: ProviderRequest, outcome: Outcome
     ) -> AsyncIterator[ProviderEvent]:
+        """The first answer the chain gives: each model retried while its failure is
+        retriable and nothing was streamed, then the next (fallbacks that cannot take the
+        request skipped); the last failure when none answers."""
         last: ProviderError | None = None
         for index, spec in enumerate(chain):
             provider = self._providers(spec.provider)
@@ -292,57 +295,71 @@ class ResilientRouter:
                 outcome.fallback_used = True
             outcome.model = spec
             outcome.provider = provider.name
-            breaker = self.breaker(spec.provider)
             attempt = 0
             while True:
-                outcome.attempts.append(spec.id)
-                trial = False
-                span = _attempt_span(provider.name, spec, upstream, attempt)
                 try:
-                    trial = breaker.check(spec.provider)
-                    async for event in guarded(provider.stream(upstream), self._timeouts):
-                        if isinstance(event, TextDelta | ToolUseDelta):
-                            outcome.started = True
-                        elif isinstance(event, Finished):
-                            span.set_attributes(
-                                {
-                                    "gen_ai.usage.input_tokens": event.usage.input_tokens,
-                                    "gen_ai.usage.output_tokens": event.usage.output_tokens,
-                                    "gen_ai.response.finish_reasons": [event.stop_reason],
-                                }
-                            )
+                    async for event in self._attempt(provider, spec, upstream, attempt, outcome):
                         yield event
-                    breaker.success()
-                    span.end()
                     return
                 except ProviderError as exc:
-                    span.set_attribute("error.type", exc.error_type)
-                    span.set_status(Status(StatusCode.ERROR, exc.message))
-                    span.end()
-                    if exc.breaker_failure:
-                        breaker.failure()
-                    elif trial:
-                        breaker.release()
                     if outcome.started:
                         raise
                     outcome.add_failed(exc.reported_usage)
                     last = exc
-                    if exc.retriable and attempt < self._retry.max_retries:
-                        await self._sleep(self._retry.delay(attempt, self._rand))
-                        attempt += 1
-                        outcome.retries += 1
-                        continue
-                    break
-                except BaseException:
-                    # cancelled, the consumer gone, or a bug: no verdict on the provider
-                    span.end()
-                    if trial:
-                        breaker.release()
-                    raise
+                    if not exc.retriable or attempt >= self._retry.max_retries:
+                        break
+                    await self._sleep(self._retry.delay(attempt, self._rand))
+                    attempt += 1
+                    outcome.retries += 1
             if not last.fallback:
                 raise last
         assert last is not None  # noqa: S101 - chain is never empty here
         raise last
+
+    async def _attempt(
+        self,
+        provider: Provider,
+        spec: ModelSpec,
+        upstream: ProviderRequest,
+        attempt: int,
+        outcome: Outcome,
+    ) -> AsyncIterator[ProviderEvent]:
+        """One call to ``provider``: a CLIENT span of its own, judged by the provider's
+        circuit breaker (a call cancelled or ended by the consumer gives no verdict)."""
+        outcome.attempts.append(spec.id)
+        breaker = self.breaker(spec.provider)
+        trial = False
+        span = _attempt_span(provider.name, spec, upstream, attempt)
+        try:
+            trial = breaker.check(spec.provider)
+            async for event in guarded(provider.stream(upstream), self._timeouts):
+                if isinstance(event, TextDelta | ToolUseDelta):
+                    outcome.started = True
+                elif isinstance(event, Finished):
+                    span.set_attributes(
+                        {
+                            "gen_ai.usage.input_tokens": event.usage.input_tokens,
+                            "gen_ai.usage.output_tokens": event.usage.output_tokens,
+                            "gen_ai.response.finish_reasons": [event.stop_reason],
+                        }
+                    )
+                yield event
+            breaker.success()
+            span.end()
+        except ProviderError as exc:
+            span.set_attribute("error.type", exc.error_type)
+            span.set_status(Status(StatusCode.ERROR, exc.message))
+            span.end()
+            if exc.breaker_failure:
+                breaker.failure()
+            elif trial:
+                breaker.release()
+            raise
+        except BaseException:
+            span.end()
+            if trial:
+                breaker.release()
+            raise
 
 
 def _fitted(
