@@ -18,6 +18,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TypeVar
@@ -203,6 +204,109 @@ class _Stream:
         return "".join(self.writer.sent) + "".join(self._tool_sent)
 
 
+@dataclass
+class _Answer:
+    """What a streamed answer came to."""
+
+    usage: Usage | None = None
+    stop_reason: str = "end_turn"
+    ttft_ms: int | None = None
+    estimated_by: str | None = None
+    error: ProviderError | None = None
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One chat request on its way to the providers: where it streams to, the chain of
+    models to try, the request as a provider takes it, and what the attempts came to."""
+
+    request: ChatRequestV2
+    stream: _Stream
+    chain: list[ModelSpec]
+    upstream: ProviderRequest
+    outcome: Outcome
+
+
+@dataclass
+class _Run:
+    """One request's run as its records tell it: what served it (``spec`` through
+    ``provider``), when it started (wall clock and monotonic), and how it went."""
+
+    request: AnyRequest
+    spec: ModelSpec
+    provider: str
+    started: tuple[datetime, float]
+    ttft_ms: int | None = None
+    outcome: Outcome | None = None
+    cache_hit: bool = False
+    #: what counted the usage when the provider reported none
+    estimated_by: str | None = None
+
+    @property
+    def latency_ms(self) -> int:
+        return int((time.perf_counter() - self.started[1]) * 1000)
+
+
+def _records(
+    run: _Run, status: str, usage: Usage, error_type: str | None
+) -> tuple[UsageRecordV1, RequestLogV1]:
+    """The usage record and the request log of a finished run (a pure function of it)."""
+    request, spec = run.request, run.spec
+    cost = Decimal(0) if run.cache_hit else spec.cost(usage)
+    outcome = status if status == "ok" else "error"
+    estimated = run.estimated_by is not None
+    record = UsageRecordV1(
+        request_id=request.request_id,
+        principal=request.principal,
+        model=spec.id,
+        provider=run.provider,
+        usage=usage,
+        cost_usd=cost,
+        status=outcome,
+        estimated=estimated,
+        estimated_by=run.estimated_by,
+    )
+    log = RequestLogV1(
+        request_id=request.request_id,
+        principal=request.principal,
+        groups=request.groups,
+        model=spec.id,
+        provider=run.provider,
+        status=outcome,
+        error_type=error_type,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cost_usd=cost,
+        cache_hit=run.cache_hit,
+        retries=run.outcome.retries if run.outcome else 0,
+        fallback_used=run.outcome.fallback_used if run.outcome else False,
+        time_to_first_token_ms=run.ttft_ms,
+        latency_ms=run.latency_ms,
+        conversation_id=request.conversation_id,
+        protocol=request.protocol,
+        started_at=run.started[0],
+        operation="embeddings" if isinstance(request, EmbeddingRequestV1) else "chat",
+        usage_estimated=estimated,
+        usage_estimated_by=run.estimated_by,
+    )
+    return record, log
+
+
+def _observe(log: RequestLogV1) -> None:
+    """The run's metrics, read off its log record."""
+    model = log.model
+    usage = Usage(input_tokens=log.input_tokens, output_tokens=log.output_tokens)
+    REQUESTS.labels(model, log.status).inc()
+    TOKENS.labels(model, "input").inc(log.input_tokens)
+    TOKENS.labels(model, "output").inc(log.output_tokens)
+    LATENCY.labels(model).observe(log.latency_ms / 1000)
+    genai.observe_request(log.provider, model, usage, log.latency_ms / 1000, log.error_type)
+    if log.retries:
+        RETRIES.labels(model).inc(log.retries)
+    if log.fallback_used:
+        FALLBACKS.labels(model).inc()
+
+
 class GenerationHandler:
     def __init__(
         self,
@@ -326,8 +430,7 @@ class GenerationHandler:
         could end (see :meth:`_expired`) is not run."""
         catalog = self._catalog.current
         model_id = request.model or catalog.default_model
-        started_at = utcnow()
-        t0 = time.perf_counter()
+        started = (utcnow(), time.perf_counter())
         # the request's span; each call to a provider is a CLIENT span of its own inside it
         with tracer.start_as_current_span(
             f"chat {model_id}",
@@ -354,127 +457,110 @@ class GenerationHandler:
             if error is not None or spec is None:
                 assert error is not None  # noqa: S101
                 span.set_status(Status(StatusCode.ERROR, error.message))
-                await self._fail_before_start(request, model_id, error, started_at, t0)
+                await self._fail_before_start(request, model_id, error, started)
                 return
-            stream = _Stream(self, request, spec.id, v2=isinstance(admission, AdmissionV2))
+            v2 = isinstance(admission, AdmissionV2)
+            stream = _Stream(self, request, spec.id, v2=v2)
             if self._prepared is not None and await self._serve_prepared(
-                request, spec, stream, started_at, t0
+                request, _Run(request, spec, "cache", started, cache_hit=True), stream
             ):
                 span.set_attribute("tollgate.cache_hit", True)
                 return
-            outcome = Outcome(model=spec)
-            reported = True
-            usage: Usage | None = None
-            stop_reason = "end_turn"
-            ttft_ms: int | None = None
-            estimated_by: str | None = None
-            provider_request = _provider_request(request, spec.id, admission.reserved_output_tokens)
-            try:
-                async for event in self._router.stream(
-                    catalog.chain(spec.id, request.groups, request.allowed_models),
-                    provider_request,
-                    outcome,
-                ):
-                    if isinstance(event, TextDelta | ToolUseDelta):
-                        if ttft_ms is None:
-                            ttft_ms = int((time.perf_counter() - t0) * 1000)
-                            stream.model = outcome.model.id
-                            # journal first: a crash in between must not serve it twice
-                            await self._journal.streaming(request.request_id)
-                        if isinstance(event, TextDelta):
-                            await stream.text(event.text)
-                        else:
-                            await stream.tool(event)
-                    elif isinstance(event, Finished):
-                        usage = event.usage
-                        stop_reason = event.stop_reason
-                        reported = event.reported
-                await stream.flush()
-                if not reported:
-                    usage, estimated_by = self._count(request, outcome.model, stream.sent())
-            except ProviderError as exc:
-                error = exc
-            served = outcome.model
-            span.set_attribute("gen_ai.system", genai.system_of(outcome.provider))
-            span.set_attribute("gen_ai.response.model", served.id)
-            if ttft_ms is not None:
-                TTFT.labels(served.id).observe(ttft_ms / 1000)
-                genai.observe_first_token(outcome.provider, served.id, ttft_ms / 1000)
-            if error is not None:
-                span.set_status(Status(StatusCode.ERROR, error.message))
-                if outcome.started:
-                    # settle what the client received: provider usage never arrived
-                    await stream.flush()
-                    usage = Usage(
-                        input_tokens=_prompt_tokens(request),
-                        output_tokens=count_tokens(stream.sent()),
-                    )
-                else:
-                    usage = Usage()
-                # and what the providers reported for failed attempts before this one
-                usage = plus(usage, outcome.failed_usage)
-                await self._settle(
-                    request,
-                    served,
-                    outcome.provider,
-                    "error",
-                    usage,
-                    started_at,
-                    t0,
-                    ttft_ms=ttft_ms,
-                    error_type=error.error_type,
-                    outcome=outcome,
-                    # what the client received, counted here: the provider never said
-                    estimated_by="estimate" if outcome.started else None,
-                    terminal=self.event(
-                        request,
-                        ReplyErrorV1,
-                        seq=stream.seq,
-                        model=served.id,
-                        error=_error_info(error),
-                    ),
+            upstream = _provider_request(request, spec.id, admission.reserved_output_tokens)
+            chain = catalog.chain(spec.id, request.groups, request.allowed_models)
+            call = _Call(request, stream, chain, upstream, Outcome(model=spec))
+            answer = await self._generate(call, started)
+            await self._finish(call, answer, started)
+
+    async def _generate(self, call: _Call, started: tuple[datetime, float]) -> _Answer:
+        """Stream the chain's answer to the client; what it came to (usage, stop reason,
+        first-token time), or the error that ended it."""
+        request, stream, outcome = call.request, call.stream, call.outcome
+        answer = _Answer()
+        reported = True
+        try:
+            async for event in self._router.stream(call.chain, call.upstream, outcome):
+                if isinstance(event, TextDelta | ToolUseDelta):
+                    if answer.ttft_ms is None:
+                        answer.ttft_ms = int((time.perf_counter() - started[1]) * 1000)
+                        stream.model = outcome.model.id
+                        # journal first: a crash in between must not serve it twice
+                        await self._journal.streaming(request.request_id)
+                    if isinstance(event, TextDelta):
+                        await stream.text(event.text)
+                    else:
+                        await stream.tool(event)
+                elif isinstance(event, Finished):
+                    answer.usage, answer.stop_reason = event.usage, event.stop_reason
+                    reported = event.reported
+            await stream.flush()
+            if not reported:
+                answer.usage, answer.estimated_by = self._count(
+                    request, outcome.model, stream.sent()
                 )
-                return
-            assert usage is not None  # noqa: S101 - the router raises when usage is missing
-            usage = plus(usage, outcome.failed_usage)
-            span.set_attribute("gen_ai.usage.input_tokens", usage.input_tokens)
-            span.set_attribute("gen_ai.usage.output_tokens", usage.output_tokens)
-            span.set_attribute("gen_ai.response.finish_reasons", [stop_reason])
-            await self._settle(
+        except ProviderError as exc:
+            answer.error = exc
+        return answer
+
+    async def _finish(self, call: _Call, answer: _Answer, started: tuple[datetime, float]) -> None:
+        """Observe the answer and settle it: the provider's usage (plus what failed attempts
+        reported), or for a failed answer what the client received, counted here."""
+        request, stream, outcome = call.request, call.stream, call.outcome
+        served = outcome.model
+        span = trace.get_current_span()
+        span.set_attribute("gen_ai.system", genai.system_of(outcome.provider))
+        span.set_attribute("gen_ai.response.model", served.id)
+        if answer.ttft_ms is not None:
+            TTFT.labels(served.id).observe(answer.ttft_ms / 1000)
+            genai.observe_first_token(outcome.provider, served.id, answer.ttft_ms / 1000)
+        run = _Run(request, served, outcome.provider, started, answer.ttft_ms, outcome)
+        if answer.error is not None:
+            span.set_status(Status(StatusCode.ERROR, answer.error.message))
+            usage = Usage()
+            if outcome.started:  # provider usage never arrived
+                await stream.flush()
+                output = count_tokens(stream.sent())
+                usage = Usage(input_tokens=_prompt_tokens(request), output_tokens=output)
+                run.estimated_by = "estimate"
+            error = self.event(
                 request,
-                served,
-                outcome.provider,
-                "ok",
-                usage,
-                started_at,
-                t0,
-                ttft_ms=ttft_ms,
-                outcome=outcome,
-                estimated_by=estimated_by,
-                terminal=self.event(
-                    request,
-                    ReplyDoneV1,
-                    seq=stream.seq,
-                    model=served.id,
-                    usage=usage,
-                    stop_reason=stop_reason,
-                    latency_ms=int((time.perf_counter() - t0) * 1000),
-                ),
+                ReplyErrorV1,
+                seq=stream.seq,
+                model=served.id,
+                error=_error_info(answer.error),
             )
+            usage = plus(usage, outcome.failed_usage)
+            await self._settle(run, "error", usage, error, answer.error.error_type)
+            return
+        usage = plus(answer.usage or Usage(), outcome.failed_usage)
+        span.set_attribute("gen_ai.usage.input_tokens", usage.input_tokens)
+        span.set_attribute("gen_ai.usage.output_tokens", usage.output_tokens)
+        span.set_attribute("gen_ai.response.finish_reasons", [answer.stop_reason])
+        run.estimated_by = answer.estimated_by
+        done = self.event(
+            request,
+            ReplyDoneV1,
+            seq=stream.seq,
+            model=served.id,
+            usage=usage,
+            stop_reason=answer.stop_reason,
+            latency_ms=run.latency_ms,
+        )
+        await self._settle(run, "ok", usage, done)
 
     async def _serve_embeddings(self, admission: EmbeddingAdmissionV1) -> None:
         """Answer an embeddings request: its vectors in as many chunks as they need, then a
         done with the usage; no fallback (see :mod:`tollgate_router.embedding`)."""
         request = admission.request
         model_id = request.model or self._catalog.current.default_model
-        started_at, t0 = utcnow(), time.perf_counter()
+        started = (utcnow(), time.perf_counter())
         spec = self._catalog.current.get(model_id)
         error = self._refusal(spec, model_id, request.groups, admission.admitted_at)
         if error is None and spec is not None:
             error = embedding.check(spec, request)
         if error is not None or spec is None:
             assert error is not None  # noqa: S101
-            await self._fail_before_start(request, model_id, error, started_at, t0)
+            await self._fail_before_start(request, model_id, error, started)
             return
         outcome = Outcome(model=spec)
         try:
@@ -493,20 +579,11 @@ class GenerationHandler:
             terminal = self.event(
                 request, ReplyErrorV1, seq=0, model=spec.id, error=_error_info(exc)
             )
-            await self._settle(
-                request,
-                spec,
-                outcome.provider or self._provider_type(spec),
-                "error",
-                Usage(),
-                started_at,
-                t0,
-                error_type=exc.error_type,
-                outcome=outcome,
-                terminal=terminal,
-            )
+            provider = outcome.provider or self._provider_type(spec)
+            run = _Run(request, spec, provider, started, outcome=outcome)
+            await self._settle(run, "error", Usage(), terminal, exc.error_type)
             return
-        await self._deliver_embeddings(request, result, outcome, (started_at, t0))
+        await self._deliver_embeddings(request, result, outcome, started)
 
     async def _deliver_embeddings(
         self,
@@ -536,23 +613,12 @@ class GenerationHandler:
                 vectors=vectors,
             )
             seq += 1
-        started_at, t0 = started
-        latency_ms = int((time.perf_counter() - t0) * 1000)
+        run = _Run(request, spec, outcome.provider, started, outcome=outcome)
+        run.estimated_by = estimated_by
         terminal = self.event(
-            request, ReplyDoneV1, seq=seq, model=spec.id, usage=usage, latency_ms=latency_ms
+            request, ReplyDoneV1, seq=seq, model=spec.id, usage=usage, latency_ms=run.latency_ms
         )
-        await self._settle(
-            request,
-            spec,
-            outcome.provider,
-            "ok",
-            usage,
-            started_at,
-            t0,
-            outcome=outcome,
-            estimated_by=estimated_by,
-            terminal=terminal,
-        )
+        await self._settle(run, "ok", usage, terminal)
 
     def _refusal(
         self,
@@ -593,15 +659,10 @@ class GenerationHandler:
         )
         return usage, counter.name
 
-    async def _serve_prepared(
-        self,
-        request: ChatRequestV2,
-        spec: ModelSpec,
-        stream: _Stream,
-        started_at: datetime,
-        t0: float,
-    ) -> bool:
+    async def _serve_prepared(self, request: ChatRequestV2, run: _Run, stream: _Stream) -> bool:
+        """Answer ``request`` (``run``) from a prepared response, if one matches."""
         assert self._prepared is not None  # noqa: S101
+        spec = run.spec
         key = _prepared_key(request)
         if key is None:
             return False
@@ -615,31 +676,21 @@ class GenerationHandler:
         if entry is None:
             return False
         words = entry.response.split(" ")
-        ttft_ms = int((time.perf_counter() - t0) * 1000)
+        run.ttft_ms = run.latency_ms
         for i, word in enumerate(words):
             await stream.writer.write(word if i == 0 else " " + word)
         await stream.writer.flush()
         CACHE_HITS.labels(spec.id).inc()
-        await self._settle(
+        terminal = self.event(
             request,
-            spec,
-            "cache",
-            "ok",
-            Usage(),
-            started_at,
-            t0,
-            ttft_ms=ttft_ms,
-            cache_hit=True,
-            terminal=self.event(
-                request,
-                ReplyDoneV1,
-                seq=stream.seq,
-                model=spec.id,
-                usage=Usage(),
-                stop_reason="end_turn",
-                latency_ms=int((time.perf_counter() - t0) * 1000),
-            ),
+            ReplyDoneV1,
+            seq=stream.seq,
+            model=spec.id,
+            usage=Usage(),
+            stop_reason="end_turn",
+            latency_ms=run.latency_ms,
         )
+        await self._settle(run, "ok", Usage(), terminal)
         return True
 
     async def _fail_before_start(
@@ -647,24 +698,13 @@ class GenerationHandler:
         request: AnyRequest,
         model_id: str,
         error: ProviderError,
-        started_at: datetime,
-        t0: float,
+        started: tuple[datetime, float],
     ) -> None:
-        spec = ModelSpec(id=model_id, provider="none")
+        run = _Run(request, ModelSpec(id=model_id, provider="none"), "none", started)
         terminal = self.event(
             request, ReplyErrorV1, seq=0, model=model_id, error=_error_info(error)
         )
-        await self._settle(
-            request,
-            spec,
-            "none",
-            "error",
-            Usage(),
-            started_at,
-            t0,
-            error_type=error.error_type,
-            terminal=terminal,
-        )
+        await self._settle(run, "error", Usage(), terminal, error.error_type)
 
     def _provider_type(self, spec: ModelSpec) -> str:
         """What records call the provider (``bedrock``, ``openai``…), as the serving path
@@ -684,19 +724,9 @@ class GenerationHandler:
             message="the router serving this request stopped mid-stream",
             retriable=True,
         )
-        await self._settle(
-            request,
-            spec,
-            self._provider_type(spec),
-            "error",
-            Usage(),
-            utcnow(),
-            time.perf_counter(),
-            error_type=error.type,
-            terminal=self.event(
-                request, ReplyErrorV1, seq=TERMINAL_SEQ, model=spec.id, error=error
-            ),
-        )
+        run = _Run(request, spec, self._provider_type(spec), (utcnow(), time.perf_counter()))
+        terminal = self.event(request, ReplyErrorV1, seq=TERMINAL_SEQ, model=spec.id, error=error)
+        await self._settle(run, "error", Usage(), terminal, error.type)
 
     # -- publishing ------------------------------------------------------------------------
 
@@ -744,72 +774,18 @@ class GenerationHandler:
 
     async def _settle(
         self,
-        request: AnyRequest,
-        spec: ModelSpec,
-        provider: str,
+        run: _Run,
         status: str,
         usage: Usage,
-        started_at: datetime,
-        t0: float,
-        *,
-        ttft_ms: int | None = None,
-        error_type: str | None = None,
-        cache_hit: bool = False,
-        outcome: Outcome | None = None,
         terminal: ReplyDoneV1 | ReplyErrorV1,
-        estimated_by: str | None = None,
+        error_type: str | None = None,
     ) -> None:
         """Journal the records and the terminal reply, then send that reply, then the
         records: a crash anywhere after the journal write republishes exactly these on
         redelivery, so an answer the client saw is never settled as interrupted."""
-        latency_ms = int((time.perf_counter() - t0) * 1000)
-        cost = Decimal(0) if cache_hit else spec.cost(usage)
-        ok = status == "ok"
-        REQUESTS.labels(spec.id, status).inc()
-        TOKENS.labels(spec.id, "input").inc(usage.input_tokens)
-        TOKENS.labels(spec.id, "output").inc(usage.output_tokens)
-        LATENCY.labels(spec.id).observe(latency_ms / 1000)
-        genai.observe_request(provider, spec.id, usage, latency_ms / 1000, error_type)
-        retries = outcome.retries if outcome else 0
-        fallback_used = outcome.fallback_used if outcome else False
-        if retries:
-            RETRIES.labels(spec.id).inc(retries)
-        if fallback_used:
-            FALLBACKS.labels(spec.id).inc()
-        record = UsageRecordV1(
-            request_id=request.request_id,
-            principal=request.principal,
-            model=spec.id,
-            provider=provider,
-            usage=usage,
-            cost_usd=cost,
-            status="ok" if ok else "error",
-            estimated=estimated_by is not None,
-            estimated_by=estimated_by,
-        )
-        log = RequestLogV1(
-            request_id=request.request_id,
-            principal=request.principal,
-            groups=request.groups,
-            model=spec.id,
-            provider=provider,
-            status="ok" if ok else "error",
-            error_type=error_type,
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
-            cost_usd=cost,
-            cache_hit=cache_hit,
-            retries=retries,
-            fallback_used=fallback_used,
-            time_to_first_token_ms=ttft_ms,
-            latency_ms=latency_ms,
-            conversation_id=request.conversation_id,
-            protocol=request.protocol,
-            started_at=started_at,
-            operation="embeddings" if isinstance(request, EmbeddingRequestV1) else "chat",
-            usage_estimated=estimated_by is not None,
-            usage_estimated_by=estimated_by,
-        )
+        request = run.request
+        record, log = _records(run, status, usage, error_type)
+        _observe(log)
         records = json.dumps(
             {
                 "usage": record.model_dump_json(),
@@ -826,12 +802,12 @@ class GenerationHandler:
             "request %s %s model=%s provider=%s in=%d out=%d cache_hit=%s retries=%d",
             request.request_id,
             status,
-            spec.id,
-            provider,
+            run.spec.id,
+            run.provider,
             usage.input_tokens,
             usage.output_tokens,
-            cache_hit,
-            retries,
+            run.cache_hit,
+            log.retries,
         )
 
     async def _publish_records(

@@ -5,11 +5,12 @@ first token, idle gap and total are enforced here around any provider stream).""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -298,8 +299,12 @@ class ResilientRouter:
             attempt = 0
             while True:
                 try:
-                    async for event in self._attempt(provider, spec, upstream, attempt, outcome):
-                        yield event
+                    # closed with this generator: a consumer gone mid-stream releases the
+                    # breaker's trial at once
+                    attempt_events = self._attempt(provider, spec, upstream, attempt, outcome)
+                    async with contextlib.aclosing(attempt_events) as events:
+                        async for event in events:
+                            yield event
                     return
                 except ProviderError as exc:
                     if outcome.started:
@@ -323,8 +328,8 @@ class ResilientRouter:
         upstream: ProviderRequest,
         attempt: int,
         outcome: Outcome,
-    ) -> AsyncIterator[ProviderEvent]:
-        """One call to ``provider``: a CLIENT span of its own, judged by the provider's
+    ) -> AsyncGenerator[ProviderEvent, None]:
+        """One call to ``provider: a CLIENT span of its own, judged by the provider's
         circuit breaker (a call cancelled or ended by the consumer gives no verdict)."""
         outcome.attempts.append(spec.id)
         breaker = self.breaker(spec.provider)
