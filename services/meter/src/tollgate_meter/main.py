@@ -6,6 +6,7 @@ import asyncio
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -47,47 +48,12 @@ async def serve(settings: MeterSettings, stop: asyncio.Event) -> None:
     )
     auth_client = httpx.AsyncClient(timeout=settings.auth_timeout_s)
     catalog = RouterCatalog(auth_client, settings.router_url, refresh_s=settings.catalog_refresh_s)
-    api = UsageApi(
-        ledger,
-        AuthServiceIdentity(auth_client, settings.auth_url),
-        utc_now,
-        admin_token=settings.admin_token.get_secret_value() if settings.admin_token else None,
-    )
-    app = ops_app(health, api.routes(), metrics=settings.telemetry.metrics_port is None)
-    http = HttpServer(app, host=settings.host, port=settings.port)
+    http = _http_server(settings, ledger, auth_client, health)
     await http.start()
-
     producer = EventProducer(
         settings.kafka, client_id="meter", max_record_bytes=settings.limits.max_record_bytes
     )
-    admissions = EventConsumer(
-        settings.kafka,
-        name="meter-admission",
-        topics=[topics.REQUESTS],
-        group_id=settings.consumer_group,
-        decoder=Decoder.of(ChatRequestV1, ChatRequestV2, EmbeddingRequestV1),
-        handler=AdmissionHandler(
-            AdmissionBatcher(ledger, utc_now),
-            producer,
-            health,
-            default_max_tokens=settings.default_max_tokens,
-            fail_open=settings.fail_open,
-            limits=settings.limits,
-            output_limits=catalog.output_limit,
-            reservation_ttl_s=settings.reservation_ttl_s,
-        ),
-        dead_letter=producer,
-        concurrency=settings.admission_concurrency,
-    )
-    settlements = EventConsumer(
-        settings.kafka,
-        name="meter-settlement",
-        topics=[topics.USAGE],
-        group_id=f"{settings.consumer_group}-settlement",
-        decoder=Decoder.of(UsageRecordV1),
-        handler=SettlementHandler(ledger, utc_now),
-        dead_letter=producer,
-    )
+    admissions, settlements = _consumers(settings, ledger, producer, health, catalog)
     sweeper = Sweeper(
         ledger,
         health,
@@ -131,3 +97,56 @@ async def serve(settings: MeterSettings, stop: asyncio.Event) -> None:
 def main() -> None:
     settings = MeterSettings()
     run_service("meter", settings.telemetry, lambda stop: serve(settings, stop))
+
+
+def _http_server(
+    settings: MeterSettings, ledger: PostgresLedger, auth_client: httpx.AsyncClient, health: Health
+) -> HttpServer:
+    """The usage API beside the probes and metrics."""
+    api = UsageApi(
+        ledger,
+        AuthServiceIdentity(auth_client, settings.auth_url),
+        utc_now,
+        admin_token=settings.admin_token.get_secret_value() if settings.admin_token else None,
+    )
+    app = ops_app(health, api.routes(), metrics=settings.telemetry.metrics_port is None)
+    return HttpServer(app, host=settings.host, port=settings.port)
+
+
+def _consumers(
+    settings: MeterSettings,
+    ledger: PostgresLedger,
+    producer: EventProducer,
+    health: Health,
+    catalog: RouterCatalog,
+) -> tuple[EventConsumer[Any], EventConsumer[Any]]:
+    """Admission (``tollgate.requests``) and settlement (``tollgate.usage``)."""
+    admissions = EventConsumer(
+        settings.kafka,
+        name="meter-admission",
+        topics=[topics.REQUESTS],
+        group_id=settings.consumer_group,
+        decoder=Decoder.of(ChatRequestV1, ChatRequestV2, EmbeddingRequestV1),
+        handler=AdmissionHandler(
+            AdmissionBatcher(ledger, utc_now),
+            producer,
+            health,
+            default_max_tokens=settings.default_max_tokens,
+            fail_open=settings.fail_open,
+            limits=settings.limits,
+            output_limits=catalog.output_limit,
+            reservation_ttl_s=settings.reservation_ttl_s,
+        ),
+        dead_letter=producer,
+        concurrency=settings.admission_concurrency,
+    )
+    settlements = EventConsumer(
+        settings.kafka,
+        name="meter-settlement",
+        topics=[topics.USAGE],
+        group_id=f"{settings.consumer_group}-settlement",
+        decoder=Decoder.of(UsageRecordV1),
+        handler=SettlementHandler(ledger, utc_now),
+        dead_letter=producer,
+    )
+    return admissions, settlements
