@@ -8,6 +8,9 @@ import logging
 import signal
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tollgate_core import db, topics
 from tollgate_core.bus import Decoder, EventConsumer, EventProducer
@@ -81,32 +84,13 @@ async def _every(
 
 
 async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
-    catalog = build_catalog(settings)
-    registry = ProviderRegistry(
-        secrets=settings.provider_secrets,
-        connect_timeout_s=settings.connect_timeout_s,
-        max_connections=max(100, settings.max_concurrent_streams * 2),
-    )
-    catalog.on_change(registry.sync)
-    counters = TokenCounters(settings.catalog_file.parent if settings.catalog_file else None)
-    catalog.on_change(lambda c: counters.load_all(m.tokenizer for m in c.models))
+    catalog, registry, counters = _models(settings)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGHUP, catalog.reload)
 
     health = Health()
     health.register("kafka")
-    journal: RequestJournal
-    prepared: PreparedStore
-    engine = None
-    if settings.use_database:
-        health.register("postgres")
-        # no ping per checkout: the adapters run a statement once more after a dead connection
-        engine = db.create_engine(settings.database, application_name="router", pre_ping=False)
-        journal = PostgresJournal(engine)
-        prepared = PostgresPreparedStore(engine)
-    else:
-        journal = InMemoryJournal()
-        prepared = InMemoryPreparedStore()
+    engine, journal, prepared = _stores(settings, health)
     app = ops_app(
         health,
         [models_route(catalog), *admin_routes(prepared, settings.admin_token)],
@@ -115,30 +99,20 @@ async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
     http = HttpServer(app, host=settings.host, port=settings.port)
     await http.start()
     producer = EventProducer(settings.kafka, client_id="router")
-    consumer = EventConsumer(
-        settings.kafka,
-        name="router",
-        topics=[topics.ADMITTED],
-        group_id=settings.consumer_group,
-        decoder=Decoder.of(AdmissionV1, AdmissionV2, EmbeddingAdmissionV1),
-        handler=GenerationHandler(
-            catalog,
-            registry,
-            producer,
-            journal=journal,
-            prepared=prepared,
-            router=build_router(settings, registry),
-            coalescing=Coalescing(
-                delay_s=settings.coalesce_delay_ms / 1000, max_chars=settings.coalesce_max_chars
-            ),
-            lease_s=settings.lease_s,
-            admission_max_age_s=settings.admission_max_age_s,
-            longest_answer_s=settings.longest_answer_s,
-            counters=counters,
-        ),
-        dead_letter=producer,
-        concurrency=settings.max_concurrent_streams,
+    handler = GenerationHandler(
+        catalog,
+        registry,
+        producer,
+        journal=journal,
+        prepared=prepared,
+        router=build_router(settings, registry),
+        coalescing=Coalescing(settings.coalesce_delay_ms / 1000, settings.coalesce_max_chars),
+        lease_s=settings.lease_s,
+        admission_max_age_s=settings.admission_max_age_s,
+        longest_answer_s=settings.longest_answer_s,
+        counters=counters,
     )
+    consumer = _consumer(settings, handler, producer)
 
     async def start_postgres() -> None:
         if engine is None:
@@ -151,17 +125,7 @@ async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
         await producer.start()
         await consumer.start()
 
-    background = [
-        asyncio.create_task(_every(1.0, stop, "catalog check", catalog.check)),
-        asyncio.create_task(
-            _every(
-                settings.prepared_purge_interval_s,
-                stop,
-                "prepared-response purge",
-                lambda: prepared.purge_expired(utcnow()),
-            )
-        ),
-    ]
+    background = _background(settings, catalog, prepared, stop)
     try:
         if (
             engine is None or await start_with_retry("postgres", start_postgres, health, stop)
@@ -179,6 +143,65 @@ async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
         if engine is not None:
             await engine.dispose()
         await http.stop()
+
+
+def _consumer(
+    settings: RouterSettings, handler: GenerationHandler, producer: EventProducer
+) -> EventConsumer[Any]:
+    """``tollgate.admitted``, served by ``handler`` up to ``max_concurrent_streams`` at once."""
+    return EventConsumer(
+        settings.kafka,
+        name="router",
+        topics=[topics.ADMITTED],
+        group_id=settings.consumer_group,
+        decoder=Decoder.of(AdmissionV1, AdmissionV2, EmbeddingAdmissionV1),
+        handler=handler,
+        dead_letter=producer,
+        concurrency=settings.max_concurrent_streams,
+    )
+
+
+def _models(settings: RouterSettings) -> tuple[CatalogSource, ProviderRegistry, TokenCounters]:
+    """The catalog, with the providers and the tokenizers it names kept in step with it."""
+    catalog = build_catalog(settings)
+    registry = ProviderRegistry(
+        secrets=settings.provider_secrets,
+        connect_timeout_s=settings.connect_timeout_s,
+        max_connections=max(100, settings.max_concurrent_streams * 2),
+    )
+    catalog.on_change(registry.sync)
+    counters = TokenCounters(settings.catalog_file.parent if settings.catalog_file else None)
+    catalog.on_change(lambda c: counters.load_all(m.tokenizer for m in c.models))
+    return catalog, registry, counters
+
+
+def _stores(
+    settings: RouterSettings, health: Health
+) -> tuple[AsyncEngine | None, RequestJournal, PreparedStore]:
+    """The request journal and prepared responses: in Postgres, or in memory without one."""
+    if not settings.use_database:
+        return None, InMemoryJournal(), InMemoryPreparedStore()
+    health.register("postgres")
+    # no ping per checkout: the adapters run a statement once more after a dead connection
+    engine = db.create_engine(settings.database, application_name="router", pre_ping=False)
+    return engine, PostgresJournal(engine), PostgresPreparedStore(engine)
+
+
+def _background(
+    settings: RouterSettings, catalog: CatalogSource, prepared: PreparedStore, stop: asyncio.Event
+) -> list[asyncio.Task[None]]:
+    """The catalog's file check every second and the purge of expired prepared responses."""
+    return [
+        asyncio.create_task(_every(1.0, stop, "catalog check", catalog.check)),
+        asyncio.create_task(
+            _every(
+                settings.prepared_purge_interval_s,
+                stop,
+                "prepared-response purge",
+                lambda: prepared.purge_expired(utcnow()),
+            )
+        ),
+    ]
 
 
 def main() -> None:
