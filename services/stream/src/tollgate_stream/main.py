@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import botocore.session
@@ -187,50 +188,11 @@ async def _serve(
     partitions: list[int] = []
     gateway = Gateway(settings, producer, authorizer, reply_partitions=partitions)
     waiters = ReplyWaiters()
-    catalog = RouterModelCatalog(settings.router_url, StaticModelCatalog(settings.model_list()))
-    openai_api = OpenAIApi(
-        gateway,
-        waiters,
-        build_bearer_authenticator(settings, authorizer),
-        catalog,
-        reply_timeout_s=settings.openai_reply_timeout_s,
-    )
-    bridge: InboundBridge | None = None
-    remote: RemoteChannels | None = None
-    remote_client: httpx.AsyncClient | None = None
-    sink: Subscriptions | RemoteChannels = subscriptions
-    if settings.mode == "appsync":
-        if settings.appsync_endpoint is None:
-            raise ConfigurationError("bridge mode needs TOLLGATE_STREAM_APPSYNC_ENDPOINT")
-        auth = _remote_auth(settings)
-        remote_client = httpx.AsyncClient(timeout=10)
-        remote = RemoteChannels(settings.appsync_endpoint, auth, remote_client)
-        sink = remote
-        # The remote AppSync API authorized its clients (its onSubscribe/onPublish handlers);
-        # what it relays is trusted as published by the channel's <sub>.
-        bridged = Gateway(settings, producer, ChannelOwnerAuthorizer(), reply_partitions=partitions)
-        bridge = InboundBridge(
-            settings.appsync_endpoint,
-            auth,
-            bridged,
-            settings.inbound_namespace,
-            realtime_endpoint=settings.appsync_realtime_endpoint,
-            health=health,
-        )
-    http = HttpServer(
-        create_app(
-            settings,
-            health,
-            gateway,
-            subscriptions,
-            openai_api,
-            extra_routes=client_routes(settings, meter, auth_client),
-        ),
-        host=settings.host,
-        port=settings.port,
-        **_websocket_options(settings),
-        **_tls(settings),
-    )
+    openai_api, catalog = _openai_api(settings, gateway, waiters, authorizer)
+    bridging = _bridging(settings, producer, partitions, health)
+    sink: Subscriptions | RemoteChannels = subscriptions if bridging is None else bridging.remote
+    routes = [*openai_api.routes(), *client_routes(settings, meter, auth_client)]
+    http = _http_server(settings, health, gateway, subscriptions, routes)
     consumers: list[EventConsumer[Reply]] = []
 
     async def start_kafka() -> None:
@@ -249,28 +211,93 @@ async def _serve(
     await http.start()
     try:
         if await start_with_retry("kafka", start_kafka, health, stop):
-            if remote is not None and bridge is not None:
-                await remote.start()
-                bridge_task = asyncio.create_task(bridge.run(stop), name="appsync-bridge")
+            if bridging is not None:
+                await bridging.remote.start()
+                bridge_task = asyncio.create_task(bridging.bridge.run(stop), name="appsync-bridge")
                 logger.info("bridging %s", settings.appsync_endpoint)
             logger.info("stream ready")
-            watch = asyncio.create_task(
-                watch_dependency("kafka", producer.ping, health, stop), name="kafka-watch"
-            )
-            await stop.wait()
-            await watch
-            if bridge is not None:
+            # until stop; not ready while the brokers are lost (the clients reconnect)
+            await watch_dependency("kafka", producer.ping, health, stop)
+            if bridging is not None:
                 await bridge_task
     finally:
         await http.stop()
-        if remote is not None:
-            await remote.stop()
-        if remote_client is not None:
-            await remote_client.aclose()
+        if bridging is not None:
+            await bridging.remote.stop()
+            await bridging.client.aclose()
         for consumer in consumers:
             await consumer.stop()
         await producer.stop()
         await catalog.aclose()
+
+
+def _openai_api(
+    settings: StreamSettings, gateway: Gateway, waiters: ReplyWaiters, authorizer: Authorizer
+) -> tuple[OpenAIApi, RouterModelCatalog]:
+    """The OpenAI-compatible API, and the router's model list it shows (closed at stop)."""
+    catalog = RouterModelCatalog(settings.router_url, StaticModelCatalog(settings.model_list()))
+    api = OpenAIApi(
+        gateway,
+        waiters,
+        build_bearer_authenticator(settings, authorizer),
+        catalog,
+        reply_timeout_s=settings.openai_reply_timeout_s,
+    )
+    return api, catalog
+
+
+def _http_server(
+    settings: StreamSettings,
+    health: Health,
+    gateway: Gateway,
+    subscriptions: Subscriptions,
+    routes: list[BaseRoute],
+) -> HttpServer:
+    """The edge's app (AppSync routes, then ``routes``) on its server, with the WebSocket
+    and TLS options of ``settings``."""
+    app = create_app(settings, health, gateway, subscriptions, extra_routes=routes)
+    return HttpServer(
+        app,
+        host=settings.host,
+        port=settings.port,
+        **_websocket_options(settings),
+        **_tls(settings),
+    )
+
+
+@dataclass(frozen=True)
+class _Bridging:
+    """Bridge mode's parts: the remote AppSync API's channels (where replies go), the
+    bridge reading its inbound namespace, and their HTTP client."""
+
+    remote: RemoteChannels
+    bridge: InboundBridge
+    client: httpx.AsyncClient
+
+
+def _bridging(
+    settings: StreamSettings, producer: EventProducer, partitions: list[int], health: Health
+) -> _Bridging | None:
+    """Bridge mode's parts, or None in any other mode."""
+    if settings.mode != "appsync":
+        return None
+    if settings.appsync_endpoint is None:
+        raise ConfigurationError("bridge mode needs TOLLGATE_STREAM_APPSYNC_ENDPOINT")
+    auth = _remote_auth(settings)
+    client = httpx.AsyncClient(timeout=10)
+    remote = RemoteChannels(settings.appsync_endpoint, auth, client)
+    # The remote AppSync API authorized its clients (its onSubscribe/onPublish handlers);
+    # what it relays is trusted as published by the channel's <sub>.
+    bridged = Gateway(settings, producer, ChannelOwnerAuthorizer(), reply_partitions=partitions)
+    bridge = InboundBridge(
+        settings.appsync_endpoint,
+        auth,
+        bridged,
+        settings.inbound_namespace,
+        realtime_endpoint=settings.appsync_realtime_endpoint,
+        health=health,
+    )
+    return _Bridging(remote, bridge, client)
 
 
 def reply_consumers(
