@@ -151,6 +151,29 @@ async def test_postgres_down_fails_closed_then_recovers(
     assert len(publisher.on(topics.REPLIES)) == 1
 
 
+async def test_a_request_read_again_during_an_outage_waits_instead_of_being_refused(
+    stoppable_postgres: EmbeddedPostgres, stoppable_ledger: PostgresLedger
+) -> None:
+    """A meter that died after admitting a request reads it again; if Postgres is out then,
+    refusing it would give a client that already has its answer a second, contradicting
+    terminal reply. It is retried instead, and decided once Postgres is back."""
+    publisher, health = InMemoryPublisher(), Health()
+    admit = handler(stoppable_ledger, publisher, health)
+    first = request(max_tokens=10)
+    await admit(first)
+    old = first.event.model_copy(
+        update={"created_at": first.event.created_at - timedelta(seconds=30)}
+    )
+    again = Delivered(event=old, topic=topics.REQUESTS, partition=0, offset=0, key="alice")
+    stoppable_postgres.stop()
+    with pytest.raises(DependencyUnavailable):
+        await admit(again)
+    assert publisher.on(topics.REPLIES) == []  # no refusal
+    stoppable_postgres.start()
+    await admit(again)  # the earlier decision, published again; the router de-duplicates
+    assert len(publisher.on(topics.ADMITTED)) == 2 and publisher.on(topics.REPLIES) == []
+
+
 async def test_a_postgres_restart_between_requests_refuses_none(
     stoppable_postgres: EmbeddedPostgres, stoppable_ledger: PostgresLedger
 ) -> None:

@@ -17,6 +17,7 @@ from tollgate_core.contracts import (
     ReplyErrorV1,
     RequestLogV1,
     UsageRecordV1,
+    utcnow,
 )
 from tollgate_core.errors import DependencyUnavailable, RequestError
 from tollgate_core.health import Health
@@ -31,6 +32,10 @@ from tollgate_meter.domain import (
     validate_request,
     validate_usage,
 )
+
+#: a request older than this when Postgres is out was not just sent: it is not refused as
+#: "metering unavailable" but retried until Postgres answers (see AdmissionHandler)
+REREAD_AFTER = timedelta(seconds=2)
 
 logger = logging.getLogger(__name__)
 tracer = trace.get_tracer("tollgate.meter")
@@ -109,6 +114,11 @@ class AdmissionHandler:
                     return
                 except DependencyUnavailable as exc:
                     self._health.fail("postgres", exc.message)
+                    if utcnow() - request.created_at > REREAD_AFTER:
+                        # queued, or read again after a meter died having decided it: it
+                        # waits for Postgres (the consumer retries), so a request admitted
+                        # and answered is never refused afterwards
+                        raise
                     await self._unavailable(request, exc, est.input_tokens, est.output_tokens)
                     return
             self._health.ok("postgres")
