@@ -3,17 +3,20 @@ own, and a SERVER span per request continuing the caller's trace."""
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from tollgate_core.health import Health
-from tollgate_core.http import metrics_server, ops_app, trace_headers
+from tollgate_core.http import HttpServer, metrics_server, ops_app, trace_headers
 from tollgate_core.settings import TelemetrySettings
 
 
@@ -65,3 +68,24 @@ def test_trace_headers_carry_the_current_span() -> None:
     with trace.get_tracer("test").start_as_current_span("call") as span:
         headers = trace_headers()
     assert headers["traceparent"].split("-")[1] == format(span.get_span_context().trace_id, "032x")
+
+
+async def test_an_idle_keep_alive_connection_outlives_the_clients_pool() -> None:
+    """The server keeps an idle connection open longer than httpx's pool keeps one (5 s),
+    so a pooled connection is never closed under a request being sent on it."""
+    app = Starlette(routes=[Route("/", lambda _: PlainTextResponse("ok"))])
+    server = HttpServer(app, host="127.0.0.1", port=0)
+    await server.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        ask = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+        for pause in (0.0, 6.0):
+            await asyncio.sleep(pause)
+            writer.write(ask)
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 200")
+            await reader.readexactly(2)  # "ok"
+        writer.close()
+    finally:
+        await server.stop()

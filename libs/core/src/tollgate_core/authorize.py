@@ -81,7 +81,9 @@ class AuthorizeClient:
                 response = await self._client.post(self._url, json=body, headers=context)
                 data: Any = response.json()
             except (httpx.HTTPError, ValueError) as exc:
-                raise DependencyUnavailable(f"auth service unreachable: {exc}") from exc
+                raise DependencyUnavailable(
+                    f"auth service unreachable: {type(exc).__name__}: {exc}"
+                ) from exc
         if response.status_code == 200:
             return _grant(data)
         if response.status_code in (400, 401, 403):

@@ -189,6 +189,14 @@ class _Server(uvicorn.Server):
             self._exit.set()
 
 
+#: how long an idle keep-alive connection stays open. Longer than any client here keeps one
+#: in its pool (httpx: 5 s), so the client always closes first: a server closing an idle
+#: connection just as a client sends on it turns that request into a connection reset,
+#: which callers see as the service being unreachable. 75 s also outlasts the usual 60 s of
+#: the load balancers in front of the edge, for the same reason.
+KEEP_ALIVE_S = 75
+
+
 class HttpServer:
     """A uvicorn server as a start/stop component."""
 
@@ -209,6 +217,7 @@ class HttpServer:
             access_log=False,
             lifespan="off",
             ws_max_size=ws_max_size,
+            timeout_keep_alive=KEEP_ALIVE_S,
             **config,  # type: ignore[arg-type]
         )
         self._server = _Server(self._config)
