@@ -39,7 +39,7 @@ from tollgate_core import db
 from tollgate_core.contracts import Usage, UsageRecordV1
 from tollgate_core.settings import DatabaseSettings
 from tollgate_dev.platform import EmbeddedPostgres
-from tollgate_meter.adapters.ledger import PostgresLedger, create_engine
+from tollgate_meter.adapters.postgres import PostgresLedger, create_engine
 from tollgate_meter.domain import Estimate
 from tollgate_meter.limits import TierConfig
 from tollgate_meter.main import MIGRATIONS

@@ -9,7 +9,7 @@ from sqlalchemy import text
 from tollgate_core import db
 from tollgate_core.settings import DatabaseSettings
 from tollgate_dev.pytest_plugin import DatabaseFactory
-from tollgate_meter.adapters.ledger import PostgresLedger, create_engine
+from tollgate_meter.adapters.postgres import PostgresLedger, create_engine
 from tollgate_meter.limits import TierConfig, TierSpec, WindowSpec
 from tollgate_meter.main import MIGRATIONS
 
@@ -43,12 +43,17 @@ async def meter_db(database_factory: DatabaseFactory) -> DatabaseSettings:
 
 
 @pytest.fixture
-async def ledger(meter_db: DatabaseSettings) -> AsyncIterator[PostgresLedger]:
+async def postgres_ledger(meter_db: DatabaseSettings) -> AsyncIterator[PostgresLedger]:
     engine = create_engine(meter_db, application_name="test")
     try:
         yield PostgresLedger(engine, TEST_TIERS, bucket_seconds=600, tier_cache_s=0)
     finally:
         await engine.dispose()
+
+
+@pytest.fixture
+def ledger(postgres_ledger: PostgresLedger) -> PostgresLedger:
+    return postgres_ledger
 
 
 class Inspect:

@@ -12,7 +12,7 @@ from starlette.applications import Starlette
 
 from tollgate_core.contracts import Usage, UsageRecordV1
 from tollgate_core.errors import TollgateError
-from tollgate_meter.adapters.ledger import PostgresLedger
+from tollgate_meter.adapters.postgres import PostgresLedger
 from tollgate_meter.api import AuthServiceIdentity, Caller, Unauthenticated, UsageApi
 from tollgate_meter.domain import Estimate
 

@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 
 from tollgate_core.errors import DependencyUnavailable
-from tollgate_meter.adapters.ledger import AdmissionRequest, Decision, PostgresLedger
+from tollgate_meter.adapters.postgres import PostgresLedger
 from tollgate_meter.batching import AdmissionBatcher
 from tollgate_meter.domain import Estimate
 from tollgate_meter.limits import WindowSpec
+from tollgate_meter.ports import AdmissionRequest, Decision
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 

@@ -30,12 +30,13 @@ from tollgate_core.errors import DependencyUnavailable
 from tollgate_core.health import Health
 from tollgate_core.settings import DatabaseSettings
 from tollgate_dev.platform import EmbeddedPostgres
-from tollgate_meter.adapters.ledger import PostgresLedger, create_engine
+from tollgate_meter.adapters.postgres import PostgresLedger, create_engine
 from tollgate_meter.batching import AdmissionBatcher
 from tollgate_meter.handlers import AdmissionHandler, SettlementHandler
 from tollgate_meter.main import MIGRATIONS
 
 from .conftest import TEST_TIERS
+from .memory_ledger import MemoryLedger
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
@@ -55,8 +56,21 @@ def request(principal: str = "alice", max_tokens: int = 600) -> Delivered[ChatRe
 TTL_S = 900
 
 
+AnyLedger = PostgresLedger | MemoryLedger
+
+
+@pytest.fixture(params=["postgres", "memory"])
+def ledger(request: pytest.FixtureRequest) -> AnyLedger:
+    """The handlers on each ledger: Postgres, and the one in memory (same decisions), which
+    shows the handlers rely on the ledger's promises alone."""
+    if request.param == "memory":
+        return MemoryLedger(TEST_TIERS, bucket_seconds=600)
+    postgres: PostgresLedger = request.getfixturevalue("postgres_ledger")
+    return postgres
+
+
 def handler(
-    ledger: PostgresLedger, publisher: InMemoryPublisher, health: Health, fail_open: bool = False
+    ledger: AnyLedger, publisher: InMemoryPublisher, health: Health, fail_open: bool = False
 ) -> AdmissionHandler:
     return AdmissionHandler(
         AdmissionBatcher(ledger, lambda: NOW),
@@ -68,7 +82,7 @@ def handler(
     )
 
 
-async def test_admitted_then_refused_with_a_clear_error(ledger: PostgresLedger) -> None:
+async def test_admitted_then_refused_with_a_clear_error(ledger: AnyLedger) -> None:
     publisher, health = InMemoryPublisher(), Health()
     admit = handler(ledger, publisher, health)
     first, second = request(), request()
@@ -95,7 +109,7 @@ async def test_admitted_then_refused_with_a_clear_error(ledger: PostgresLedger) 
     assert log.status == "rejected" and log.error_type == "token_limit_exceeded"
 
 
-async def test_a_redelivered_request_republishes_its_decision(ledger: PostgresLedger) -> None:
+async def test_a_redelivered_request_republishes_its_decision(ledger: AnyLedger) -> None:
     publisher = InMemoryPublisher()
     admit = handler(ledger, publisher, Health())
     delivered = request()
@@ -229,7 +243,7 @@ async def test_fail_open_admits_while_postgres_is_down(tmp_path: Path) -> None:
 
 
 async def test_an_embeddings_request_reserves_its_input_only_and_settles_to_the_reported(
-    ledger: PostgresLedger,
+    ledger: AnyLedger,
 ) -> None:
     publisher = InMemoryPublisher()
     admit = handler(ledger, publisher, Health())

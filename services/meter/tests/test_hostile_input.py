@@ -24,7 +24,7 @@ from tollgate_core.contracts import (
 from tollgate_core.errors import RequestError
 from tollgate_core.health import Health
 from tollgate_core.limits import Limits
-from tollgate_meter.adapters.ledger import PostgresLedger
+from tollgate_meter.adapters.postgres import PostgresLedger
 from tollgate_meter.batching import AdmissionBatcher
 from tollgate_meter.handlers import AdmissionHandler, SettlementHandler
 

@@ -14,7 +14,7 @@ from tollgate_core import db
 from tollgate_core.contracts import Usage, UsageRecordV1
 from tollgate_core.errors import DependencyUnavailable
 from tollgate_core.settings import DatabaseSettings
-from tollgate_meter.adapters.ledger import PostgresLedger, create_engine
+from tollgate_meter.adapters.postgres import PostgresLedger, create_engine
 from tollgate_meter.domain import Estimate
 from tollgate_meter.limits import TierSpec, WindowSpec
 

@@ -26,9 +26,10 @@ from hypothesis import strategies as st
 
 from tollgate_core.contracts import Usage, UsageRecordV1
 from tollgate_core.settings import DatabaseSettings
-from tollgate_meter.adapters.ledger import AdmissionRequest, PostgresLedger, create_engine
+from tollgate_meter.adapters.postgres import PostgresLedger, create_engine
 from tollgate_meter.batching import AdmissionBatcher
 from tollgate_meter.domain import Estimate
+from tollgate_meter.ports import AdmissionRequest
 
 from .conftest import TEST_TIERS
 

@@ -20,8 +20,8 @@ from starlette.routing import BaseRoute, Route
 from tollgate_core.authorize import CREDENTIAL_HEADERS, AuthorizeClient, Denial
 from tollgate_core.errors import Forbidden, RequestError, TollgateError, Unauthenticated
 from tollgate_core.http import bearer_matches, error_response, parse_body
-from tollgate_meter.adapters.ledger import PostgresLedger, UsageReport
 from tollgate_meter.limits import DIMENSIONS, TierSpec, WindowSpec, WindowUsage
+from tollgate_meter.ports import UsageApiLedger, UsageReport
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +106,7 @@ def report_json(report: UsageReport) -> dict[str, Any]:
 class UsageApi:
     def __init__(
         self,
-        ledger: PostgresLedger,
+        ledger: UsageApiLedger,
         identity: IdentityResolver,
         clock: Callable[[], datetime],
         *,

@@ -5,8 +5,8 @@ reservation, so two transactions of one principal can never both pass a limit. T
 request at a time that lock makes one API key's concurrent requests queue for each other's
 whole transactions. The batcher instead lets at most one transaction per principal run in
 this process; the requests that arrive meanwhile wait for it to end and are then decided
-together, in arrival order, by :meth:`Ledger.admit_many` — one lock, one read, one write for
-all of them. Exactness is the ledger's (the row lock still orders batches from different
+together, in arrival order, by the ledger's ``admit_many`` — one lock, one read, one write
+for all of them. Exactness is the ledger's (the row lock still orders batches from different
 meter replicas); the batcher only changes how many requests one lock decides.
 """
 
@@ -14,29 +14,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import datetime
-from typing import Protocol
 
 from tollgate_core.errors import DependencyUnavailable
-from tollgate_meter.adapters.ledger import AdmissionRequest, Decision
+from tollgate_meter.ports import AdmissionRequest, Admissions, Decision
 
 logger = logging.getLogger(__name__)
 
 _Waiting = tuple[AdmissionRequest, "asyncio.Future[Decision]"]
 
 
-class BatchAdmission(Protocol):
-    """All the batcher needs of a ledger."""
-
-    async def admit_many(
-        self, principal: str, requests: Sequence[AdmissionRequest], now: datetime
-    ) -> list[Decision]: ...
-
-
 class AdmissionBatcher:
     def __init__(
-        self, ledger: BatchAdmission, clock: Callable[[], datetime], *, max_batch: int = 100
+        self, ledger: Admissions, clock: Callable[[], datetime], *, max_batch: int = 100
     ) -> None:
         self._ledger = ledger
         self._clock = clock

@@ -17,7 +17,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from tollgate_meter.adapters.ledger import PostgresLedger, create_engine
+from tollgate_meter.adapters.postgres import PostgresLedger, create_engine
 from tollgate_meter.api import report_json
 from tollgate_meter.limits import TierConfig, TierSpec, WindowSpec
 from tollgate_meter.settings import MeterSettings

@@ -22,7 +22,6 @@ from tollgate_core.contracts import (
 from tollgate_core.errors import DependencyUnavailable, RequestError
 from tollgate_core.health import Health
 from tollgate_core.limits import Limits, count_bad_input
-from tollgate_meter.adapters.ledger import AdmissionRequest, Ledger
 from tollgate_meter.batching import AdmissionBatcher
 from tollgate_meter.domain import (
     AnyRequest,
@@ -32,6 +31,7 @@ from tollgate_meter.domain import (
     validate_request,
     validate_usage,
 )
+from tollgate_meter.ports import AdmissionRequest, Settlements
 
 #: a request older than this when Postgres is out was not just sent: it is not refused as
 #: "metering unavailable" but retried until Postgres answers (see AdmissionHandler)
@@ -236,7 +236,7 @@ class AdmissionHandler:
 
 
 class SettlementHandler:
-    def __init__(self, ledger: Ledger, clock: Clock) -> None:
+    def __init__(self, ledger: Settlements, clock: Clock) -> None:
         self._ledger = ledger
         self._clock = clock
 

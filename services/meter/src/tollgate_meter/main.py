@@ -22,7 +22,7 @@ from tollgate_core.health import Health
 from tollgate_core.http import HttpServer, ops_app
 from tollgate_core.runtime import run_service, start_with_retry, watch_dependency
 from tollgate_meter.adapters.catalog import RouterCatalog
-from tollgate_meter.adapters.ledger import PostgresLedger, create_engine
+from tollgate_meter.adapters.postgres import PostgresLedger, create_engine
 from tollgate_meter.api import AuthServiceIdentity, UsageApi
 from tollgate_meter.batching import AdmissionBatcher
 from tollgate_meter.handlers import AdmissionHandler, SettlementHandler

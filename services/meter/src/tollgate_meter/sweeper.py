@@ -21,7 +21,7 @@ from prometheus_client import Counter
 from tollgate_core.errors import DependencyUnavailable
 from tollgate_core.health import Health
 from tollgate_core.retry import Backoff
-from tollgate_meter.adapters.ledger import Ledger
+from tollgate_meter.ports import Upkeep
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ ERRORS = Counter("tollgate_meter_sweep_errors_total", "Sweeper rounds that faile
 class Sweeper:
     def __init__(
         self,
-        ledger: Ledger,
+        ledger: Upkeep,
         health: Health,
         clock: Callable[[], datetime],
         ping: Callable[[], Awaitable[None]],
