@@ -9,10 +9,10 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from tollgate_core.health import Health
 from tollgate_core.http import ops_app
+from tollgate_stream.appsync.events import EventApi
 from tollgate_stream.appsync.http_publish import publish_endpoint
 from tollgate_stream.appsync.websocket import realtime_endpoint
 from tollgate_stream.cors import ClientRouteCors
-from tollgate_stream.gateway import Gateway
 from tollgate_stream.limits import ConnectionLimiter
 from tollgate_stream.openai.api import OpenAIApi
 from tollgate_stream.settings import StreamSettings
@@ -23,7 +23,7 @@ from tollgate_stream.subscriptions import Subscriptions
 def create_app(
     settings: StreamSettings,
     health: Health,
-    gateway: Gateway,
+    gateway: EventApi,
     subscriptions: Subscriptions,
     openai_api: OpenAIApi | None = None,
     *,

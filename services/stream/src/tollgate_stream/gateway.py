@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry import propagate, trace
@@ -25,8 +24,13 @@ from tollgate_core.contracts import (
 )
 from tollgate_core.errors import DependencyUnavailable, RecordTooLarge, RequestError, TollgateError
 from tollgate_core.limits import count_bad_input
-from tollgate_stream import limits
-from tollgate_stream.appsync.channels import Channel, parse_channel
+from tollgate_stream.appsync.channels import Channel
+from tollgate_stream.appsync.events import (
+    PublishResult,
+    check_events,
+    declared_channel,
+    read_event,
+)
 from tollgate_stream.chat import conversation_of, parse_inbound
 from tollgate_stream.errors import AppSyncError
 from tollgate_stream.identity import Authorizer, Identity, ModelNotAllowed
@@ -36,12 +40,6 @@ logger = logging.getLogger(__name__)
 tracer = trace.get_tracer("tollgate.stream")
 
 PUBLISHED = Counter("tollgate_stream_publish_events_total", "Published events", ["result"])
-
-
-@dataclass
-class PublishResult:
-    successful: list[dict[str, Any]] = field(default_factory=list)
-    failed: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Gateway:
@@ -59,13 +57,11 @@ class Gateway:
         self._publisher = publisher
         self.authorizer = authorizer
         self._reply_partitions = reply_partitions
-        self.namespaces = {settings.inbound_namespace, settings.outbound_namespace}
 
     def channel(self, path: object, *, subscribe: bool) -> Channel:
-        """Parse and check a channel for a publish or a subscribe."""
-        channel = parse_channel(path, allow_wildcard=subscribe)
-        if channel.namespace not in self.namespaces:
-            raise AppSyncError.bad_request(f"namespace {channel.namespace!r} is not declared")
+        """Parse and check a channel: clients publish to the inbound namespace and subscribe
+        to the outbound one."""
+        channel = declared_channel(path, self._settings, subscribe=subscribe)
         wanted = (
             self._settings.outbound_namespace if subscribe else self._settings.inbound_namespace
         )
@@ -115,16 +111,9 @@ class Gateway:
         *,
         body_sha256: str | None = None,
     ) -> PublishResult:
-        """AppSync publish semantics: the whole call fails on a bad channel, auth or event
-        count; each event then succeeds or fails on its own. ``body_sha256`` is the hash of
-        an HTTP publish's body, computed by the edge (relay mode verifies SigV4 over it)."""
+        """Each event becomes a request on Kafka (see :class:`EventApi`)."""
         channel = self.channel(channel_path, subscribe=False)
-        if not isinstance(events, list) or not events:
-            raise AppSyncError.bad_request("events must be a non-empty list of JSON strings")
-        if len(events) > self._settings.max_events_per_publish:
-            raise AppSyncError.bad_request(
-                f"at most {self._settings.max_events_per_publish} events per publish"
-            )
+        events = check_events(events, self._settings)
         result = PublishResult()
         # over HTTP the request's span is current; a WebSocket message may bring a
         # traceparent of its own among its headers
@@ -199,18 +188,8 @@ class Gateway:
         channel: Channel,
         identity: Identity,
     ) -> ChatRequestV1 | ChatRequestV2:
-        if not isinstance(event, str):
-            raise RequestError("each event must be a string holding JSON")
-        size = len(event.encode())
-        if size > self._settings.max_event_bytes:
-            raise RequestError(f"event exceeds {self._settings.max_event_bytes} bytes")
-        try:
-            limits.loads(event, self._settings.max_json_depth)
-        except ValueError as exc:
-            raise RequestError(
-                f"event is not valid JSON: {exc}", details={"field": "events"}
-            ) from exc
-        chat = parse_inbound(event)
+        published = read_event(event, self._settings)
+        chat = parse_inbound(published.text)
         if chat.max_tokens is not None and chat.max_tokens > self.limits.max_tokens:
             raise RequestError(
                 f"invalid chat event: maxTokens: must be at most {self.limits.max_tokens}",
@@ -239,5 +218,5 @@ class Gateway:
             protocol="appsync",
             reply_to=self.reply_to(),
         ).to_wire()
-        self.check_size(request, raw_bytes=size)
+        self.check_size(request, raw_bytes=published.size)
         return request

@@ -11,19 +11,22 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 
 from botocore.credentials import Credentials
 
-from tollgate_core.bus import InMemoryPublisher
 from tollgate_core.errors import RequestError
 from tollgate_stream.appsync import auth_headers
-from tollgate_stream.appsync.channels import Channel, parse_channel
+from tollgate_stream.appsync.channels import Channel
+from tollgate_stream.appsync.events import (
+    PublishResult,
+    check_events,
+    declared_channel,
+    read_event,
+)
 from tollgate_stream.bridge.auth import publish_body, subscribe_body
 from tollgate_stream.bridge.verify import SigV4Verifier
 from tollgate_stream.chat import dumps
 from tollgate_stream.errors import AppSyncError
-from tollgate_stream.gateway import Gateway, PublishResult
 from tollgate_stream.identity import Identity
 from tollgate_stream.settings import StreamSettings
 from tollgate_stream.subscriptions import Subscriptions
@@ -84,17 +87,17 @@ def _sha256(body: str) -> str:
     return hashlib.sha256(body.encode()).hexdigest()
 
 
-class Relay(Gateway):
+class Relay:
+    """The relay's publish API: AppSync's, with subscribers and nothing else behind it."""
+
     def __init__(self, settings: StreamSettings, subscriptions: Subscriptions) -> None:
-        self.relay_auth = RelayAuthorizer.from_settings(settings)
-        super().__init__(settings, InMemoryPublisher(), self.relay_auth, reply_partitions=[0])
+        self._settings = settings
+        self.authorizer = RelayAuthorizer.from_settings(settings)
         self._subscriptions = subscriptions
 
     def channel(self, path: object, *, subscribe: bool) -> Channel:
-        channel = parse_channel(path, allow_wildcard=subscribe)
-        if channel.namespace not in self.namespaces:
-            raise AppSyncError.bad_request(f"namespace {channel.namespace!r} is not declared")
-        return channel
+        """Any channel of a declared namespace: a relay publishes and subscribes on both."""
+        return declared_channel(path, self._settings, subscribe=subscribe)
 
     async def publish(
         self,
@@ -104,22 +107,17 @@ class Relay(Gateway):
         *,
         body_sha256: str | None = None,
     ) -> PublishResult:
+        """Each event goes to the channel's subscribers (see :class:`EventApi`)."""
         channel = self.channel(channel_path, subscribe=False)
         # an HTTP publish is signed over the body the edge received (hashed by the edge, never
         # taken from the client); over the WebSocket AppSync signs {"channel", "events"}
         signed = body_sha256 or _sha256(publish_body(channel.path, events))
-        self.relay_auth.check(headers, signed)
-        if not isinstance(events, list) or not events:
-            raise AppSyncError.bad_request("events must be a non-empty list of JSON strings")
-        if len(events) > self._settings.max_events_per_publish:
-            raise AppSyncError.bad_request(
-                f"at most {self._settings.max_events_per_publish} events per publish"
-            )
+        self.authorizer.check(headers, signed)
         result = PublishResult()
-        for index, event in enumerate(events):
+        for index, event in enumerate(check_events(events, self._settings)):
             identifier = f"{channel.path}#{index}"
             try:
-                payload = self._event(event)
+                payload = read_event(event, self._settings).value
             except RequestError as exc:
                 result.failed.append(
                     {
@@ -133,17 +131,7 @@ class Relay(Gateway):
             if channel.namespace == self._settings.inbound_namespace and isinstance(payload, dict):
                 payload["channel"] = channel.path
             self._subscriptions.deliver(
-                channel, dumps(payload) if isinstance(payload, dict) else event
+                channel, dumps(payload) if isinstance(payload, dict) else str(event)
             )
             result.successful.append({"identifier": identifier, "index": index})
         return result
-
-    def _event(self, event: object) -> object:
-        if not isinstance(event, str):
-            raise RequestError("each event must be a string holding JSON")
-        if len(event.encode()) > self._settings.max_event_bytes:
-            raise RequestError(f"event exceeds {self._settings.max_event_bytes} bytes")
-        try:
-            return json.loads(event)
-        except ValueError as exc:
-            raise RequestError(f"event is not valid JSON: {exc}") from exc

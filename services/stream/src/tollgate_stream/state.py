@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from starlette.applications import Starlette
 
-from tollgate_stream.gateway import Gateway
+from tollgate_stream.appsync.events import EventApi
 from tollgate_stream.limits import ConnectionLimiter
 from tollgate_stream.settings import StreamSettings
 from tollgate_stream.subscriptions import Subscriptions
@@ -15,7 +15,7 @@ from tollgate_stream.subscriptions import Subscriptions
 @dataclass(frozen=True)
 class EdgeState:
     settings: StreamSettings
-    gateway: Gateway
+    gateway: EventApi
     subscriptions: Subscriptions
     connection_limiter: ConnectionLimiter
 

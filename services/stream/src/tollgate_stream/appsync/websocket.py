@@ -17,8 +17,8 @@ from tollgate_core.limits import count_bad_input
 from tollgate_stream import limits
 from tollgate_stream.appsync import auth_headers
 from tollgate_stream.appsync.channels import Channel
+from tollgate_stream.appsync.events import EventApi
 from tollgate_stream.errors import AppSyncError
-from tollgate_stream.gateway import Gateway
 from tollgate_stream.identity import Identity
 from tollgate_stream.settings import StreamSettings
 from tollgate_stream.state import EdgeState
@@ -50,7 +50,7 @@ class Connection:
     def __init__(
         self,
         ws: WebSocket,
-        gateway: Gateway,
+        gateway: EventApi,
         subscriptions: Subscriptions,
         settings: StreamSettings,
         headers: dict[str, str],
