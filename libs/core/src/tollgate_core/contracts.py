@@ -317,12 +317,11 @@ class EmbeddingRequestV1(Contract):
 # --- tollgate.admitted -----------------------------------------------------------------------
 
 
-class AdmissionV1(Contract):
-    """The meter's decision to let a request through, with what it reserved."""
+class _ChatAdmission(Contract):
+    """The meter's decision to let a chat request through, with what it reserved."""
 
-    SCHEMA: ClassVar[str] = "tollgate.admission.v1"
     kind: Literal["admission"] = "admission"
-    request: ChatRequestV1
+    request: ChatRequestV1 | ChatRequestV2
     reserved_input_tokens: NonNegativeInt
     reserved_output_tokens: NonNegativeInt
     admitted_at: datetime = Field(default_factory=utcnow)
@@ -336,21 +335,18 @@ class AdmissionV1(Contract):
         return self.request.request_id
 
 
-class AdmissionV2(Contract):
+class AdmissionV1(_ChatAdmission):
+    """The admission of a :class:`ChatRequestV1`."""
+
+    SCHEMA: ClassVar[str] = "tollgate.admission.v1"
+    request: ChatRequestV1
+
+
+class AdmissionV2(_ChatAdmission):
     """The admission of a :class:`ChatRequestV2`."""
 
     SCHEMA: ClassVar[str] = "tollgate.admission.v2"
-    kind: Literal["admission"] = "admission"
     request: ChatRequestV2
-    reserved_input_tokens: NonNegativeInt
-    reserved_output_tokens: NonNegativeInt
-    admitted_at: datetime = Field(default_factory=utcnow)
-    #: as :attr:`AdmissionV1.reservation_expires_at`
-    reservation_expires_at: datetime | None = None
-
-    @property
-    def request_id(self) -> str:
-        return self.request.request_id
 
 
 class EmbeddingAdmissionV1(Contract):

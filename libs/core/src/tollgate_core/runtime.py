@@ -127,3 +127,25 @@ async def watch_dependency(
             health.fail(name, f"{type(exc).__name__}: {exc}")  # logged when it changes
         else:
             health.ok(name)
+
+
+class BackgroundLoop:
+    """A component whose :meth:`_run` runs as a task between :meth:`start` and :meth:`stop`
+    (a refresh or a sweep every so often)."""
+
+    task_name = "background"
+    _task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=self.task_name)
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -11,7 +11,6 @@ round tries again); any other error is logged with its traceback and counted in
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
@@ -21,6 +20,7 @@ from prometheus_client import Counter
 from tollgate_core.errors import DependencyUnavailable
 from tollgate_core.health import Health
 from tollgate_core.retry import Backoff
+from tollgate_core.runtime import BackgroundLoop
 from tollgate_meter.ports import Upkeep
 
 logger = logging.getLogger(__name__)
@@ -33,7 +33,9 @@ PRUNED_RESERVATIONS = Counter(
 ERRORS = Counter("tollgate_meter_sweep_errors_total", "Sweeper rounds that failed unexpectedly")
 
 
-class Sweeper:
+class Sweeper(BackgroundLoop):
+    task_name = "meter-sweeper"
+
     def __init__(
         self,
         ledger: Upkeep,
@@ -60,7 +62,6 @@ class Sweeper:
         self._margin = timedelta(seconds=margin_s)
         self._prune_batch = prune_batch
         self._prune_batches = prune_batches
-        self._task: asyncio.Task[None] | None = None
 
     async def sweep_once(self) -> int:
         now = self._clock()
@@ -121,14 +122,3 @@ class Sweeper:
                     delay,
                 )
             await asyncio.sleep(delay)
-
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="meter-sweeper")
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task

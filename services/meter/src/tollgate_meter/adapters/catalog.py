@@ -14,12 +14,13 @@ reservation.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
 import httpx
 
+from tollgate_core.retry import Backoff
+from tollgate_core.runtime import BackgroundLoop
 from tollgate_meter.domain import OutputLimit
 
 logger = logging.getLogger(__name__)
@@ -43,8 +44,10 @@ def parse_models(body: Any) -> tuple[dict[str, OutputLimit], str | None]:
     return limits, default
 
 
-class RouterCatalog:
+class RouterCatalog(BackgroundLoop):
     """Output limits by model, refreshed from the router in the background."""
+
+    task_name = "router-catalog"
 
     def __init__(self, client: httpx.AsyncClient, router_url: str, *, refresh_s: float) -> None:
         self._client = client
@@ -52,7 +55,6 @@ class RouterCatalog:
         self._refresh_s = refresh_s
         self._limits: dict[str, OutputLimit] = {}
         self._default: str | None = None
-        self._task: asyncio.Task[None] | None = None
 
     def output_limit(self, model: str | None) -> OutputLimit | None:
         """The limit of ``model`` (the catalog's default model when None); None when the
@@ -71,24 +73,12 @@ class RouterCatalog:
         self._limits, self._default = limits, default
         return True
 
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="router-catalog")
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
     async def _run(self) -> None:
         """Every ``refresh_s``; until the first answer, sooner (from half a second, doubling),
         since the router may start after the meter."""
-        retry = 0.5
+        backoff = Backoff(0.5, self._refresh_s)
         while True:
             if await self.refresh() or self._limits:
                 await asyncio.sleep(self._refresh_s)
             else:
-                await asyncio.sleep(min(retry, self._refresh_s))
-                retry *= 2
+                await asyncio.sleep(backoff.next_delay())

@@ -9,7 +9,6 @@ to the HTTP request. The response status is chosen from the first reply, so a re
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -42,7 +41,7 @@ from tollgate_stream.openai import convert, schema
 from tollgate_stream.openai.auth import BearerAuthenticator, bearer_token
 from tollgate_stream.openai.embeddings import EmbeddingsEndpoint
 from tollgate_stream.openai.models import ModelCatalog
-from tollgate_stream.waiters import Reply, ReplyWaiters, Waiter, WaiterOverflow
+from tollgate_stream.waiters import Reply, ReplyWaiters, Waiter
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +147,7 @@ class OpenAIApi:
             except TollgateError as exc:
                 logger.warning("could not submit request %s: %s", request_id, exc.message)
                 raise OpenAIError.unavailable("The gateway cannot accept requests now.") from exc
-            first = await self._next(waiter)
+            first = await schema.next_reply(waiter, self._timeout)
             if isinstance(first, ReplyErrorV1):
                 raise schema.error_from_reply(first.error)
             created = int(time.time())
@@ -192,19 +191,6 @@ class OpenAIApi:
         except TollgateError as exc:
             raise OpenAIError.unavailable(exc.message) from exc
 
-    async def _next(self, waiter: Waiter) -> Reply:
-        try:
-            async with asyncio.timeout(self._timeout):
-                return await waiter.next()
-        except TimeoutError as exc:
-            raise OpenAIError(
-                504, "The model did not answer in time.", type_="server_error", code="timeout"
-            ) from exc
-        except WaiterOverflow as exc:
-            raise OpenAIError(
-                500, "The reply stream was interrupted.", type_="server_error"
-            ) from exc
-
     async def _collect(
         self, waiter: Waiter, reply: Reply, chat: schema.ChatCompletionRequest, created: int
     ) -> dict[str, Any]:
@@ -217,7 +203,7 @@ class OpenAIApi:
                 return schema.completion(waiter.request_id, created, model, answer, reply)
             if not isinstance(reply, EmbeddingsChunkV1):  # never sent to a chat request
                 answer.add(reply)
-            reply = await self._next(waiter)
+            reply = await schema.next_reply(waiter, self._timeout)
 
     async def _stream(
         self, waiter: Waiter, reply: Reply, chat: schema.ChatCompletionRequest, created: int
@@ -241,7 +227,7 @@ class OpenAIApi:
                     yield _sse(schema.error_from_reply(reply.error).body())
                     return
                 try:
-                    reply = await self._next(waiter)
+                    reply = await schema.next_reply(waiter, self._timeout)
                 except OpenAIError as exc:
                     yield _sse(exc.body())
                     return

@@ -11,7 +11,6 @@ are refused, as OpenAI refuses them, rather than silently ignored.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
 import struct
@@ -37,7 +36,7 @@ from tollgate_stream.gateway import Gateway
 from tollgate_stream.identity import Identity
 from tollgate_stream.openai import schema
 from tollgate_stream.openai.auth import BearerAuthenticator, bearer_token
-from tollgate_stream.waiters import Reply, ReplyWaiters, Waiter, WaiterOverflow
+from tollgate_stream.waiters import ReplyWaiters, Waiter
 
 logger = logging.getLogger(__name__)
 
@@ -196,23 +195,10 @@ class EmbeddingsEndpoint:
     async def _collect(self, waiter: Waiter, asked: EmbeddingsRequest) -> dict[str, Any]:
         chunks: list[EmbeddingsChunkV1] = []
         while True:
-            reply = await self._next(waiter)
+            reply = await schema.next_reply(waiter, self._timeout)
             if isinstance(reply, ReplyErrorV1):
                 raise schema.error_from_reply(reply.error)
             if isinstance(reply, ReplyDoneV1):
                 return response(chunks, reply, asked.model, asked.encoding_format)
             if isinstance(reply, EmbeddingsChunkV1):
                 chunks.append(reply)
-
-    async def _next(self, waiter: Waiter) -> Reply:
-        try:
-            async with asyncio.timeout(self._timeout):
-                return await waiter.next()
-        except TimeoutError as exc:
-            raise OpenAIError(
-                504, "The model did not answer in time.", type_="server_error", code="timeout"
-            ) from exc
-        except WaiterOverflow as exc:
-            raise OpenAIError(
-                500, "The reply stream was interrupted.", type_="server_error"
-            ) from exc

@@ -11,6 +11,7 @@ parameter that silently does nothing is a bug the caller cannot see.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -21,6 +22,7 @@ from tollgate_core.contracts import ErrorInfo, ReplyChunkV1, ReplyChunkV2, Reply
 from tollgate_core.limits import Limits
 from tollgate_stream.chat import NO_CONTROL_CHARACTERS
 from tollgate_stream.errors import OpenAIError
+from tollgate_stream.waiters import Reply, Waiter, WaiterOverflow
 
 FINISH_REASONS = {
     "end_turn": "stop",
@@ -311,6 +313,20 @@ def _retry_after(error: ErrorInfo) -> object:
         if key in error.details:
             return error.details[key]
     return None
+
+
+async def next_reply(waiter: Waiter, timeout_s: float) -> Reply:
+    """The request's next reply, or the OpenAI error for one that did not come in time or
+    for a reply stream that overflowed."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await waiter.next()
+    except TimeoutError as exc:
+        raise OpenAIError(
+            504, "The model did not answer in time.", type_="server_error", code="timeout"
+        ) from exc
+    except WaiterOverflow as exc:
+        raise OpenAIError(500, "The reply stream was interrupted.", type_="server_error") from exc
 
 
 def error_from_reply(error: ErrorInfo) -> OpenAIError:
