@@ -23,15 +23,40 @@ def _tls_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
+#: how long an idle pooled connection to a provider is kept. Shorter than the shortest
+#: keep-alive common among model servers (5 s: uvicorn, so vLLM and most Python servers, and
+#: Node), so the router drops an idle connection before the server does: reused just as the
+#: server closed it, a connection fails the request with a ReadError (a quarter of a burst
+#: of 100 requests after 4.95 s idle, against uvicorn, with httpx's default of 5 s).
+KEEPALIVE_EXPIRY_S = 4.0
+
+#: how a pooled connection the server had already closed fails a request before any byte of
+#: an answer: such a request is sent once more (:func:`_send`)
+_CLOSED_UNDER_US = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
+
+
 def make_client(*, connect_timeout_s: float, max_connections: int) -> httpx.AsyncClient:
     """Connect timeout only: time to first token, idle gap and total are enforced above."""
     return httpx.AsyncClient(
         verify=_tls_context(),
         timeout=httpx.Timeout(None, connect=connect_timeout_s, pool=connect_timeout_s),
         limits=httpx.Limits(
-            max_connections=max_connections, max_keepalive_connections=max_connections
+            max_connections=max_connections,
+            max_keepalive_connections=max_connections,
+            keepalive_expiry=KEEPALIVE_EXPIRY_S,
         ),
     )
+
+
+async def _send(client: httpx.AsyncClient, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    """The response's head. A request that fails before any byte of one came back, the way a
+    pooled connection closed by the server fails, is sent once more: the server answered
+    nothing, and failing it would count against the provider's circuit breaker, which a
+    burst of such failures (a burst after a quiet spell) opens."""
+    try:
+        return await client.send(client.build_request(method, url, **kwargs), stream=True)
+    except _CLOSED_UNDER_US:
+        return await client.send(client.build_request(method, url, **kwargs), stream=True)
 
 
 class ClientShards:
@@ -58,8 +83,11 @@ class ClientShards:
         index = busy.index(min(busy))
         busy[index] += 1
         try:
-            async with self._clients[index].stream(method, url, **kwargs) as response:
+            response = await _send(self._clients[index], method, url, **kwargs)
+            try:
                 yield response
+            finally:
+                await response.aclose()
         finally:
             busy[index] -= 1
 
