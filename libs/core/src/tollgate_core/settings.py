@@ -8,6 +8,7 @@ Tollgate reads the environment.
 
 from __future__ import annotations
 
+import os
 import ssl
 from pathlib import Path
 from typing import Any, Literal
@@ -154,7 +155,10 @@ class DatabaseSettings(BaseSettings):
     model_config = SettingsConfigDict(frozen=True, extra="ignore")
 
     database_url: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/tollgate")
+    #: connections each process keeps open: all it opens (no overflow beyond the pool)
     database_pool_size: int = Field(default=10, ge=1)
+    #: how long a caller waits for a free connection before Postgres counts as unavailable
+    database_pool_timeout_s: float = Field(default=10.0, gt=0)
     #: a query that takes longer fails (and the service treats Postgres as unavailable)
     #: instead of stalling, e.g. when the server hangs rather than refuses connections
     database_command_timeout_s: float = Field(default=10.0, gt=0)
@@ -197,3 +201,11 @@ class TelemetrySettings(BaseSettings):
 def masked(settings: BaseSettings) -> dict[str, Any]:
     """Settings as a dict with every secret masked, safe to log at start-up."""
     return settings.model_dump(mode="json")
+
+
+def database_settings(default_pool_size: int) -> DatabaseSettings:
+    """The database settings of a service whose pool is ``default_pool_size`` connections
+    unless ``DATABASE_POOL_SIZE`` says otherwise."""
+    if any(k.upper() == "DATABASE_POOL_SIZE" for k in os.environ):
+        return DatabaseSettings()
+    return DatabaseSettings(database_pool_size=default_pool_size)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tollgate_core.limits import Limits
-from tollgate_core.settings import DatabaseSettings, KafkaSettings, TelemetrySettings
+from tollgate_core.settings import (
+    DatabaseSettings,
+    KafkaSettings,
+    TelemetrySettings,
+    database_settings,
+)
 
 
 class MeterSettings(BaseSettings):
@@ -48,11 +52,5 @@ class MeterSettings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     #: a larger pool than the other services' (it takes up to 32 admissions at once), unless
     #: DATABASE_POOL_SIZE says otherwise
-    database: DatabaseSettings = Field(default_factory=lambda: _meter_database())
+    database: DatabaseSettings = Field(default_factory=lambda: database_settings(20))
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
-
-
-def _meter_database() -> DatabaseSettings:
-    if any(k.upper() == "DATABASE_POOL_SIZE" for k in os.environ):
-        return DatabaseSettings()
-    return DatabaseSettings(database_pool_size=20)

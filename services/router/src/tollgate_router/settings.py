@@ -7,7 +7,12 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from tollgate_core.settings import DatabaseSettings, KafkaSettings, TelemetrySettings
+from tollgate_core.settings import (
+    DatabaseSettings,
+    KafkaSettings,
+    TelemetrySettings,
+    database_settings,
+)
 
 
 class LocalModelSettings(BaseSettings):
@@ -69,7 +74,10 @@ class RouterSettings(BaseSettings):
     migrate_on_start: bool = True
     prepared_purge_interval_s: float = Field(default=60.0, gt=0)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
-    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    #: the journal takes four statements a request, at up to ``max_concurrent_streams`` at
+    #: once: more connections than the other services', unless DATABASE_POOL_SIZE says
+    #: otherwise
+    database: DatabaseSettings = Field(default_factory=lambda: database_settings(20))
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     local_model: LocalModelSettings = Field(default_factory=LocalModelSettings)
 

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tollgate_core import db, topics
 from tollgate_core.bus import InMemoryPublisher
 from tollgate_core.contracts import ChatMessage, TextBlock, utcnow
+from tollgate_core.errors import DependencyUnavailable
 from tollgate_dev.pytest_plugin import DatabaseFactory
 from tollgate_router.adapters.postgres import PostgresJournal, PostgresPreparedStore
 from tollgate_router.catalog import CatalogSource, local_catalog
@@ -235,3 +236,35 @@ async def test_with_too_many_live_keys_every_lookup_asks_postgres(engine: AsyncE
     await other.add(entry(third, id="three"))  # not cached anywhere, found all the same
     hit = await store.lookup(prepared_key(("sys",), third), model="m", principal="a", now=now)
     assert hit is not None
+
+
+async def test_with_every_connection_busy_a_caller_waits_then_gets_an_outage_not_a_new_connection(
+    database_factory: DatabaseFactory,
+) -> None:
+    settings = (await database_factory()).model_copy(
+        update={"database_pool_size": 1, "database_pool_timeout_s": 0.3}
+    )
+    await db.migrate(settings, MIGRATIONS)
+    engine = db.create_engine(settings, application_name="test", pre_ping=False)
+    journal = PostgresJournal(engine)
+    try:
+        async with engine.connect():  # the pool's only connection, held
+            with pytest.raises(DependencyUnavailable, match="no free connection"):
+                await journal.claim("r1", "alice")
+            waiting = asyncio.create_task(journal.claim("r2", "alice"))
+            await asyncio.sleep(0.05)
+        assert await waiting == Claim(None)  # served as soon as the connection came back
+        assert engine.pool.checkedout() == 0 and engine.pool.size() == 1
+    finally:
+        await engine.dispose()
+
+
+def test_the_router_pool_is_20_unless_database_pool_size_says_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tollgate_router.settings import RouterSettings
+
+    monkeypatch.delenv("DATABASE_POOL_SIZE", raising=False)
+    assert RouterSettings().database.database_pool_size == 20
+    monkeypatch.setenv("DATABASE_POOL_SIZE", "7")
+    assert RouterSettings().database.database_pool_size == 7

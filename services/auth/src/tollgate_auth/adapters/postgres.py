@@ -9,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tollgate_auth.apikeys import ApiKey
@@ -46,7 +47,7 @@ group_policies = sa.Table(
 async def _translated() -> AsyncIterator[None]:
     try:
         yield
-    except (OSError, OperationalError, DBAPIError, TimeoutError) as exc:
+    except (OSError, OperationalError, DBAPIError, TimeoutError, PoolTimeout) as exc:
         raise DependencyUnavailable(f"Postgres: {exc}") from exc
 
 
