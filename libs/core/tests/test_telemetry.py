@@ -58,3 +58,15 @@ def test_grpc_when_the_protocol_says_so(monkeypatch: pytest.MonkeyPatch) -> None
     )
     assert isinstance(exporter, Grpc)
     exporter.shutdown()
+
+
+def test_without_an_exporter_spans_keep_their_ids_but_record_nothing() -> None:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from tollgate_core.telemetry import configure_tracing
+
+    quiet = configure_tracing(TelemetrySettings(), "test").provider.get_tracer("t")
+    span = quiet.start_span("work")
+    assert not span.is_recording() and span.get_span_context().is_valid
+    exported = configure_tracing(TelemetrySettings(), "test", InMemorySpanExporter())
+    assert exported.provider.get_tracer("t").start_span("work").is_recording()
