@@ -58,7 +58,7 @@ from tollgate_core.contracts import (
 from tollgate_core.errors import TollgateError
 from tollgate_core.telemetry import REQUEST_LATENCY_BUCKETS, TIME_TO_FIRST_TOKEN_BUCKETS
 from tollgate_router import embedding, genai
-from tollgate_router.catalog import CatalogSource, ModelSpec
+from tollgate_router.catalog import Catalog, CatalogSource, ModelSpec
 from tollgate_router.errors import (
     InvalidProviderRequest,
     ModelNotAllowed,
@@ -403,31 +403,56 @@ class GenerationHandler:
 
     # -- serving ---------------------------------------------------------------------------
 
-    def _expired(self, admission: AdmissionV1 | AdmissionV2) -> RequestExpired | None:
-        """Why ``admission`` must not run: it is older than ``admission_max_age_s``, or its
-        reservation may be released (``reservation_expires_at``) before the longest answer
-        (``longest_answer_s``) started now could end — a request
-        running on a released reservation could take its caller past a limit."""
+    @staticmethod
+    def _model(catalog: Catalog, model_id: str, groups: tuple[str, ...]) -> ModelSpec:
+        """``catalog``'s model ``model_id`` for a caller in ``groups``; raises why not."""
+        spec = catalog.get(model_id)
+        if spec is None:
+            raise ModelNotFound(f"unknown model {model_id!r}")
+        if not spec.allows(groups):
+            raise ModelNotAllowed(f"model {model_id!r} is not allowed for your groups")
+        return spec
+
+    def _check_fresh(self, admitted_at: datetime, expires_at: datetime | None) -> None:
+        """Raise :class:`RequestExpired` for an admission older than
+        ``admission_max_age_s``, or whose reservation may be released (``expires_at``) before
+        the longest answer (``longest_answer_s``) started now could end — a request running
+        on a released reservation could take its caller past a limit."""
         now = self._clock()
-        age = (now - admission.admitted_at).total_seconds()
+        age = (now - admitted_at).total_seconds()
         if self._max_age is not None and age > self._max_age:
-            return RequestExpired(
+            raise RequestExpired(
                 f"the request waited {age:.0f} s for a model; its token reservation may"
                 " have been released: send it again"
             )
-        expires = admission.reservation_expires_at
         longest = self._longest_answer
-        if expires is not None and longest is not None and now + longest > expires:
-            return RequestExpired(
+        if expires_at is not None and longest is not None and now + longest > expires_at:
+            raise RequestExpired(
                 "the request waited too long for a model: its token reservation would"
                 " run out before an answer could end; send it again"
             )
-        return None
+
+    def _chat_model(
+        self,
+        catalog: Catalog,
+        model_id: str,
+        request: ChatRequestV2,
+        admission: AdmissionV1 | AdmissionV2,
+    ) -> ModelSpec:
+        """The model that answers ``request``; raises why it may not run at all."""
+        spec = self._model(catalog, model_id, request.groups)
+        if spec.kind != "chat":
+            raise InvalidProviderRequest(
+                f"model {model_id!r} is an embedding model: use /v1/embeddings",
+                details={"param": "model"},
+            )
+        self._check_fresh(admission.admitted_at, admission.reservation_expires_at)
+        return spec
 
     async def _serve(self, request: ChatRequestV2, admission: AdmissionV1 | AdmissionV2) -> None:
         """Answer ``request``; the model is never asked for more output than the meter
         reserved, and an admission whose reservation may be released before its answer
-        could end (see :meth:`_expired`) is not run."""
+        could end (see :meth:`_check_fresh`) is not run."""
         catalog = self._catalog.current
         model_id = request.model or catalog.default_model
         started = (utcnow(), time.perf_counter())
@@ -441,21 +466,9 @@ class GenerationHandler:
                 "tollgate.request_id": request.request_id,
             },
         ) as span:
-            spec = catalog.get(model_id)
-            error: ProviderError | None = None
-            if spec is None:
-                error = ModelNotFound(f"unknown model {model_id!r}")
-            elif not spec.allows(request.groups):
-                error = ModelNotAllowed(f"model {model_id!r} is not allowed for your groups")
-            elif spec.kind != "chat":
-                error = InvalidProviderRequest(
-                    f"model {model_id!r} is an embedding model: use /v1/embeddings",
-                    details={"param": "model"},
-                )
-            else:
-                error = self._expired(admission)
-            if error is not None or spec is None:
-                assert error is not None  # noqa: S101
+            try:
+                spec = self._chat_model(catalog, model_id, request, admission)
+            except ProviderError as error:
                 span.set_status(Status(StatusCode.ERROR, error.message))
                 await self._fail_before_start(request, model_id, error, started)
                 return
@@ -554,12 +567,13 @@ class GenerationHandler:
         request = admission.request
         model_id = request.model or self._catalog.current.default_model
         started = (utcnow(), time.perf_counter())
-        spec = self._catalog.current.get(model_id)
-        error = self._refusal(spec, model_id, request.groups, admission.admitted_at)
-        if error is None and spec is not None:
-            error = embedding.check(spec, request)
-        if error is not None or spec is None:
-            assert error is not None  # noqa: S101
+        try:
+            spec = self._model(self._catalog.current, model_id, request.groups)
+            self._check_fresh(admission.admitted_at, None)
+            unfit = embedding.check(spec, request)
+            if unfit is not None:
+                raise unfit
+        except ProviderError as error:
             await self._fail_before_start(request, model_id, error, started)
             return
         outcome = Outcome(model=spec)
@@ -619,27 +633,6 @@ class GenerationHandler:
             request, ReplyDoneV1, seq=seq, model=spec.id, usage=usage, latency_ms=run.latency_ms
         )
         await self._settle(run, "ok", usage, terminal)
-
-    def _refusal(
-        self,
-        spec: ModelSpec | None,
-        model_id: str,
-        groups: tuple[str, ...],
-        admitted_at: datetime,
-    ) -> ProviderError | None:
-        """Why a request may not run at all: no such model, not the caller's, or admitted
-        so long ago that its reservation may have been released."""
-        if spec is None:
-            return ModelNotFound(f"unknown model {model_id!r}")
-        if not spec.allows(groups):
-            return ModelNotAllowed(f"model {model_id!r} is not allowed for your groups")
-        age = (self._clock() - admitted_at).total_seconds()
-        if self._max_age is not None and age > self._max_age:
-            return RequestExpired(
-                f"the request waited {age:.0f} s for a model; its token reservation may"
-                " have been released: send it again"
-            )
-        return None
 
     def _count(self, request: ChatRequestV2, spec: ModelSpec, sent: str) -> tuple[Usage, str]:
         """The usage of an answer whose provider reported none, counted with the served

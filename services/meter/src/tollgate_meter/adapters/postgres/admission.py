@@ -85,12 +85,13 @@ class AdmissionSql(Store):
 
         async def admit(conn: AsyncConnection) -> list[Decision]:
             overrides = await self._tier_overrides(conn)
-            state = await self._state(conn, principal, requests, overrides, now)
+            oldest = self._oldest(overrides, now)
+            state = await self._state(conn, principal, requests, oldest, now)
             limits = [self._resolve(state, r.groups, overrides, r.tier) for r in requests]
             batch = Batch(
                 now,
                 self._bucket_seconds,
-                await self._batch_counters(conn, principal, state, limits, overrides, now),
+                await self._batch_counters(conn, principal, state, limits, oldest, now),
                 state.previous or {},
             )
             decisions = [batch.decide(r, limit) for r, limit in zip(requests, limits, strict=True)]
@@ -112,13 +113,12 @@ class AdmissionSql(Store):
         conn: AsyncConnection,
         principal: str,
         requests: Sequence[AdmissionRequest],
-        overrides: dict[str, TierSpec],
+        oldest: datetime,
         now: datetime,
     ) -> Any:
         """The principal's row (locked), the batch's earlier decisions and the counters
-        every tier's windows reach."""
+        since ``oldest`` (as far back as every tier's windows reach)."""
         ids = [r.request_id for r in requests]
-        oldest = self._oldest(overrides, now)
         parameters = {"p": principal, "r": ids, "oldest": oldest, "m": month_start(now)}
         return (await conn.execute(_STATE, parameters)).one()
 
@@ -128,15 +128,15 @@ class AdmissionSql(Store):
         principal: str,
         state: Any,
         limits: list[Limits],
-        overrides: dict[str, TierSpec],
+        oldest: datetime,
         now: datetime,
     ) -> tuple[list[Bucket], Bucket | None]:
-        """The counters as :func:`_state` read them, or read again further back for a
-        principal with unusually long windows of its own."""
+        """The counters as :func:`_state` read them (since ``oldest``), or read again further
+        back for a principal with unusually long windows of its own."""
         needed = oldest_bucket_needed(
             [w for _, windows in limits for w in windows], now, self._bucket_seconds
         )
-        if needed < self._oldest(overrides, now):
+        if needed < oldest:
             return await self._counters(conn, principal, needed, now)
         buckets = [
             bucket(datetime.fromisoformat(b["bucket_start"]), _Counters(b))
