@@ -113,3 +113,33 @@ def test_contracts_are_frozen_and_validated() -> None:
 
 def test_usage_total() -> None:
     assert Usage(input_tokens=2, output_tokens=5).total_tokens == 7
+
+
+def test_a_reply_and_a_log_record_take_who_asked_from_the_request() -> None:
+    request = make_request(protocol="openai")
+    reply = ReplyErrorV1.answering(
+        request, seq=0, model="m", error=ErrorInfo(type="rate_limited", message="slow down")
+    )
+    assert (reply.request_id, reply.principal, reply.channel, reply.conversation_id) == (
+        request.request_id,
+        "alice",
+        "/Outbound-Messages/alice",
+        "c-1",
+    )
+    assert (reply.seq, reply.model, reply.error.type) == (0, "m", "rate_limited")
+
+    log = RequestLogV1.of_request(request, model="m", provider="none", status="rejected")
+    assert (log.request_id, log.principal, log.groups, log.conversation_id) == (
+        request.request_id,
+        "alice",
+        ("staff",),
+        "c-1",
+    )
+    assert (log.protocol, log.operation, log.started_at) == ("openai", "chat", request.created_at)
+    started = utcnow()
+    assert (
+        RequestLogV1.of_request(
+            request, started_at=started, model="m", provider="p", status="ok"
+        ).started_at
+        == started
+    )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self
 from uuid import uuid4
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, NonNegativeInt, model_validator
@@ -314,6 +314,10 @@ class EmbeddingRequestV1(Contract):
     max_tokens: Literal[0] = 0
 
 
+#: any request on ``tollgate.requests``
+AnyRequest = ChatRequestV1 | ChatRequestV2 | EmbeddingRequestV1
+
+
 # --- tollgate.admitted -----------------------------------------------------------------------
 
 
@@ -374,6 +378,20 @@ class _ReplyBase(Contract):
     channel: str | None = None
     conversation_id: str | None = None
     model: str | None = None
+
+    @classmethod
+    def answering(cls, request: AnyRequest, *, seq: int, model: str | None, **fields: Any) -> Self:
+        """This reply to ``request``: who asked, on which channel and in which conversation
+        come from the request; ``fields`` are the reply's own."""
+        return cls(
+            request_id=request.request_id,
+            principal=request.principal,
+            seq=seq,
+            channel=request.channel,
+            conversation_id=request.conversation_id,
+            model=model,
+            **fields,
+        )
 
 
 class ReplyChunkV1(_ReplyBase):
@@ -485,6 +503,23 @@ class RequestLogV1(Contract):
     usage_estimated: bool = False
     usage_estimated_by: str | None = None
 
+    @classmethod
+    def of_request(
+        cls, request: AnyRequest, *, started_at: datetime | None = None, **fields: Any
+    ) -> Self:
+        """The log record of ``request``: who asked, how and for what come from the request
+        (``started_at`` from its creation unless given); ``fields`` are the outcome."""
+        return cls(
+            request_id=request.request_id,
+            principal=request.principal,
+            groups=request.groups,
+            conversation_id=request.conversation_id,
+            protocol=request.protocol,
+            started_at=started_at or request.created_at,
+            operation="embeddings" if isinstance(request, EmbeddingRequestV1) else "chat",
+            **fields,
+        )
+
 
 # --- tollgate.audit --------------------------------------------------------------------------
 
@@ -513,6 +548,7 @@ __all__ = [
     "REPLY_SCHEMA_V2",
     "AdmissionV1",
     "AdmissionV2",
+    "AnyRequest",
     "AuditEventV1",
     "ChatMessage",
     "ChatMessageV2",

@@ -11,7 +11,7 @@ from tollgate_core.bus.codec import encode
 from tollgate_core.contracts import (
     AdmissionV1,
     AdmissionV2,
-    ChatRequestV1,
+    AnyRequest,
     ChatRequestV2,
     EmbeddingAdmissionV1,
     EmbeddingRequestV1,
@@ -54,10 +54,6 @@ class OutputLimit:
     def allowed(self, requested: int | None) -> int:
         """The output the router will allow: the same rule as the router's catalog."""
         return min(requested or self.default, self.maximum)
-
-
-#: what the meter admits: a chat request of either version, or an embeddings request
-AnyRequest = ChatRequestV1 | ChatRequestV2 | EmbeddingRequestV1
 
 
 def estimate(

@@ -12,7 +12,7 @@ from prometheus_client import Counter, Histogram
 from tollgate_core import topics
 from tollgate_core.bus import Delivered, Publisher
 from tollgate_core.contracts import (
-    EmbeddingRequestV1,
+    AnyRequest,
     ErrorInfo,
     ReplyErrorV1,
     RequestLogV1,
@@ -24,7 +24,6 @@ from tollgate_core.health import Health
 from tollgate_core.limits import Limits, count_bad_input
 from tollgate_meter.batching import AdmissionBatcher
 from tollgate_meter.domain import (
-    AnyRequest,
     OutputLimit,
     admission_of,
     estimate,
@@ -204,32 +203,18 @@ class AdmissionHandler:
     async def _refuse(self, request: AnyRequest, error: ErrorInfo) -> None:
         await self._publisher.publish(
             request.reply_to.topic,
-            ReplyErrorV1(
-                request_id=request.request_id,
-                principal=request.principal,
-                seq=0,
-                channel=request.channel,
-                conversation_id=request.conversation_id,
-                model=request.model,
-                error=error,
-            ),
+            ReplyErrorV1.answering(request, seq=0, model=request.model, error=error),
             key=request.request_id,
             partition=request.reply_to.partition,
         )
         await self._publisher.publish(
             topics.LOGS,
-            RequestLogV1(
-                request_id=request.request_id,
-                principal=request.principal,
-                groups=request.groups,
+            RequestLogV1.of_request(
+                request,
                 model=request.model or "default",
                 provider="none",
                 status="rejected",
                 error_type=error.type,
-                conversation_id=request.conversation_id,
-                protocol=request.protocol,
-                started_at=request.created_at,
-                operation="embeddings" if isinstance(request, EmbeddingRequestV1) else "chat",
             ),
             key=request.principal,
         )

@@ -266,10 +266,9 @@ def _records(
         estimated=estimated,
         estimated_by=run.estimated_by,
     )
-    log = RequestLogV1(
-        request_id=request.request_id,
-        principal=request.principal,
-        groups=request.groups,
+    log = RequestLogV1.of_request(
+        request,
+        started_at=run.started[0],
         model=spec.id,
         provider=run.provider,
         status=outcome,
@@ -282,10 +281,6 @@ def _records(
         fallback_used=run.outcome.fallback_used if run.outcome else False,
         time_to_first_token_ms=run.ttft_ms,
         latency_ms=run.latency_ms,
-        conversation_id=request.conversation_id,
-        protocol=request.protocol,
-        started_at=run.started[0],
-        operation="embeddings" if isinstance(request, EmbeddingRequestV1) else "chat",
         usage_estimated=estimated,
         usage_estimated_by=run.estimated_by,
     )
@@ -535,9 +530,8 @@ class GenerationHandler:
                 output = count_tokens(stream.sent())
                 usage = Usage(input_tokens=_prompt_tokens(request), output_tokens=output)
                 run.estimated_by = "estimate"
-            error = self.event(
+            error = ReplyErrorV1.answering(
                 request,
-                ReplyErrorV1,
                 seq=stream.seq,
                 model=served.id,
                 error=_error_info(answer.error),
@@ -550,9 +544,8 @@ class GenerationHandler:
         span.set_attribute("gen_ai.usage.output_tokens", usage.output_tokens)
         span.set_attribute("gen_ai.response.finish_reasons", [answer.stop_reason])
         run.estimated_by = answer.estimated_by
-        done = self.event(
+        done = ReplyDoneV1.answering(
             request,
-            ReplyDoneV1,
             seq=stream.seq,
             model=served.id,
             usage=usage,
@@ -590,9 +583,7 @@ class GenerationHandler:
                     self._router, spec, embedding.call_of(spec, request), outcome
                 )
         except ProviderError as exc:
-            terminal = self.event(
-                request, ReplyErrorV1, seq=0, model=spec.id, error=_error_info(exc)
-            )
+            terminal = ReplyErrorV1.answering(request, seq=0, model=spec.id, error=_error_info(exc))
             provider = outcome.provider or self._provider_type(spec)
             run = _Run(request, spec, provider, started, outcome=outcome)
             await self._settle(run, "error", Usage(), terminal, exc.error_type)
@@ -629,8 +620,8 @@ class GenerationHandler:
             seq += 1
         run = _Run(request, spec, outcome.provider, started, outcome=outcome)
         run.estimated_by = estimated_by
-        terminal = self.event(
-            request, ReplyDoneV1, seq=seq, model=spec.id, usage=usage, latency_ms=run.latency_ms
+        terminal = ReplyDoneV1.answering(
+            request, seq=seq, model=spec.id, usage=usage, latency_ms=run.latency_ms
         )
         await self._settle(run, "ok", usage, terminal)
 
@@ -674,9 +665,8 @@ class GenerationHandler:
             await stream.writer.write(word if i == 0 else " " + word)
         await stream.writer.flush()
         CACHE_HITS.labels(spec.id).inc()
-        terminal = self.event(
+        terminal = ReplyDoneV1.answering(
             request,
-            ReplyDoneV1,
             seq=stream.seq,
             model=spec.id,
             usage=Usage(),
@@ -694,9 +684,7 @@ class GenerationHandler:
         started: tuple[datetime, float],
     ) -> None:
         run = _Run(request, ModelSpec(id=model_id, provider="none"), "none", started)
-        terminal = self.event(
-            request, ReplyErrorV1, seq=0, model=model_id, error=_error_info(error)
-        )
+        terminal = ReplyErrorV1.answering(request, seq=0, model=model_id, error=_error_info(error))
         await self._settle(run, "error", Usage(), terminal, error.error_type)
 
     def _provider_type(self, spec: ModelSpec) -> str:
@@ -718,7 +706,7 @@ class GenerationHandler:
             retriable=True,
         )
         run = _Run(request, spec, self._provider_type(spec), (utcnow(), time.perf_counter()))
-        terminal = self.event(request, ReplyErrorV1, seq=TERMINAL_SEQ, model=spec.id, error=error)
+        terminal = ReplyErrorV1.answering(request, seq=TERMINAL_SEQ, model=spec.id, error=error)
         await self._settle(run, "error", Usage(), terminal, error.type)
 
     # -- publishing ------------------------------------------------------------------------
@@ -732,26 +720,7 @@ class GenerationHandler:
         model: str,
         **fields: object,
     ) -> None:
-        await self._send_reply(request, self.event(request, kind, seq=seq, model=model, **fields))
-
-    @staticmethod
-    def event(
-        request: AnyRequest,
-        kind: type[Reply],
-        *,
-        seq: int,
-        model: str,
-        **fields: object,
-    ) -> Reply:
-        return kind(
-            request_id=request.request_id,
-            principal=request.principal,
-            seq=seq,
-            channel=request.channel,
-            conversation_id=request.conversation_id,
-            model=model,
-            **fields,
-        )
+        await self._send_reply(request, kind.answering(request, seq=seq, model=model, **fields))
 
     async def _send_reply(
         self,
