@@ -6,8 +6,9 @@ import pytest
 from pydantic import SecretStr
 
 from tollgate_analytics.access import AdminAccess
-from tollgate_analytics.errors import AdminDisabled, Unauthorized
+from tollgate_analytics.errors import AdminDisabled
 from tollgate_analytics.settings import AnalyticsSettings
+from tollgate_core.errors import Unauthenticated
 
 
 def test_without_a_token_the_data_endpoints_are_disabled() -> None:
@@ -26,7 +27,7 @@ def test_only_the_bearer_token_itself_is_let_through() -> None:
     access.check("Bearer s3cret")
     access.check("bearer  s3cret ")
     for header in (None, "", "s3cret", "Basic s3cret", "Bearer", "Bearer s3cre", "Bearer s3cretx"):
-        with pytest.raises(Unauthorized) as refused:
+        with pytest.raises(Unauthenticated) as refused:
             access.check(header)
         assert refused.value.http_status == 401
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from pydantic import SecretStr
 
-from tollgate_analytics.errors import AdminDisabled, Unauthorized
+from tollgate_analytics.errors import AdminDisabled
+from tollgate_core.errors import Unauthenticated
 from tollgate_core.http import bearer_matches
 
 
@@ -27,4 +28,4 @@ class AdminAccess:
                 " to enable them (they answer every user's records)"
             )
         if not bearer_matches(authorization, self._token):
-            raise Unauthorized("give the analytics admin token as Authorization: Bearer <token>")
+            raise Unauthenticated("give the analytics admin token as Authorization: Bearer <token>")

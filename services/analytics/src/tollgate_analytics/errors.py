@@ -9,7 +9,7 @@ TollgateError (tollgate_core.errors)
     ├── QueryError           SQL DuckDB refuses (syntax, unknown column, ...)
     │   ├── QueryTimeout     the query ran past the statement timeout and was interrupted
     │   └── ResultTooLarge   the result has more rows than the cap
-    ├── Unauthorized         no or a wrong admin bearer token
+    ├── Unauthenticated      no or a wrong admin bearer token (tollgate_core.errors)
     └── AdminDisabled        a data endpoint, with no admin token configured
 """
 
@@ -41,11 +41,6 @@ class QueryTimeout(QueryError):
 class ResultTooLarge(QueryError):
     error_type: ClassVar[str] = "result_too_large"
     http_status = 400
-
-
-class Unauthorized(RequestError):
-    error_type: ClassVar[str] = "unauthorized"
-    http_status = 401
 
 
 class AdminDisabled(RequestError):
