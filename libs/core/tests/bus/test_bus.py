@@ -360,6 +360,37 @@ async def test_without_an_idle_wait_the_consumer_keeps_its_wait(
         await consumer.stop()
 
 
+async def test_a_consumer_nobody_waits_on_keeps_a_longer_wait_while_records_flow(
+    kafka_settings: KafkaSettings, producer: EventProducer, topic_factory: TopicFactory
+) -> None:
+    topic = await topic_factory()
+    settings = kafka_settings.model_copy(
+        update={"fetch_max_wait_ms": 5, "fetch_idle_max_wait_ms": 40, "fetch_idle_after_ms": 300}
+    )
+    collector = Collector()
+    consumer = consumer_for(settings, producer, topic, collector, min_fetch_wait_ms=100)
+    await consumer.start()
+    try:
+        assert consumer.fetch_wait_ms == 100
+        await producer.publish(topic, usage("slowly"), partition=0)
+        await collector.wait_for(1)
+        assert consumer.fetch_wait_ms == 100  # records flow, the wait stays
+        await asyncio.sleep(0.6)
+        assert consumer.fetch_wait_ms == 100  # idle: the idle wait never shortens it
+        consumer.wake()
+        assert consumer.fetch_wait_ms == 100
+    finally:
+        await consumer.stop()
+    # against a long poll (Kafka's defaults) a shorter floor changes nothing
+    long_poll = kafka_settings.model_copy(update={"fetch_max_wait_ms": 500})
+    consumer = consumer_for(long_poll, producer, topic, collector, min_fetch_wait_ms=100)
+    await consumer.start()
+    try:
+        assert consumer.fetch_wait_ms == 500
+    finally:
+        await consumer.stop()
+
+
 async def test_a_record_too_large_is_refused_without_retry(
     kafka_settings: KafkaSettings, topic_factory: TopicFactory
 ) -> None:

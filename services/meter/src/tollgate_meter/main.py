@@ -148,5 +148,6 @@ def _consumers(
         decoder=Decoder.of(UsageRecordV1),
         handler=SettlementHandler(ledger, utc_now),
         dead_letter=producer,
+        min_fetch_wait_ms=settings.settlement_fetch_wait_ms,
     )
     return admissions, settlements

@@ -24,6 +24,10 @@ class MeterSettings(BaseSettings):
     consumer_group: str = "tollgate-meter"
     #: admissions decided side by side; one principal's are still serialized by a row lock
     admission_concurrency: int = Field(default=32, ge=1)
+    #: usage records wait for nobody: the settlement consumer's fetches wait at least this
+    #: long even while records flow (a reservation is settled up to that much later; against
+    #: Kafka, whose long poll answers at once, this changes nothing)
+    settlement_fetch_wait_ms: int = Field(default=100, ge=0, le=10_000)
     #: reserved for a request without max_tokens until the router's catalog has been read
     default_max_tokens: int = Field(default=1024, ge=1, description="reserved when unset")
     #: the router, whose GET /v1/models gives each model's default and maximum output

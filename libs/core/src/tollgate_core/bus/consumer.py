@@ -131,6 +131,12 @@ class EventConsumer(Generic[T]):
     Either joins consumer group ``group_id`` (offsets committed, partitions balanced across
     replicas) or, with ``partitions``, reads exactly those partitions of its one topic
     without a group (the edge's reply partitions), optionally starting from the end.
+
+    ``min_fetch_wait_ms`` is for a consumer whose records nobody waits on (settlement): its
+    fetches wait at least that long even while records flow. Against Kafka, whose long poll
+    answers as soon as a record arrives, it changes nothing under the default wait; against a
+    broker that answers only when the wait runs out (Tansu), it spares the broker and this
+    process a poll every few milliseconds, at the price of records arriving up to that late.
     """
 
     def __init__(
@@ -150,6 +156,7 @@ class EventConsumer(Generic[T]):
         max_retry_delay_s: float = 10.0,
         max_poll_interval_ms: int = 600_000,
         accept: Callable[[Mapping[str, str]], bool] | None = None,
+        min_fetch_wait_ms: int = 0,
     ) -> None:
         if (group_id is None) == (partitions is None):
             raise ValueError("give exactly one of group_id and partitions")
@@ -170,6 +177,8 @@ class EventConsumer(Generic[T]):
         self._commit_interval = commit_interval_s
         self._max_retry_delay = max_retry_delay_s
         self._max_poll_interval_ms = max_poll_interval_ms
+        #: the wait of this consumer's fetches while records flow
+        self._hot_wait_ms = max(settings.fetch_max_wait_ms, min_fetch_wait_ms)
         self._slots = asyncio.Semaphore(max(1, concurrency))
         self._concurrent = concurrency > 1
         self._tracker = OffsetTracker()
@@ -189,7 +198,7 @@ class EventConsumer(Generic[T]):
             group_id=self._group_id,
             enable_auto_commit=False,
             auto_offset_reset="latest" if self._from_latest else "earliest",
-            fetch_max_wait_ms=self._settings.fetch_max_wait_ms,
+            fetch_max_wait_ms=self._hot_wait_ms,
             max_poll_interval_ms=self._max_poll_interval_ms,
             **self._settings.client_kwargs(),
         )
@@ -263,7 +272,7 @@ class EventConsumer(Generic[T]):
         """Poll with the short wait again now: a record is expected soon (the edge calls it
         when it sends a request whose replies this consumer will read)."""
         self._last_record = asyncio.get_running_loop().time()
-        self._set_fetch_wait(self._settings.fetch_max_wait_ms)
+        self._set_fetch_wait(self._hot_wait_ms)
 
     def _set_fetch_wait(self, wait_ms: int) -> None:
         # aiokafka takes the wait only as a constructor argument; its fetcher reads this
@@ -278,9 +287,9 @@ class EventConsumer(Generic[T]):
             return
         if got_records:
             self._last_record = now
-            self._set_fetch_wait(self._settings.fetch_max_wait_ms)
+            self._set_fetch_wait(self._hot_wait_ms)
         elif (now - self._last_record) * 1000 > self._settings.fetch_idle_after_ms:
-            self._set_fetch_wait(idle_wait)
+            self._set_fetch_wait(max(idle_wait, self._hot_wait_ms))
 
     async def _run(self, consumer: AIOKafkaConsumer) -> None:
         loop = asyncio.get_running_loop()
