@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from tollgate_analytics.main import faust_log_level, source_partitions
 from tollgate_analytics.settings import AnalyticsSettings
+from tollgate_analytics.source import QuietWorker, create_faust_app
 from tollgate_core.errors import ConfigurationError, DependencyUnavailable
 from tollgate_core.settings import KafkaSettings
 from tollgate_dev.pytest_plugin import TopicFactory
@@ -64,3 +67,20 @@ async def test_missing_source_topics_are_waited_for(
     )
     with pytest.raises(DependencyUnavailable, match="waiting for topics"):
         await source_partitions(settings)
+
+
+def test_at_warning_the_worker_leaves_the_libraries_debug_records_unbuilt(tmp_path: Path) -> None:
+    """Faust's worker would lower the root logger to DEBUG for its terminal spinner at
+    WARNING and above; the job's worker has no spinner, so the level stays as asked."""
+    app = create_faust_app(AnalyticsSettings(state_dir=str(tmp_path)), partitions=1)
+    root = logging.getLogger()
+    level, handlers = root.level, root.handlers[:]
+    try:
+        worker = app.conf.Worker(app, loglevel="warn", quiet=True)
+        assert isinstance(worker, QuietWorker)
+        worker._setup_logging()
+        assert root.level == logging.WARNING
+        assert not logging.getLogger("aiokafka.conn").isEnabledFor(logging.DEBUG)
+    finally:
+        root.setLevel(level)
+        root.handlers[:] = handlers

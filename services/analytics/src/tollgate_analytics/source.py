@@ -29,6 +29,16 @@ DEAD_LETTERED = Counter(
 )
 
 
+class QuietWorker(faust.Worker):
+    """Faust's worker without its terminal progress spinner. To feed the spinner at a log
+    level of WARNING or above, Faust lowers the root logger to DEBUG, so every library's debug
+    record (aiokafka logs each request it sends) would be built and then dropped."""
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        self.spinner = None
+        super().on_setup_root_logger(logger, level)
+
+
 def create_faust_app(settings: AnalyticsSettings, partitions: int) -> faust.App:
     """The Faust app; ``partitions``: of the source topics, and so of the table's changelog."""
     kafka = settings.kafka
@@ -50,6 +60,7 @@ def create_faust_app(settings: AnalyticsSettings, partitions: int) -> faust.App:
         producer_acks=-1,
         broker_commit_interval=1.0,
         broker_session_timeout=settings.session_timeout_s,
+        Worker=QuietWorker,
     )
 
 
