@@ -184,7 +184,8 @@ def _stores(
     health.register("postgres")
     # no ping per checkout: the adapters run a statement once more after a dead connection
     engine = db.create_engine(settings.database, application_name="router", pre_ping=False)
-    return engine, PostgresJournal(engine), PostgresPreparedStore(engine)
+    journal = PostgresJournal(engine, settled_batch_s=settings.journal_settled_batch_ms / 1000)
+    return engine, journal, PostgresPreparedStore(engine)
 
 
 def _background(

@@ -72,6 +72,9 @@ class RouterSettings(BaseSettings):
         default=True, description="journal + prepared responses in Postgres (schema router)"
     )
     migrate_on_start: bool = True
+    #: how long a request's settled mark waits to share one statement with the marks of
+    #: other requests that finish meanwhile (no client waits on it)
+    journal_settled_batch_ms: int = Field(default=50, ge=0, le=5_000)
     prepared_purge_interval_s: float = Field(default=60.0, gt=0)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     #: the journal takes four statements a request, at up to ``max_concurrent_streams`` at

@@ -8,12 +8,15 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
+from pydantic import SecretStr
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tollgate_core import db, topics
 from tollgate_core.bus import InMemoryPublisher
 from tollgate_core.contracts import ChatMessage, TextBlock, utcnow
 from tollgate_core.errors import DependencyUnavailable
+from tollgate_core.settings import DatabaseSettings
 from tollgate_dev.pytest_plugin import DatabaseFactory
 from tollgate_router.adapters.postgres import PostgresJournal, PostgresPreparedStore
 from tollgate_router.catalog import CatalogSource, local_catalog
@@ -204,6 +207,46 @@ async def test_settling_gives_the_lease_back_and_release_after_it_is_free(
         "settled", 2, "{}"
     )
     await journal.release("r-done", "a")  # nothing left to give back; no error
+
+
+async def test_the_settled_marks_of_requests_finishing_together_share_one_statement(
+    engine: AsyncEngine,
+) -> None:
+    statements: list[str] = []
+
+    def seen(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if "state = 'settled'" in statement:
+            statements.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", seen)
+    journal = PostgresJournal(engine, settled_batch_s=0.05)
+    ids = [f"r-batch-{i}" for i in range(5)]
+    for rid in ids:
+        await journal.claim(rid, "alice", owner="a", lease_s=30)
+        await journal.settling(rid, "{}")
+    await asyncio.gather(*(journal.settled(rid) for rid in ids))
+    # each caller returned only once its mark was written, lease given back with it
+    assert len(statements) == 1
+    for rid in ids:
+        assert await journal.claim(rid, "alice", owner="b", lease_s=30) == Claim("settled", 2, "{}")
+    await journal.settled(ids[0])  # a later mark is a batch of its own
+    assert len(statements) == 2
+
+
+async def test_a_failed_settled_batch_fails_every_request_in_it() -> None:
+    nowhere = DatabaseSettings(database_url=SecretStr("postgresql://x@127.0.0.1:1/none"))
+    engine = db.create_engine(nowhere, application_name="test")
+    try:
+        journal = PostgresJournal(engine, settled_batch_s=0.01)
+        results = await asyncio.gather(
+            journal.settled("a"), journal.settled("b"), return_exceptions=True
+        )
+        assert all(isinstance(r, DependencyUnavailable) for r in results), results
+        # the next mark starts a new batch rather than waiting on the failed one
+        with pytest.raises(DependencyUnavailable):
+            await journal.settled("c")
+    finally:
+        await engine.dispose()
 
 
 async def test_an_answer_added_through_another_router_is_served_after_the_key_refresh(
