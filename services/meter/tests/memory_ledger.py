@@ -131,6 +131,9 @@ class MemoryLedger:
             row.model = row.model or usage.model
             return True
 
+    async def settle_many(self, usages: Sequence[UsageRecordV1], now: datetime) -> list[bool]:
+        return [await self.settle(usage, now) for usage in usages]
+
     async def report(self, principal: str, groups: Sequence[str], now: datetime) -> UsageReport:
         tier, windows = self._limits(groups, None)
         buckets, month = self._read(principal, now)

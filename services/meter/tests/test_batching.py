@@ -6,13 +6,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import pytest
 
-from tollgate_core.errors import DependencyUnavailable
+from tollgate_core.contracts import Usage, UsageRecordV1
+from tollgate_core.errors import DependencyUnavailable, RequestError
 from tollgate_meter.adapters.postgres import PostgresLedger
-from tollgate_meter.batching import AdmissionBatcher
+from tollgate_meter.batching import AdmissionBatcher, SettlementBatcher
 from tollgate_meter.domain import Estimate
 from tollgate_meter.limits import WindowSpec
 from tollgate_meter.ports import AdmissionRequest, Decision
@@ -155,3 +157,63 @@ async def test_a_batch_counts_its_own_requests_against_a_monthly_request_limit(
     decisions = await ledger.admit_many("mona", [req("m1"), req("m2"), req("m3")], NOW)
     assert [d.admitted for d in decisions] == [True, True, False]
     assert decisions[2].violation is not None and decisions[2].violation.window == "monthly"
+
+
+def usage(request_id: str, output: int = 7) -> UsageRecordV1:
+    return UsageRecordV1(
+        request_id=request_id,
+        principal="erin",
+        model="m",
+        provider="local",
+        usage=Usage(input_tokens=3, output_tokens=output),
+        cost_usd=Decimal(0),
+        occurred_at=NOW,
+    )
+
+
+class GatedSettlements:
+    """Settles everything; each batch waits for ``gate`` and is recorded."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.gate = asyncio.Event()
+        self.fail_on: set[str] = set()
+
+    async def settle(self, usage: UsageRecordV1, now: datetime) -> bool:
+        return (await self.settle_many([usage], now))[0]
+
+    async def settle_many(self, usages: Sequence[UsageRecordV1], now: datetime) -> list[bool]:
+        self.batches.append([u.request_id for u in usages])
+        await self.gate.wait()
+        if any(u.request_id in self.fail_on for u in usages):
+            raise RequestError("a value cannot be stored")
+        return [True for _ in usages]
+
+
+async def test_records_handled_together_are_settled_in_one_batch_and_a_bad_one_alone() -> None:
+    ledger = GatedSettlements()
+    ledger.fail_on = {"bad"}
+    settler = SettlementBatcher(ledger)
+    first = asyncio.create_task(settler.settle(usage("first"), NOW))
+    await asyncio.sleep(0.01)
+    rest = [asyncio.create_task(settler.settle(usage(r), NOW)) for r in ("x", "bad", "y")]
+    await asyncio.sleep(0.01)
+    ledger.gate.set()
+    assert await first is True
+    results = await asyncio.gather(*rest, return_exceptions=True)
+    # the three waited for the first and went in one statement; that failing, each alone
+    assert ledger.batches == [["first"], ["x", "bad", "y"], ["x"], ["bad"], ["y"]]
+    assert results[0] is True and results[2] is True
+    assert isinstance(results[1], RequestError)
+
+
+async def test_concurrent_settlements_through_the_batcher_count_each_request_once(
+    ledger: PostgresLedger, inspect: Any
+) -> None:
+    for i in range(20):
+        await ledger.admit(f"e{i}", "erin", "m", (), Estimate(5, 100), NOW)
+    settler = SettlementBatcher(ledger)
+    records = [usage(f"e{i % 20}") for i in range(40)]  # every record delivered twice
+    results = await asyncio.gather(*(settler.settle(r, NOW) for r in records))
+    assert sum(results) == 20
+    assert await inspect.buckets("erin") == (60, 140, 0, 0)

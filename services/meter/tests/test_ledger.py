@@ -12,7 +12,7 @@ from pydantic import SecretStr
 
 from tollgate_core import db
 from tollgate_core.contracts import Usage, UsageRecordV1
-from tollgate_core.errors import DependencyUnavailable
+from tollgate_core.errors import DependencyUnavailable, RequestError
 from tollgate_core.settings import DatabaseSettings
 from tollgate_meter.adapters.postgres import PostgresLedger, create_engine
 from tollgate_meter.domain import Estimate
@@ -66,6 +66,44 @@ async def test_usage_without_a_reservation_is_recorded_once(
     assert await ledger.settle(usage("orphan"), NOW) is True
     assert await ledger.settle(usage("orphan"), NOW) is False
     assert await inspect.buckets("alice") == (3, 7, 0, 0)
+
+
+async def test_a_batch_of_usage_records_settles_as_the_records_would_one_by_one(
+    ledger: PostgresLedger, inspect: Any
+) -> None:
+    for rid in ("b1", "b2", "b3"):
+        await ledger.admit(rid, "alice", "m", (), Estimate(10, 100), NOW)
+    await ledger.settle(usage("b3"), NOW)
+    await ledger.release_expired(NOW + timedelta(days=1))  # b1 and b2 given back...
+    await ledger.admit("b4", "alice", "m", (), Estimate(10, 100), NOW)  # ...b4 still held
+    late = usage("b-orphan", "bob", 1, 2)  # never admitted here
+    batch = [usage("b1"), usage("b4", out=50), usage("b3"), late, usage("b1", out=999)]
+    # the first record of b1 counts, its replay and the one settled before do not
+    assert await ledger.settle_many(batch, NOW) == [True, True, False, True, False]
+    row = await ledger.get("b4")
+    assert row is not None and (row.status, row.output_tokens) == ("settled", 50)
+    sql = "SELECT cost_usd, model FROM meter.reservations WHERE request_id = :r"
+    assert await inspect.rows(sql, r="b-orphan") == [(Decimal("0.01"), "m")]
+    # b3 and b1 settled (7 each), b4 (50); b2 given back and never settled; no reservation open
+    assert await inspect.buckets("alice") == (9, 64, 0, 0)
+    assert await inspect.periods("alice") == (9, 64)
+    assert await inspect.buckets("bob") == (1, 2, 0, 0)
+    assert await ledger.settle_many([usage("b4"), usage("b-orphan", "bob")], NOW) == [
+        False,
+        False,
+    ]
+    assert await inspect.buckets("alice") == (9, 64, 0, 0)
+
+
+async def test_a_batch_with_a_record_postgres_cannot_store_changes_nothing(
+    ledger: PostgresLedger, inspect: Any
+) -> None:
+    await ledger.admit("c1", "alice", "m", (), Estimate(10, 100), NOW)
+    huge = usage("c2", inp=3_000_000_000)  # past an integer column
+    with pytest.raises(RequestError):
+        await ledger.settle_many([usage("c1"), huge], NOW)
+    assert await inspect.buckets("alice") == (0, 0, 10, 100)  # the batch is one transaction
+    assert await ledger.settle_many([usage("c1")], NOW) == [True]
 
 
 async def test_a_rejection_names_the_window_and_is_remembered(ledger: PostgresLedger) -> None:

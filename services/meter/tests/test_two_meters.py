@@ -3,11 +3,13 @@ any interleaving never let the counted tokens pass a limit, never lose a token a
 one twice.
 
 Each meter is its own ledger on its own connection pool (as two replicas are), behind its own
-admission batcher. Hypothesis draws a sequence of steps, each a handful of operations run
-concurrently — admissions on either meter, settlements (with actual usage at most the
-estimate, as providers stop at ``max_tokens``), redeliveries of decided requests, settlement
-records delivered twice, and the sweeper releasing what is open — and checks the ledger after
-every step against a model kept from the decisions the meters returned.
+admission and settlement batchers (a settlement goes through the batcher or straight to the
+ledger, so batches race single settlements too). Hypothesis draws a sequence of steps, each
+a handful of operations run concurrently — admissions on either meter, settlements (with
+actual usage at most the estimate, as providers stop at ``max_tokens``), redeliveries of
+decided requests, settlement records delivered twice, and the sweeper releasing what is
+open — and checks the ledger after every step against a model kept from the decisions the
+meters returned.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from hypothesis import strategies as st
 from tollgate_core.contracts import Usage, UsageRecordV1
 from tollgate_core.settings import DatabaseSettings
 from tollgate_meter.adapters.postgres import PostgresLedger, create_engine
-from tollgate_meter.batching import AdmissionBatcher
+from tollgate_meter.batching import AdmissionBatcher, SettlementBatcher
 from tollgate_meter.domain import Estimate
 from tollgate_meter.ports import AdmissionRequest
 
@@ -67,6 +69,7 @@ class Model:
 class Meters:
     ledgers: list[PostgresLedger]
     batchers: list[AdmissionBatcher]
+    settlers: list[SettlementBatcher]
 
 
 @pytest.fixture
@@ -74,7 +77,11 @@ async def meters(meter_db: DatabaseSettings) -> AsyncIterator[Meters]:
     engines = [create_engine(meter_db, application_name=f"meter-{i}") for i in range(2)]
     ledgers = [PostgresLedger(e, TEST_TIERS, bucket_seconds=600, tier_cache_s=0) for e in engines]
     try:
-        yield Meters(ledgers, [AdmissionBatcher(ledger, lambda: NOW) for ledger in ledgers])
+        yield Meters(
+            ledgers,
+            [AdmissionBatcher(ledger, lambda: NOW) for ledger in ledgers],
+            [SettlementBatcher(ledger) for ledger in ledgers],
+        )
     finally:
         for engine in engines:
             await engine.dispose()
@@ -115,7 +122,9 @@ async def run_op(op: tuple[str, int, int], meters: Meters, model: Model, princip
             return  # a refused request has no usage; a released one settles at the end
         output = model.estimates[request_id] * (n % 101) // 100  # at most the estimate
         output = model.actual.setdefault(request_id, output)  # a record says one thing
-        await ledger.settle(record(request_id, principal, output), NOW)
+        # alone, or with the other settlements racing it on that meter in one statement
+        settler = meters.settlers[meter] if n % 2 else ledger
+        await settler.settle(record(request_id, principal, output), NOW)
     elif kind == "release":
         # the sweeper, after the reservation TTL: everything still open is given back
         await ledger.release_expired(NOW + timedelta(hours=1), limit=10_000)

@@ -24,7 +24,7 @@ from tollgate_core.runtime import run_service, start_with_retry, watch_dependenc
 from tollgate_meter.adapters.catalog import RouterCatalog
 from tollgate_meter.adapters.postgres import PostgresLedger, create_engine
 from tollgate_meter.api import AuthServiceIdentity, UsageApi
-from tollgate_meter.batching import AdmissionBatcher
+from tollgate_meter.batching import AdmissionBatcher, SettlementBatcher
 from tollgate_meter.handlers import AdmissionHandler, SettlementHandler
 from tollgate_meter.limits import TierConfig
 from tollgate_meter.settings import MeterSettings
@@ -146,8 +146,9 @@ def _consumers(
         topics=[topics.USAGE],
         group_id=f"{settings.consumer_group}-settlement",
         decoder=Decoder.of(UsageRecordV1),
-        handler=SettlementHandler(ledger, utc_now),
+        handler=SettlementHandler(SettlementBatcher(ledger), utc_now),
         dead_letter=producer,
+        concurrency=settings.settlement_concurrency,
         min_fetch_wait_ms=settings.settlement_fetch_wait_ms,
     )
     return admissions, settlements

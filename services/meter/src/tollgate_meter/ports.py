@@ -70,6 +70,11 @@ class Settlements(Protocol):
         """Replace the request's reservation by its usage, once (False: settled before)."""
 
 
+class BatchSettlements(Settlements, Protocol):
+    async def settle_many(self, usages: Sequence[UsageRecordV1], now: datetime) -> list[bool]:
+        """:meth:`settle` for each record, in one transaction (all or none)."""
+
+
 class Upkeep(Protocol):
     """What the sweeper does to the ledger."""
 
@@ -108,5 +113,5 @@ class UsageApiLedger(Reports, TierAdmin, Protocol):
     """What the usage and admin API reads and changes."""
 
 
-class Ledger(Admissions, Settlements, Upkeep, Reports, TierAdmin, Protocol):
+class Ledger(Admissions, BatchSettlements, Upkeep, Reports, TierAdmin, Protocol):
     """Everything the meter does with its ledger."""

@@ -28,6 +28,9 @@ class MeterSettings(BaseSettings):
     #: long even while records flow (a reservation is settled up to that much later; against
     #: Kafka, whose long poll answers at once, this changes nothing)
     settlement_fetch_wait_ms: int = Field(default=100, ge=0, le=10_000)
+    #: usage records handled side by side; those in hand together are settled in one
+    #: statement (one transaction)
+    settlement_concurrency: int = Field(default=200, ge=1, le=10_000)
     #: reserved for a request without max_tokens until the router's catalog has been read
     default_max_tokens: int = Field(default=1024, ge=1, description="reserved when unset")
     #: the router, whose GET /v1/models gives each model's default and maximum output

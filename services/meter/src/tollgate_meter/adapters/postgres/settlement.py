@@ -30,6 +30,11 @@ ON CONFLICT (principal, {key}) DO UPDATE SET
 _BUMP_BUCKET = text(_BUMP.format(table="buckets", key="bucket_start"))
 _BUMP_PERIOD = text(_BUMP.format(table="periods", key="period_start"))
 _SETTLE = text("SELECT meter.settle_usage(:r, :p, :m, :i, :o, :c, :now, :b, :per)")
+_SETTLE_MANY = text(
+    "SELECT meter.settle_usages(CAST(:r AS text[]), CAST(:p AS text[]), CAST(:m AS text[]),"
+    " CAST(:i AS integer[]), CAST(:o AS integer[]), CAST(:c AS numeric[]), :now,"
+    " CAST(:b AS timestamptz[]), CAST(:per AS date[]))"
+)
 _EXPIRED = text(
     "SELECT request_id, principal, bucket_start, period_start, reserved_input,"
     " reserved_output FROM meter.reservations"
@@ -65,6 +70,32 @@ class SettlementSql(Store):
             return bool((await conn.execute(_SETTLE, params)).scalar_one())
 
         return await self._run(settle, single=True)
+
+    async def settle_many(self, usages: Sequence[UsageRecordV1], now: datetime) -> list[bool]:
+        """:meth:`settle` for several records in one statement (``meter.settle_usages()``),
+        one transaction; a request named twice is settled by its first record."""
+        first: dict[str, int] = {}
+        for n, usage in enumerate(usages):
+            first.setdefault(usage.request_id, n)
+        batch = [usages[first[r]] for r in sorted(first)]
+        at = [_when(u.occurred_at, now) for u in batch]
+        params = {
+            "r": [u.request_id for u in batch],
+            "p": [u.principal for u in batch],
+            "m": [u.model for u in batch],
+            "i": [u.usage.input_tokens for u in batch],
+            "o": [u.usage.output_tokens for u in batch],
+            "c": [u.cost_usd for u in batch],
+            "now": now,
+            "b": [bucket_start(t, self._bucket_seconds) for t in at],
+            "per": [month_start(t) for t in at],
+        }
+
+        async def settle(conn: AsyncConnection) -> set[str]:
+            return set((await conn.execute(_SETTLE_MANY, params)).scalars())
+
+        settled = await self._run(settle, single=True)
+        return [u.request_id in settled and first[u.request_id] == n for n, u in enumerate(usages)]
 
     async def release_expired(self, cutoff: datetime, limit: int = 500) -> int:
         """Give back the reservations of requests that never settled (their router died and
