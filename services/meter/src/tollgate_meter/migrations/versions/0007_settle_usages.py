@@ -41,28 +41,8 @@ BEGIN
     RETURNING request_id)
   SELECT coalesce(array_agg(request_id), '{}') INTO v_new FROM added;
 
-  INSERT INTO meter.buckets AS b (principal, bucket_start, input_tokens, output_tokens,
-    reserved_input, reserved_output, requests)
-  SELECT w.principal, w.bucket_start, sum(w.i), sum(w.o), -sum(w.ri), -sum(w.ro), sum(w.n)
-  FROM meter._usages_to_settle(p_requests, p_principals, p_inputs, p_outputs, v_new) AS w
-  GROUP BY w.principal, w.bucket_start ORDER BY w.principal, w.bucket_start
-  ON CONFLICT (principal, bucket_start) DO UPDATE SET
-    input_tokens = b.input_tokens + EXCLUDED.input_tokens,
-    output_tokens = b.output_tokens + EXCLUDED.output_tokens,
-    reserved_input = b.reserved_input + EXCLUDED.reserved_input,
-    reserved_output = b.reserved_output + EXCLUDED.reserved_output,
-    requests = b.requests + EXCLUDED.requests;
-  INSERT INTO meter.periods AS m (principal, period_start, input_tokens, output_tokens,
-    reserved_input, reserved_output, requests)
-  SELECT w.principal, w.period_start, sum(w.i), sum(w.o), -sum(w.ri), -sum(w.ro), sum(w.n)
-  FROM meter._usages_to_settle(p_requests, p_principals, p_inputs, p_outputs, v_new) AS w
-  GROUP BY w.principal, w.period_start ORDER BY w.principal, w.period_start
-  ON CONFLICT (principal, period_start) DO UPDATE SET
-    input_tokens = m.input_tokens + EXCLUDED.input_tokens,
-    output_tokens = m.output_tokens + EXCLUDED.output_tokens,
-    reserved_input = m.reserved_input + EXCLUDED.reserved_input,
-    reserved_output = m.reserved_output + EXCLUDED.reserved_output,
-    requests = m.requests + EXCLUDED.requests;
+{buckets}
+{periods}
   RETURN QUERY
   UPDATE meter.reservations AS r SET status = 'settled', input_tokens = x.i,
     output_tokens = x.o, cost_usd = x.c, model = coalesce(r.model, x.m), settled_at = p_now
@@ -72,6 +52,20 @@ BEGIN
 END
 $$
 """
+
+# One table's counters (buckets or months) changed by the batch, each row once, in key order.
+_COUNTERS = """
+  INSERT INTO meter.{table} AS t (principal, {key}, input_tokens, output_tokens,
+    reserved_input, reserved_output, requests)
+  SELECT w.principal, w.{key}, sum(w.i), sum(w.o), -sum(w.ri), -sum(w.ro), sum(w.n)
+  FROM meter._usages_to_settle(p_requests, p_principals, p_inputs, p_outputs, v_new) AS w
+  GROUP BY w.principal, w.{key} ORDER BY w.principal, w.{key}
+  ON CONFLICT (principal, {key}) DO UPDATE SET
+    input_tokens = t.input_tokens + EXCLUDED.input_tokens,
+    output_tokens = t.output_tokens + EXCLUDED.output_tokens,
+    reserved_input = t.reserved_input + EXCLUDED.reserved_input,
+    reserved_output = t.reserved_output + EXCLUDED.reserved_output,
+    requests = t.requests + EXCLUDED.requests;"""
 
 # What each request of a batch not yet settled changes: its usage, for the principal the
 # record names (as meter.settle_usage() does), in its reservation's bucket and month, giving back what it still holds reserved (its rows are locked by then).
@@ -95,7 +89,11 @@ $$
 
 def upgrade() -> None:
     op.execute(_WORK)
-    op.execute(_FUNCTION)
+    op.execute(
+        _FUNCTION.replace(
+            "{buckets}", _COUNTERS.format(table="buckets", key="bucket_start")
+        ).replace("{periods}", _COUNTERS.format(table="periods", key="period_start"))
+    )
 
 
 def downgrade() -> None:
