@@ -77,9 +77,9 @@ class RouterSettings(BaseSettings):
     journal_settled_batch_ms: int = Field(default=50, ge=0, le=5_000)
     prepared_purge_interval_s: float = Field(default=60.0, gt=0)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
-    #: the journal takes four statements a request, at up to ``max_concurrent_streams`` at
-    #: once: more connections than the other services', unless DATABASE_POOL_SIZE says
-    #: otherwise
+    #: the journal takes three statements a request and a share of a fourth, at up to
+    #: ``max_concurrent_streams`` at once: more connections than the other services', unless
+    #: DATABASE_POOL_SIZE says otherwise
     database: DatabaseSettings = Field(default_factory=lambda: database_settings(20))
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     local_model: LocalModelSettings = Field(default_factory=LocalModelSettings)
