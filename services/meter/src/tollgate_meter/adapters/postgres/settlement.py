@@ -29,7 +29,6 @@ ON CONFLICT (principal, {key}) DO UPDATE SET
 """
 _BUMP_BUCKET = text(_BUMP.format(table="buckets", key="bucket_start"))
 _BUMP_PERIOD = text(_BUMP.format(table="periods", key="period_start"))
-_SETTLE = text("SELECT meter.settle_usage(:r, :p, :m, :i, :o, :c, :now, :b, :per)")
 _SETTLE_MANY = text(
     "SELECT meter.settle_usages(CAST(:r AS text[]), CAST(:p AS text[]), CAST(:m AS text[]),"
     " CAST(:i AS integer[]), CAST(:o AS integer[]), CAST(:c AS numeric[]), :now,"
@@ -52,24 +51,8 @@ class SettlementSql(Store):
         """Replace the request's reservation by its usage, once (False: already settled).
         Usage of a request this ledger never admitted (admitted while it failed open, say)
         is recorded too, so the ledger still equals the usage stream: in the bucket and month
-        it happened in, never later than now. One statement: ``meter.settle_usage()``."""
-        at = _when(usage.occurred_at, now)
-        params = {
-            "r": usage.request_id,
-            "p": usage.principal,
-            "m": usage.model,
-            "i": usage.usage.input_tokens,
-            "o": usage.usage.output_tokens,
-            "c": usage.cost_usd,
-            "now": now,
-            "b": bucket_start(at, self._bucket_seconds),
-            "per": month_start(at),
-        }
-
-        async def settle(conn: AsyncConnection) -> bool:
-            return bool((await conn.execute(_SETTLE, params)).scalar_one())
-
-        return await self._run(settle, single=True)
+        it happened in, never later than now. A batch of one of :meth:`settle_many`."""
+        return (await self.settle_many([usage], now))[0]
 
     async def settle_many(self, usages: Sequence[UsageRecordV1], now: datetime) -> list[bool]:
         """:meth:`settle` for several records in one statement (``meter.settle_usages()``),
