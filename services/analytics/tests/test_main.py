@@ -76,7 +76,9 @@ def test_at_warning_the_worker_leaves_the_libraries_debug_records_unbuilt(tmp_pa
     root = logging.getLogger()
     level, handlers = root.level, root.handlers[:]
     try:
-        worker = app.conf.Worker(app, loglevel="warn", quiet=True)
+        # without taking over sys.stdout/stderr: that would outlive the test and, restored
+        # whenever the collector reaches the worker, swap another test's captured streams
+        worker = app.conf.Worker(app, loglevel="warn", quiet=True, redirect_stdouts=False)
         assert isinstance(worker, QuietWorker)
         worker._setup_logging()
         assert root.level == logging.WARNING
