@@ -41,11 +41,14 @@ pytest: install chromium
 test: lint typecheck pytest
 
 # The gateway under load beside the direct upstream and LiteLLM (installed on first use into
-# var/bench/litellm from bench/litellm-requirements.txt, never into .venv); ~15 minutes.
+# var/bench/litellm from bench/litellm-requirements.txt, never into .venv), then a traced
+# run that splits the OpenAI API's time to first token into its hops; ~10 minutes.
 # BENCH_ARGS passes options through, e.g. BENCH_ARGS="--quick".
 bench: install
 	$(VENV)/bin/python bench/gateway_load.py --out var/bench/gateway.json \
 		--markdown var/bench/gateway.md $(BENCH_ARGS)
+	$(VENV)/bin/python bench/gateway_load.py --paths direct,openai --loads c1 --principals 1 \
+		--idle-seconds 0 --trace --markdown var/bench/ttft.md
 
 clean:
 	rm -rf $(TOOLS) $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -20,6 +20,8 @@ each one exactly as the router's usage record says, and that no reservation is l
     .venv/bin/python bench/gateway_load.py                # the full report (~10 min)
     .venv/bin/python bench/gateway_load.py --quick        # a smoke run (~2 min)
     .venv/bin/python bench/gateway_load.py --paths openai --loads c20 --principals 1
+    .venv/bin/python bench/gateway_load.py --paths direct,openai --loads c1 --principals 1 \
+        --idle-seconds 0 --trace     # the c1 time to first token, hop by hop (ttft_breakdown.py)
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from pydantic import SecretStr  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 from sqlalchemy.ext.asyncio import create_async_engine  # noqa: E402
 
+from bench import ttft_breakdown  # noqa: E402
 from tests.appsync_client import AppSyncSocket, connect  # noqa: E402
 from tollgate_core.settings import DatabaseSettings  # noqa: E402
 from tollgate_dev.platform import (  # noqa: E402
@@ -110,6 +113,8 @@ class Sample:
     input_tokens: int = 0
     output_tokens: int = 0
     error: str = ""
+    #: wall-clock time the request was sent (to line it up with the services' spans)
+    started_at: float = 0.0
 
 
 Call = Callable[[int], Awaitable[Sample]]
@@ -160,6 +165,7 @@ def openai_body() -> dict[str, Any]:
 
 
 async def openai_stream(client: httpx.AsyncClient, url: str, key: str) -> Sample:
+    started_at = time.time()
     start = time.perf_counter()
     ttft = 0.0
     usage: dict[str, int] = {}
@@ -195,6 +201,7 @@ async def openai_stream(client: httpx.AsyncClient, url: str, key: str) -> Sample
         request_id,
         int(usage.get("prompt_tokens", 0)),
         int(usage.get("completion_tokens", 0)),
+        started_at=started_at,
     )
 
 
@@ -518,6 +525,8 @@ class Bench:
         self.rows: list[Row] = []
         self.idle: dict[str, float] = {}
         self.keys: list[tuple[str, str]] = []  # (principal, API key)
+        #: each run's samples, kept for a traced run's breakdown
+        self.samples: dict[tuple[str, int, str], list[Sample]] = {}
 
     async def _create_keys(self, auth: str, count: int) -> None:
         async with httpx.AsyncClient(timeout=30) as client:
@@ -543,12 +552,15 @@ class Bench:
         samples, seconds = await runner(call, load)
         cpu = cpu_delta(before, self.procs.snapshot())
         row = summarise(path, principals, load, samples, seconds, cpu)
+        self.samples[(path, principals, load.name)] = samples
         if ledger is not None:
             row.ledger = await ledger(samples)
         self.rows.append(row)
         print(json.dumps(asdict(row)), flush=True)
 
     async def idle_cpu(self, seconds: float) -> dict[str, float]:
+        if seconds <= 0:
+            return {}
         before = self.procs.snapshot()
         await asyncio.sleep(seconds)
         delta = cpu_delta(before, self.procs.snapshot())
@@ -721,6 +733,8 @@ def markdown(report: dict[str, Any]) -> str:
                     parts.append(f"(LiteLLM adds {lite:.1f} ms)")
             lines.append(" ".join(parts))
     idle = report["idle_cpu_percent_of_one_core"]
+    if not idle:
+        return "\n".join([*lines, ""])
     stack = sum(v for k, v in idle.items() if k not in ("upstream", "litellm"))
     lines += [
         "",
@@ -732,6 +746,20 @@ def markdown(report: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+async def traced_breakdown(bench: Bench, spans: ttft_breakdown.SpanCollector) -> str:
+    """The c1 OpenAI API run's time to first token, stage by stage, from its traces."""
+    samples = bench.samples.get(("openai", 1, "c1"))
+    if not samples:
+        return "A traced run needs `--paths openai --loads c1 --principals 1`.\n"
+    await spans.wait_for(samples)
+    good = [s.ttft * 1000 for s in samples if s.ok]
+    direct = bench.samples.get(("direct", 1, "c1"))
+    direct_ttft = statistics.median(s.ttft * 1000 for s in direct if s.ok) if direct else None
+    return ttft_breakdown.markdown(
+        spans.breakdown(samples), statistics.median(good) if good else 0.0, direct_ttft
+    )
 
 
 def main() -> None:
@@ -753,6 +781,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
     parser.add_argument("--markdown", type=Path, default=None, help="write the tables here")
     parser.add_argument("--keep", type=Path, default=None, help="keep logs and data here")
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="services export spans; report where the OpenAI API's c1 TTFT goes, stage by stage",
+    )
     args = parser.parse_args()
     # a SIGTERM (a time limit, a CI runner) unwinds like Ctrl-C: every process it started stops
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -780,6 +813,12 @@ async def _main(args: argparse.Namespace, tmp: Path) -> None:
     want_litellm = "litellm" in args.paths.split(",")
     litellm = litellm_python() if want_litellm else None
     load_before = os.getloadavg()
+    spans = ttft_breakdown.SpanCollector(free_port())
+    tracing: dict[str, str] = {}
+    if args.trace:
+        await spans.start()
+        # each service sends its spans every 0.2 s, not the SDK's default 5 s
+        tracing = {"OTEL_EXPORTER_OTLP_ENDPOINT": spans.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "200"}
     with contextlib.ExitStack() as stack:
         bench.procs.pids["upstream"] = stack.enter_context(
             child(upstream_cmd, tmp / "upstream.log")
@@ -827,6 +866,7 @@ async def _main(args: argparse.Namespace, tmp: Path) -> None:
                 "TOLLGATE_METER_TIERS_FILE": str(tiers_file(tmp)),
                 "TOLLGATE_ANALYTICS_DATA_DIR": str(tmp / "analytics" / "dataset"),
                 "TOLLGATE_ANALYTICS_STATE_DIR": str(tmp / "analytics" / "state"),
+                **tracing,
             },
         )
         stack.callback(service_stack.stop)
@@ -843,6 +883,9 @@ async def _main(args: argparse.Namespace, tmp: Path) -> None:
         bench.idle = await bench.idle_cpu(args.idle_seconds)
         print(json.dumps({"idle_cpu_percent_of_one_core": bench.idle}), flush=True)
         await run_paths(bench, ports, postgres.url, broker.bootstrap_servers)
+        breakdown = await traced_breakdown(bench, spans) if args.trace else ""
+    if args.trace:
+        await spans.stop()
     report = {
         "machine": {
             "cpus": os.cpu_count(),
@@ -861,7 +904,7 @@ async def _main(args: argparse.Namespace, tmp: Path) -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=1))
-    table = markdown(report)
+    table = markdown(report) + ("\n" + breakdown if breakdown else "")
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(table)
