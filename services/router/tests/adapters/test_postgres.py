@@ -233,6 +233,57 @@ async def test_the_settled_marks_of_requests_finishing_together_share_one_statem
     assert len(statements) == 2
 
 
+async def test_claims_first_token_marks_and_settling_records_arriving_together_share_statements(
+    engine: AsyncEngine,
+) -> None:
+    statements: list[str] = []
+
+    def seen(conn: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", seen)
+    journal = PostgresJournal(engine)
+    ids = [f"r-group-{i}" for i in range(6)]
+    claims = await asyncio.gather(*(journal.claim(r, "alice", owner="a") for r in ids))
+    assert claims == [Claim(None)] * 6
+    await asyncio.gather(*(journal.streaming(r) for r in ids[:4]))
+    await asyncio.gather(*(journal.settling(r, f'{{"r":"{r}"}}') for r in ids[:2]))
+    assert len(statements) == 3, statements
+    again = await asyncio.gather(*(journal.claim(r, "alice", owner="a") for r in ids))
+    assert again[:2] == [Claim("settling", 2, f'{{"r":"{r}"}}') for r in ids[:2]]
+    assert again[2:] == [Claim("streaming", 2)] * 2 + [Claim("started", 2)] * 2
+    assert len(statements) == 4
+
+
+async def test_a_request_claimed_twice_in_one_batch_sees_its_first_claim(
+    engine: AsyncEngine,
+) -> None:
+    journal = PostgresJournal(engine)
+    first, second, third = await asyncio.gather(
+        journal.claim("r-twice", "alice", owner="a"),
+        journal.claim("r-twice", "alice", owner="b"),
+        journal.claim("r-once", "alice", owner="b"),
+    )
+    # as one after the other: b finds a's live lease (held, not counted)
+    assert (first, second, third) == (Claim(None), Claim("started", 1, held=True), Claim(None))
+
+
+async def test_a_failed_journal_batch_fails_every_request_in_it() -> None:
+    nowhere = DatabaseSettings(database_url=SecretStr("postgresql://x@127.0.0.1:1/none"))
+    engine = db.create_engine(nowhere, application_name="test")
+    try:
+        journal = PostgresJournal(engine)
+        for batch in (
+            [journal.claim("a", "alice"), journal.claim("b", "alice")],
+            [journal.streaming("a"), journal.streaming("b")],
+            [journal.settling("a", "{}"), journal.settling("b", "{}")],
+        ):
+            results = await asyncio.gather(*batch, return_exceptions=True)
+            assert all(isinstance(r, DependencyUnavailable) for r in results), results
+    finally:
+        await engine.dispose()
+
+
 async def test_a_failed_settled_batch_fails_every_request_in_it() -> None:
     nowhere = DatabaseSettings(database_url=SecretStr("postgresql://x@127.0.0.1:1/none"))
     engine = db.create_engine(nowhere, application_name="test")

@@ -3,9 +3,12 @@
 Every operation here is one statement, run in autocommit: one round trip, with no
 ``BEGIN``/``COMMIT`` around it and no ping before it (the engine has none; a connection that
 died in the pool is replaced and the statement run once more, which is safe because each is
-idempotent). A request costs the journal three round trips of its own — claim, first
-token, settling — and a share of one more: the settled marks (which also give the leases
-back) of every request that finished within ``settled_batch_s`` go out as one statement.
+idempotent). A request's journal writes — claim, first token, settling, settled — are each
+shared with other requests': claims, first-token marks and settling records are group
+commits (:class:`tollgate_core.batching.GroupCommit`: those submitted while the previous
+statement of their kind runs go out together in the next), and the settled marks (which also
+give the leases back) of every request that finished within ``settled_batch_s`` go out as
+one statement. Alone, a write goes out at once.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tollgate_core import db
+from tollgate_core.batching import GroupCommit
 from tollgate_core.errors import DependencyUnavailable
-from tollgate_router.journal import Claim, State
+from tollgate_router.journal import Claim
 from tollgate_router.prepared import PreparedResponse
 
 
@@ -47,23 +51,25 @@ async def _one(engine: AsyncEngine, sql: TextClause, params: dict[str, Any]) -> 
         return await db.run(engine, execute, single=True)
 
 
-#: a live lease of another owner is left alone (and the attempt not counted); an expired or
-#: missing one (a row from before leases existed) passes to this attempt
+#: a batch of claims, in request id order (two routers claiming overlapping batches lock the
+#: rows in one order). A live lease of another owner is left alone (and the attempt not
+#: counted); an expired or missing one (a row from before leases existed) passes to this
+#: attempt. The returned owner tells an attempt whether another holds the request.
 _CLAIM = text(
     """
-    INSERT INTO router.requests (request_id, principal, state, owner, lease_until)
-    VALUES (:rid, :principal, 'started', :owner, now() + make_interval(secs => :lease))
+    INSERT INTO router.requests AS r (request_id, principal, state, owner, lease_until)
+    SELECT x.rid, x.principal, 'started', x.owner, now() + make_interval(secs => x.lease)
+    FROM unnest(CAST(:rids AS text[]), CAST(:principals AS text[]), CAST(:owners AS text[]),
+                CAST(:leases AS double precision[])) AS x(rid, principal, owner, lease)
+    ORDER BY x.rid
     ON CONFLICT (request_id) DO UPDATE SET
-        attempts = router.requests.attempts
-            + CASE WHEN router.requests.lease_until > now()
-                    AND router.requests.owner <> EXCLUDED.owner THEN 0 ELSE 1 END,
+        attempts = r.attempts
+            + CASE WHEN r.lease_until > now() AND r.owner <> EXCLUDED.owner THEN 0 ELSE 1 END,
         updated_at = now(),
-        owner = CASE WHEN router.requests.lease_until > now() THEN router.requests.owner
-                     ELSE EXCLUDED.owner END,
-        lease_until = CASE WHEN router.requests.lease_until > now()
-                            AND router.requests.owner <> EXCLUDED.owner
-                           THEN router.requests.lease_until ELSE EXCLUDED.lease_until END
-    RETURNING state, attempts, records, (xmax = 0) AS inserted, owner <> :owner AS held
+        owner = CASE WHEN r.lease_until > now() THEN r.owner ELSE EXCLUDED.owner END,
+        lease_until = CASE WHEN r.lease_until > now() AND r.owner <> EXCLUDED.owner
+                           THEN r.lease_until ELSE EXCLUDED.lease_until END
+    RETURNING request_id, state, attempts, records, owner, (xmax = 0) AS inserted
     """
 )
 _RENEW = text(
@@ -73,9 +79,14 @@ _RENEW = text(
 _RELEASE = text(
     "UPDATE router.requests SET lease_until = now() WHERE request_id = :rid AND owner = :owner"
 )
-_SET = text(
-    "UPDATE router.requests SET state = :state, records = COALESCE(:records, records),"
-    " updated_at = now() WHERE request_id = :rid"
+_STREAMING = text(
+    "UPDATE router.requests SET state = 'streaming', updated_at = now()"
+    " WHERE request_id = ANY(CAST(:rids AS text[]))"
+)
+_SETTLING = text(
+    "UPDATE router.requests AS r SET state = 'settling', records = x.records, updated_at = now()"
+    " FROM unnest(CAST(:rids AS text[]), CAST(:records AS text[])) AS x(rid, records)"
+    " WHERE r.request_id = x.rid"
 )
 #: settled, and the lease given back in the same statement, for a batch of requests
 _SETTLED = text(
@@ -98,15 +109,42 @@ class PostgresJournal:
         #: settled marks waiting for the next batch, and the task that writes it
         self._to_settle: dict[str, asyncio.Future[None]] = {}
         self._settler: asyncio.Task[None] | None = None
+        self._claims = GroupCommit("journal-claim", self._claim_many)
+        self._streaming = GroupCommit("journal-streaming", self._streaming_many)
+        self._settling = GroupCommit("journal-settling", self._settling_many)
 
     async def claim(
         self, request_id: str, principal: str, *, owner: str = "", lease_s: float = 30.0
     ) -> Claim:
-        params = {"rid": request_id, "principal": principal, "owner": owner, "lease": lease_s}
-        row = (await _one(self._engine, _CLAIM, params)).one()
-        if row.inserted:
-            return Claim(None)
-        return Claim(row.state, row.attempts, row.records, held=bool(row.held))
+        return await self._claims.submit("", (request_id, principal, owner, lease_s))
+
+    async def _claim_many(self, _: str, claims: list[tuple[str, str, str, float]]) -> list[Claim]:
+        """One statement per round of distinct request ids: a request claimed twice in one
+        batch (a redelivery racing its first delivery) sees its first claim, as it would
+        one after the other."""
+        found: list[Claim | None] = [None] * len(claims)
+        pending = list(range(len(claims)))
+        while pending:
+            seen: dict[str, int] = {}
+            for i in pending:
+                seen.setdefault(claims[i][0], i)
+            rows = await self._claim_round([claims[i] for i in seen.values()])
+            for i in seen.values():
+                row = rows[claims[i][0]]
+                held = row.owner != claims[i][2]
+                found[i] = (
+                    Claim(None)
+                    if row.inserted
+                    else Claim(row.state, row.attempts, row.records, held=held)
+                )
+            done = set(seen.values())
+            pending = [i for i in pending if i not in done]
+        return [c for c in found if c is not None]
+
+    async def _claim_round(self, claims: list[tuple[str, str, str, float]]) -> dict[str, Any]:
+        rids, principals, owners, leases = (list(c) for c in zip(*claims, strict=True))
+        params = {"rids": rids, "principals": principals, "owners": owners, "leases": leases}
+        return {row.request_id: row for row in await _one(self._engine, _CLAIM, params)}
 
     async def renew(self, request_id: str, owner: str, lease_s: float) -> None:
         await _one(self._engine, _RENEW, {"rid": request_id, "owner": owner, "lease": lease_s})
@@ -117,14 +155,24 @@ class PostgresJournal:
             return
         await _one(self._engine, _RELEASE, {"rid": request_id, "owner": owner})
 
-    async def _set(self, request_id: str, state: State, records: str | None = None) -> None:
-        await _one(self._engine, _SET, {"rid": request_id, "state": state, "records": records})
-
     async def streaming(self, request_id: str) -> None:
-        await self._set(request_id, "streaming")
+        """Returns once the mark is written (the first token may then go out)."""
+        await self._streaming.submit("", request_id)
+
+    async def _streaming_many(self, _: str, rids: list[str]) -> list[None]:
+        await _one(self._engine, _STREAMING, {"rids": rids})
+        return [None] * len(rids)
 
     async def settling(self, request_id: str, records: str) -> None:
-        await self._set(request_id, "settling", records)
+        """Returns once the records are written (the terminal reply may then go out)."""
+        await self._settling.submit("", (request_id, records))
+
+    async def _settling_many(self, _: str, items: list[tuple[str, str]]) -> list[None]:
+        # a request twice in one batch carries the same records both times (its answer's)
+        latest = dict(items)
+        params = {"rids": list(latest), "records": list(latest.values())}
+        await _one(self._engine, _SETTLING, params)
+        return [None] * len(items)
 
     async def settled(self, request_id: str) -> None:
         """Returns once the mark is written, together with the others of its batch."""
