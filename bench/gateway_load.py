@@ -749,17 +749,20 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 async def traced_breakdown(bench: Bench, spans: ttft_breakdown.SpanCollector) -> str:
-    """The c1 OpenAI API run's time to first token, stage by stage, from its traces."""
-    samples = bench.samples.get(("openai", 1, "c1"))
-    if not samples:
-        return "A traced run needs `--paths openai --loads c1 --principals 1`.\n"
-    await spans.wait_for(samples)
-    good = [s.ttft * 1000 for s in samples if s.ok]
-    direct = bench.samples.get(("direct", 1, "c1"))
-    direct_ttft = statistics.median(s.ttft * 1000 for s in direct if s.ok) if direct else None
-    return ttft_breakdown.markdown(
-        spans.breakdown(samples), statistics.median(good) if good else 0.0, direct_ttft
-    )
+    """Each one-principal OpenAI API run's time to first token, stage by stage, from its
+    traces."""
+    runs = [(key[2], v) for key, v in bench.samples.items() if key[:2] == ("openai", 1)]
+    if not runs:
+        return "A traced run needs `--paths openai --principals 1`.\n"
+    parts = []
+    for load, samples in runs:
+        await spans.wait_for(samples)
+        good = [s.ttft * 1000 for s in samples if s.ok]
+        direct = bench.samples.get(("direct", 1, load))
+        base = statistics.median(s.ttft * 1000 for s in direct if s.ok) if direct else None
+        ttft = statistics.median(good) if good else 0.0
+        parts.append(ttft_breakdown.markdown(spans.breakdown(samples), load, ttft, base))
+    return "\n".join(parts)
 
 
 def main() -> None:

@@ -157,13 +157,15 @@ def stages_of(trace: list[_Span], sample: Timed) -> list[float] | None:
     return [(b - a) / 1e6 for a, b in itertools.pairwise(marks)]
 
 
-def markdown(columns: list[list[float]], ttft_ms: float, direct_ttft_ms: float | None) -> str:
+def markdown(
+    columns: list[list[float]], load: str, ttft_ms: float, direct_ttft_ms: float | None
+) -> str:
     """The breakdown as a table: each stage's median and p90, and their sum."""
     if not columns:
         return "No complete trace was collected.\n"
     n = len(columns[0])
     lines = [
-        f"Time to first token, stage by stage (OpenAI API, one principal, c=1, {n} requests"
+        f"Time to first token, stage by stage (OpenAI API, one principal, {load}, {n} requests"
         f" traced; client TTFT p50 {ttft_ms:.1f} ms"
         + (f", the upstream's own {direct_ttft_ms:.1f} ms" if direct_ttft_ms is not None else "")
         + "):",
