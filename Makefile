@@ -45,7 +45,7 @@ test: lint typecheck pytest
 # run that splits the OpenAI API's time to first token into its hops; ~10 minutes.
 # BENCH_ARGS passes options through, e.g. BENCH_ARGS="--quick".
 bench: install
-	$(VENV)/bin/python bench/gateway_load.py --out var/bench/gateway.json \
+	$(VENV)/bin/python bench/gateway_load.py --pairs 3 --out var/bench/gateway.json \
 		--markdown var/bench/gateway.md $(BENCH_ARGS)
 	$(VENV)/bin/python bench/gateway_load.py --paths direct,openai --loads c1 --principals 1 \
 		--idle-seconds 0 --trace --markdown var/bench/ttft.md

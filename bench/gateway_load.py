@@ -95,6 +95,11 @@ LOADS = {
     "r20": Load("r20", rate=20, seconds=10),
     "r50": Load("r50", rate=50, seconds=10),
 }
+#: the paired runs (``--pairs``): LiteLLM's proxy answers ~14 streams/s, so fewer requests
+PAIR_LOADS = {
+    "litellm": Load("c20", concurrency=20, requests=200),
+    "openai": Load("c20", concurrency=20, requests=600),
+}
 QUICK = {
     "c1": Load("c1", concurrency=1, requests=30),
     "c20": Load("c20", concurrency=20, requests=200),
@@ -527,6 +532,8 @@ class Bench:
         self.keys: list[tuple[str, str]] = []  # (principal, API key)
         #: each run's samples, kept for a traced run's breakdown
         self.samples: dict[tuple[str, int, str], list[Sample]] = {}
+        #: (LiteLLM, Tollgate) rows of the paired runs
+        self.pairs: list[tuple[Row, Row]] = []
 
     async def _create_keys(self, auth: str, count: int) -> None:
         async with httpx.AsyncClient(timeout=30) as client:
@@ -546,7 +553,10 @@ class Bench:
         load: Load,
         call: Call,
         ledger: Callable[[list[Sample]], Awaitable[str]] | None,
-    ) -> None:
+        *,
+        keep: bool = True,
+    ) -> Row:
+        """One run; its row is added to the report's table unless ``keep`` is false."""
         before = self.procs.snapshot()
         runner = closed_loop if load.concurrency else open_loop
         samples, seconds = await runner(call, load)
@@ -555,8 +565,10 @@ class Bench:
         self.samples[(path, principals, load.name)] = samples
         if ledger is not None:
             row.ledger = await ledger(samples)
-        self.rows.append(row)
+        if keep:
+            self.rows.append(row)
         print(json.dumps(asdict(row)), flush=True)
+        return row
 
     async def idle_cpu(self, seconds: float) -> dict[str, float]:
         if seconds <= 0:
@@ -611,7 +623,29 @@ async def run_paths(bench: Bench, ports: dict[str, int], database_url: str, boot
                 await call(0)
                 for load in loads:
                     await bench.measure(path, principals, load, call, check)
+        if args.pairs and "litellm" in ports and "openai" in args.paths.split(","):
+            await run_pairs(bench, client, ports, ledger)
     await tap.stop()
+
+
+async def run_pairs(
+    bench: Bench,
+    client: httpx.AsyncClient,
+    ports: dict[str, int],
+    ledger: Callable[[list[Sample]], Awaitable[str]],
+) -> None:
+    """LiteLLM, then Tollgate's OpenAI API with one principal, at c20, ``--pairs`` times in
+    turn. This machine's speed drifts by up to 2x over minutes, and the main table runs each
+    path minutes apart; a pair runs within seconds, so its ratio is the machine's speed
+    cancelled out."""
+    lite_url = f"http://127.0.0.1:{ports['litellm']}/v1/chat/completions"
+    lite = _openai_call(client, lite_url, [LITELLM_KEY])
+    edge_url = f"http://127.0.0.1:{ports['stream']}/v1/chat/completions"
+    tollgate = _openai_call(client, edge_url, [bench.keys[0][1]])
+    for _ in range(bench.args.pairs):
+        a = await bench.measure("litellm", 1, PAIR_LOADS["litellm"], lite, None, keep=False)
+        b = await bench.measure("openai", 1, PAIR_LOADS["openai"], tollgate, ledger, keep=False)
+        bench.pairs.append((a, b))
 
 
 def _openai_call(client: httpx.AsyncClient, url: str, keys: list[str]) -> Call:
@@ -732,6 +766,7 @@ def markdown(report: dict[str, Any]) -> str:
                     lite = litellm[load]["ttft_p50_ms"] - direct[load]["ttft_p50_ms"]
                     parts.append(f"(LiteLLM adds {lite:.1f} ms)")
             lines.append(" ".join(parts))
+    lines += pairs_markdown(report.get("pairs", []), direct.get("c20"))
     idle = report["idle_cpu_percent_of_one_core"]
     if not idle:
         return "\n".join([*lines, ""])
@@ -765,6 +800,42 @@ async def traced_breakdown(bench: Bench, spans: ttft_breakdown.SpanCollector) ->
     return "\n".join(parts)
 
 
+def pairs_markdown(pairs: list[list[dict[str, Any]]], direct: dict[str, Any] | None) -> list[str]:
+    """The paired runs: each pair's ratios, and their medians."""
+    if not pairs:
+        return []
+    base = direct["ttft_p50_ms"] if direct else 0.0
+    lines = [
+        "",
+        f"Paired runs, c20, one principal: LiteLLM ({PAIR_LOADS['litellm'].requests} requests)"
+        f" then Tollgate's OpenAI API ({PAIR_LOADS['openai'].requests}), in turn, seconds"
+        f" apart (added TTFT over the direct upstream's c20 p50, {base:.1f} ms):",
+        "",
+        "| pair | LiteLLM streams/s | Tollgate streams/s | ratio | LiteLLM added TTFT p50"
+        " | Tollgate added TTFT p50 | Tollgate's share | failed | ledger |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    ratios, shares = [], []
+    for i, (lite, tollgate) in enumerate(pairs, 1):
+        ratio = tollgate["streams_per_s"] / max(lite["streams_per_s"], 1e-9)
+        lite_added = lite["ttft_p50_ms"] - base
+        added = tollgate["ttft_p50_ms"] - base
+        share = added / lite_added if lite_added > 0 else float("nan")
+        ratios.append(ratio)
+        shares.append(share)
+        lines.append(
+            f"| {i} | {lite['streams_per_s']} | {tollgate['streams_per_s']} | {ratio:.2f}x"
+            f" | {lite_added:.1f} | {added:.1f} | {100 * share:.1f} %"
+            f" | {lite['failed'] + tollgate['failed']} | {tollgate['ledger']} |"
+        )
+    lines += [
+        "",
+        f"Median of the pairs: {statistics.median(ratios):.2f}x LiteLLM's streams/s; Tollgate's"
+        f" added TTFT {100 * statistics.median(shares):.1f} % of LiteLLM's.",
+    ]
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--paths", default="direct,litellm,openai,appsync")
@@ -784,6 +855,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
     parser.add_argument("--markdown", type=Path, default=None, help="write the tables here")
     parser.add_argument("--keep", type=Path, default=None, help="keep logs and data here")
+    parser.add_argument(
+        "--pairs",
+        type=int,
+        default=0,
+        help="then run LiteLLM and Tollgate (OpenAI API, one principal) at c20 in turn, N times",
+    )
     parser.add_argument(
         "--trace",
         action="store_true",
@@ -903,6 +980,7 @@ async def _main(args: argparse.Namespace, tmp: Path) -> None:
         },
         "idle_cpu_percent_of_one_core": bench.idle,
         "rows": [asdict(r) for r in bench.rows],
+        "pairs": [[asdict(a), asdict(b)] for a, b in bench.pairs],
     }
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
