@@ -593,6 +593,8 @@ async def run_paths(bench: Bench, ports: dict[str, int], database_url: str, boot
 
     # a warm-up request on every path and principal, so no run pays for first connections
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        if args.pairs and "litellm" in ports and "openai" in args.paths.split(","):
+            await run_pairs(bench, client, ports, ledger)
         for path in args.paths.split(","):
             for principals in [int(p) for p in args.principals.split(",")]:
                 if path in ("direct", "litellm") and principals != 1:
@@ -623,8 +625,6 @@ async def run_paths(bench: Bench, ports: dict[str, int], database_url: str, boot
                 await call(0)
                 for load in loads:
                     await bench.measure(path, principals, load, call, check)
-        if args.pairs and "litellm" in ports and "openai" in args.paths.split(","):
-            await run_pairs(bench, client, ports, ledger)
     await tap.stop()
 
 
@@ -637,11 +637,14 @@ async def run_pairs(
     """LiteLLM, then Tollgate's OpenAI API with one principal, at c20, ``--pairs`` times in
     turn. This machine's speed drifts by up to 2x over minutes, and the main table runs each
     path minutes apart; a pair runs within seconds, so its ratio is the machine's speed
-    cancelled out."""
+    cancelled out. They run first: Tansu's cost per record grows with the history of the
+    partition it serves (bench/gateway.md), so every Tollgate run pays for the ones before."""
     lite_url = f"http://127.0.0.1:{ports['litellm']}/v1/chat/completions"
     lite = _openai_call(client, lite_url, [LITELLM_KEY])
     edge_url = f"http://127.0.0.1:{ports['stream']}/v1/chat/completions"
     tollgate = _openai_call(client, edge_url, [bench.keys[0][1]])
+    await lite(0)
+    await tollgate(0)
     for _ in range(bench.args.pairs):
         a = await bench.measure("litellm", 1, PAIR_LOADS["litellm"], lite, None, keep=False)
         b = await bench.measure("openai", 1, PAIR_LOADS["openai"], tollgate, ledger, keep=False)
