@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -17,11 +18,11 @@ from alembic import command, context
 from alembic.config import Config
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from tollgate_core.errors import DependencyUnavailable
+from tollgate_core.errors import DependencyUnavailable, RequestError
 from tollgate_core.settings import DatabaseSettings
 
 logger = logging.getLogger(__name__)
@@ -156,3 +157,38 @@ def run_alembic_env(schema: str) -> None:
             await engine.dispose()
 
     asyncio.run(_main())
+
+
+@asynccontextmanager
+async def translated() -> AsyncIterator[None]:
+    """Postgres trouble becomes :class:`DependencyUnavailable` (retriable) at this edge; a
+    value Postgres cannot take (a number out of its column's range, a NUL in a text) is the
+    caller's bad input, :class:`RequestError`, never an outage; a statement Postgres refuses
+    as written (a constraint, a syntax error) is a bug and passes through as it is."""
+    try:
+        yield
+    except (IntegrityError, ProgrammingError):
+        raise
+    except DBAPIError as exc:
+        if isinstance(exc, DataError) or _is_bad_value(exc):
+            raise RequestError(f"a value cannot be stored: {_first_line(exc)}") from exc
+        raise DependencyUnavailable(f"Postgres unavailable: {exc}") from exc
+    except (OSError, TimeoutError) as exc:
+        raise DependencyUnavailable(f"Postgres unavailable: {exc}") from exc
+
+
+def _is_bad_value(exc: DBAPIError) -> bool:
+    """SQLSTATE class 22 (data exception) from the server, or a parameter the driver could
+    not encode (asyncpg raises a ``ValueError`` subclass before sending anything)."""
+    seen: BaseException | None = exc.orig
+    while seen is not None:
+        if str(getattr(seen, "sqlstate", None) or "").startswith("22"):
+            return True
+        if isinstance(seen, ValueError):
+            return True
+        seen = seen.__cause__
+    return False
+
+
+def _first_line(exc: DBAPIError) -> str:
+    return str(exc.orig).splitlines()[0] if exc.orig is not None else type(exc).__name__

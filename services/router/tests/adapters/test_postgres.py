@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tollgate_core import db, topics
 from tollgate_core.bus import InMemoryPublisher
 from tollgate_core.contracts import ChatMessage, TextBlock, utcnow
-from tollgate_core.errors import DependencyUnavailable
+from tollgate_core.errors import DependencyUnavailable, RequestError
 from tollgate_core.settings import DatabaseSettings
 from tollgate_dev.pytest_plugin import DatabaseFactory
 from tollgate_router.adapters.postgres import PostgresJournal, PostgresPreparedStore
@@ -266,6 +266,20 @@ async def test_a_request_claimed_twice_in_one_batch_sees_its_first_claim(
     )
     # as one after the other: b finds a's live lease (held, not counted)
     assert (first, second, third) == (Claim(None), Claim("started", 1, held=True), Claim(None))
+
+
+async def test_a_value_postgres_cannot_store_fails_its_own_claim_not_its_batch(
+    engine: AsyncEngine,
+) -> None:
+    journal = PostgresJournal(engine)
+    good, bad = await asyncio.gather(
+        journal.claim("r-good", "alice", owner="a"),
+        journal.claim("r-bad", "al\x00ice", owner="a"),
+        return_exceptions=True,
+    )
+    assert good == Claim(None)
+    assert isinstance(bad, RequestError), bad  # bad input, not an outage: not retried
+    assert await journal.claim("r-good", "alice", owner="a") == Claim("started", 2)
 
 
 async def test_a_failed_journal_batch_fails_every_request_in_it() -> None:

@@ -17,28 +17,16 @@ import asyncio
 import builtins
 import math
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import CursorResult, TextClause, text
-from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tollgate_core import db
 from tollgate_core.batching import GroupCommit
-from tollgate_core.errors import DependencyUnavailable
 from tollgate_router.journal import Claim
 from tollgate_router.prepared import PreparedResponse
-
-
-@asynccontextmanager
-async def _translated() -> AsyncIterator[None]:
-    try:
-        yield
-    except (OSError, OperationalError, DBAPIError, TimeoutError) as exc:
-        raise DependencyUnavailable(f"Postgres: {type(exc).__name__}: {exc}") from exc
 
 
 async def _one(engine: AsyncEngine, sql: TextClause, params: dict[str, Any]) -> CursorResult[Any]:
@@ -47,7 +35,7 @@ async def _one(engine: AsyncEngine, sql: TextClause, params: dict[str, Any]) -> 
     async def execute(conn: AsyncConnection) -> CursorResult[Any]:
         return await conn.execute(sql, params)
 
-    async with _translated():
+    async with db.translated():
         return await db.run(engine, execute, single=True)
 
 

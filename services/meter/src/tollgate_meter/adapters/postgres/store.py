@@ -4,17 +4,14 @@ it, the tier overrides cache, and reading a principal's limits and counters."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import text
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tollgate_core import db
-from tollgate_core.errors import DependencyUnavailable, RequestError
 from tollgate_core.settings import DatabaseSettings
 from tollgate_meter.limits import (
     Bucket,
@@ -63,7 +60,7 @@ class Store:
     ) -> T:
         """``body`` through :func:`tollgate_core.db.run` (once more on a fresh connection
         after a dead pooled one); Postgres trouble becomes :class:`DependencyUnavailable`."""
-        async with _translated():
+        async with db.translated():
             return await db.run(self._engine, body, write=write, single=single)
 
     def _resolve(
@@ -144,37 +141,3 @@ def bucket(start: datetime, row: Any) -> Bucket:
         used=Totals(int(row.input_tokens), int(row.output_tokens), int(row.requests)),
         reserved=Totals(int(row.reserved_input), int(row.reserved_output), 0),
     )
-
-
-@asynccontextmanager
-async def _translated() -> AsyncIterator[None]:
-    """Postgres trouble becomes :class:`DependencyUnavailable` (retriable) at this edge; a
-    value Postgres cannot take (a number out of its column's range, a NUL in a text) is the
-    caller's bad input, :class:`RequestError`, never an outage."""
-    try:
-        yield
-    except (IntegrityError, ProgrammingError):
-        raise  # a bug, not an outage
-    except DBAPIError as exc:
-        if isinstance(exc, DataError) or _is_bad_value(exc):
-            raise RequestError(f"a value cannot be stored: {_first_line(exc)}") from exc
-        raise DependencyUnavailable(f"Postgres unavailable: {exc}") from exc
-    except (OSError, TimeoutError) as exc:
-        raise DependencyUnavailable(f"Postgres unavailable: {exc}") from exc
-
-
-def _is_bad_value(exc: DBAPIError) -> bool:
-    """SQLSTATE class 22 (data exception) from the server, or a parameter the driver could
-    not encode (asyncpg raises a ``ValueError`` subclass before sending anything)."""
-    seen: BaseException | None = exc.orig
-    while seen is not None:
-        if str(getattr(seen, "sqlstate", None) or "").startswith("22"):
-            return True
-        if isinstance(seen, ValueError):
-            return True
-        seen = seen.__cause__
-    return False
-
-
-def _first_line(exc: DBAPIError) -> str:
-    return str(exc.orig).splitlines()[0] if exc.orig is not None else type(exc).__name__
