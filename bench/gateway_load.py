@@ -55,6 +55,7 @@ from sqlalchemy import text  # noqa: E402
 from sqlalchemy.ext.asyncio import create_async_engine  # noqa: E402
 
 from bench import ttft_breakdown  # noqa: E402
+from bench.stats import percentile  # noqa: E402
 from tests.appsync_client import AppSyncSocket, connect  # noqa: E402
 from tollgate_core.settings import DatabaseSettings  # noqa: E402
 from tollgate_dev.platform import (  # noqa: E402
@@ -486,13 +487,6 @@ class Row:
     errors: list[str] = field(default_factory=list)
 
 
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def summarise(
     path: str,
     principals: int,
@@ -902,9 +896,9 @@ async def _main(args: argparse.Namespace, tmp: Path) -> None:
     want_litellm = "litellm" in args.paths.split(",")
     litellm = litellm_python() if want_litellm else None
     load_before = os.getloadavg()
-    spans = ttft_breakdown.SpanCollector(free_port())
+    spans = ttft_breakdown.SpanCollector(free_port()) if args.trace else None
     tracing: dict[str, str] = {}
-    if args.trace:
+    if spans is not None:
         await spans.start()
         # each service sends its spans every 0.2 s, not the SDK's default 5 s
         tracing = {"OTEL_EXPORTER_OTLP_ENDPOINT": spans.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "200"}
@@ -972,8 +966,8 @@ async def _main(args: argparse.Namespace, tmp: Path) -> None:
         bench.idle = await bench.idle_cpu(args.idle_seconds)
         print(json.dumps({"idle_cpu_percent_of_one_core": bench.idle}), flush=True)
         await run_paths(bench, ports, postgres.url, broker.bootstrap_servers)
-        breakdown = await traced_breakdown(bench, spans) if args.trace else ""
-    if args.trace:
+        breakdown = await traced_breakdown(bench, spans) if spans is not None else ""
+    if spans is not None:
         await spans.stop()
     report = {
         "machine": {

@@ -21,8 +21,19 @@ from typing import Any, Protocol
 
 from oteltap import OtelTapHttpProtobufReceiver, OtelTapHttpProtobufReceiverSettings
 
+from bench.stats import percentile
+
 #: OTLP span kinds (opentelemetry.proto.trace.v1.Span.SpanKind)
 _CLIENT = 3
+
+#: the spans a request's stages start and end at, in the order of its path
+_PATH_SPANS = (
+    "POST /v1/chat/completions",
+    "tollgate.requests publish",
+    "tollgate.requests process",
+    "tollgate.admitted publish",
+    "tollgate.admitted process",
+)
 
 #: (stage, what it covers): each stage ends where the next begins
 STAGES: tuple[tuple[str, str], ...] = (
@@ -111,7 +122,8 @@ class SpanCollector:
                 self._by_request[request_id] = span.trace_id
 
     async def wait_for(self, samples: Sequence[Timed], timeout_s: float = 20.0) -> None:
-        """Until every answered request's trace holds its client span (the last to end)."""
+        """Until every answered request's trace is complete (its spans arrive in batches,
+        the request's own span last, after its settled mark)."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
                 while not all(self._stages(s) for s in samples if s.ok):
@@ -144,12 +156,9 @@ def stages_of(trace: list[_Span], sample: Timed) -> list[float] | None:
         ),
         None,
     )
-    needed = ("POST /v1/chat/completions", "tollgate.requests publish")
-    needed += ("tollgate.requests process", "tollgate.admitted publish")
-    needed += ("tollgate.admitted process",)
-    if client is None or chunk is None or any(n not in named for n in needed):
+    if client is None or chunk is None or any(n not in named for n in _PATH_SPANS):
         return None
-    edge, request, meter, admitted, router = (named[n] for n in needed)
+    edge, request, meter, admitted, router = (named[n] for n in _PATH_SPANS)
     started = int(sample.started_at * 1e9)
     marks = [started, edge.start, request.start, request.end, meter.start]
     marks += [admitted.start, admitted.end, router.start, client.start, chunk]
@@ -174,8 +183,8 @@ def markdown(
         "|---|---|---:|---:|",
     ]
     for (stage, what), values in zip(STAGES, columns, strict=True):
-        p90 = sorted(values)[min(n - 1, int(0.9 * n))]
-        lines.append(f"| {stage} | {what} | {statistics.median(values):.2f} | {p90:.2f} |")
+        p50, p90 = statistics.median(values), percentile(values, 0.9)
+        lines.append(f"| {stage} | {what} | {p50:.2f} | {p90:.2f} |")
     total = sum(statistics.median(v) for v in columns)
     lines += [f"| sum of the medians | | {total:.2f} | |", ""]
     return "\n".join(lines)
