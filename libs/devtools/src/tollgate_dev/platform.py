@@ -58,6 +58,9 @@ TANSU_CLIENT_ENV = {
     "KAFKA_FETCH_MAX_WAIT_MS": "5",
     "KAFKA_FETCH_IDLE_MAX_WAIT_MS": "500",
     "KAFKA_FETCH_IDLE_AFTER_MS": "5000",
+    # Tansu lets the stream job (Faust) into its group only after half its session timeout
+    # (30 s of start-up with the 60 s default); one local process needs no long grace
+    "TOLLGATE_ANALYTICS_SESSION_TIMEOUT_S": "10",
 }
 
 
