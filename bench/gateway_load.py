@@ -16,6 +16,9 @@ Tollgate paths with one principal (one API key) and with many.
 
 After every Tollgate run it checks that every request was answered, that the meter settled
 each one exactly as the router's usage record says, and that no reservation is left open.
+Each Tollgate path, with one principal and with many, and each paired run's Tollgate half
+start on a fresh broker and services (:class:`Tollgate`): Tansu slows down as a partition's
+history grows, and a row should not pay for the rows before it.
 
     .venv/bin/python bench/gateway_load.py                # the full report (~10 min)
     .venv/bin/python bench/gateway_load.py --quick        # a smoke run (~2 min)
@@ -102,6 +105,8 @@ PAIR_LOADS = {
     "litellm": Load("c20", concurrency=20, requests=200),
     "openai": Load("c20", concurrency=20, requests=600),
 }
+#: the bench's HTTP clients' pool: every run's requests in flight at once
+LIMITS = httpx.Limits(max_connections=200, max_keepalive_connections=200)
 QUICK = {
     "c1": Load("c1", concurrency=1, requests=30),
     "c20": Load("c20", concurrency=20, requests=200),
@@ -517,6 +522,78 @@ def summarise(
 # --- the whole benchmark ---------------------------------------------------------------------
 
 
+class Tollgate:
+    """Tansu and the five services as ``make run`` starts them, on the bench's Postgres.
+
+    :meth:`fresh` replaces both with new ones on an empty broker (Postgres, and the API keys
+    and ledger in it, stay): Tansu's cost per record grows with the history of the partition
+    it serves (docs/operations.md), so a run on a broker that has already carried thousands
+    of requests measures Tansu's history more than the gateway. A real Kafka's does not grow
+    so; each group of runs therefore starts on a fresh broker."""
+
+    def __init__(
+        self, bench: Bench, database_url: str, ports: dict[str, int], env: dict[str, str]
+    ) -> None:
+        self._bench = bench
+        self.database_url = database_url
+        self._ports = ports
+        self._env = env
+        self._generation = 0
+        self._broker: TansuBroker | None = None
+        self._services: Stack | None = None
+        self.tap: UsageTap | None = None
+
+    async def start(self) -> float:
+        """Start a broker and the services; the seconds until the services were ready."""
+        self._generation += 1
+        tmp = self._bench.tmp
+        broker = self._broker = TansuBroker(log_path=tmp / "tansu.log").start()
+        await prepare(
+            broker.bootstrap_servers, self.database_url, partitions=self._bench.args.partitions
+        )
+        self._services = Stack(
+            bootstrap_servers=broker.bootstrap_servers,
+            database_url=self.database_url,
+            log_dir=tmp / "logs",
+            ports=self._ports,
+            extra_env={
+                **self._env,
+                # the stream job's local state belongs to the broker it was built from
+                "TOLLGATE_ANALYTICS_STATE_DIR": str(tmp / "analytics" / f"{self._generation}"),
+            },
+        )
+        ready_s = await asyncio.to_thread(self._services.start, timeout=180)
+        pids = self._bench.procs.pids
+        for name, process in self._services.processes.items():
+            pids[name] = process.pid
+        if broker._process is not None:
+            pids["tansu"] = broker._process.pid
+        self.tap = UsageTap(broker.bootstrap_servers)
+        await self.tap.start()
+        await asyncio.sleep(5)  # let start-up work (group joins, first fetches) settle
+        return ready_s
+
+    async def stop(self) -> None:
+        if self.tap is not None:
+            await self.tap.stop()
+            self.tap = None
+        if self._services is not None:
+            await asyncio.to_thread(self._services.stop)
+            self._services = None
+        if self._broker is not None:
+            self._broker.stop()
+            self._broker = None
+
+    async def fresh(self) -> None:
+        """The services again, on a new, empty broker."""
+        await self.stop()
+        await self.start()
+
+    async def ledger(self, samples: list[Sample]) -> str:
+        assert self.tap is not None
+        return await check_ledger(self.database_url, self.tap, samples)
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
         self.args = args
@@ -575,79 +652,91 @@ class Bench:
         return {k: round(100 * v / seconds, 2) for k, v in delta.items()}
 
 
-async def run_paths(bench: Bench, ports: dict[str, int], database_url: str, bootstrap: str) -> None:
+async def run_paths(bench: Bench, ports: dict[str, int], gateway: Tollgate) -> None:
+    """Every path's runs; each Tollgate path (and number of principals) on a fresh broker."""
     args = bench.args
     loads = [(QUICK if args.quick else LOADS)[name] for name in args.loads.split(",")]
-    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
-    tap = UsageTap(bootstrap)
-    await tap.start()
-    edge = f"http://127.0.0.1:{ports['stream']}"
-
-    async def ledger(samples: list[Sample]) -> str:
-        return await check_ledger(database_url, tap, samples)
-
-    # a warm-up request on every path and principal, so no run pays for first connections
-    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
-        if args.pairs and "litellm" in ports and "openai" in args.paths.split(","):
-            await run_pairs(bench, client, ports, ledger)
-        for path in args.paths.split(","):
-            for principals in [int(p) for p in args.principals.split(",")]:
-                if path in ("direct", "litellm") and principals != 1:
-                    continue
-                users = bench.keys[:principals]
-                if path == "direct":
-                    url = f"http://127.0.0.1:{ports['upstream']}/v1/chat/completions"
-                elif path == "litellm":
-                    if "litellm" not in ports:
-                        continue
-                    url = f"http://127.0.0.1:{ports['litellm']}/v1/chat/completions"
-                else:
-                    url = f"{edge}/v1/chat/completions"
-                check = ledger if path in ("openai", "appsync") else None
-                if path == "appsync":
-                    async with contextlib.AsyncExitStack() as stack:
-                        connected = [
-                            await stack.enter_async_context(AppSyncUser(sub, key, edge).connected())
-                            for sub, key in users
-                        ]
-                        call = _appsync_call(client, connected)
-                        await call(0)
-                        for load in loads:
-                            await bench.measure(path, principals, load, call, check)
-                    continue
-                keys = [LITELLM_KEY] if path == "litellm" else [k for _, k in users]
-                call = _openai_call(client, url, keys)
-                await call(0)
-                for load in loads:
-                    await bench.measure(path, principals, load, call, check)
-    await tap.stop()
+    used = False  # whether the broker has carried a run yet
+    if args.pairs and "litellm" in ports and "openai" in args.paths.split(","):
+        await run_pairs(bench, ports, gateway)
+        used = True
+    for path in args.paths.split(","):
+        for principals in [int(p) for p in args.principals.split(",")]:
+            if path in ("direct", "litellm") and principals != 1:
+                continue
+            if path == "litellm" and "litellm" not in ports:
+                continue
+            if path in ("openai", "appsync") and used:
+                await gateway.fresh()
+            used = used or path in ("openai", "appsync")
+            # a client per group: a restarted edge has closed the last one's connections
+            async with httpx.AsyncClient(timeout=60, limits=LIMITS) as client:
+                await run_group(bench, client, path, principals, loads, ports, gateway)
 
 
-async def run_pairs(
+async def run_group(
     bench: Bench,
     client: httpx.AsyncClient,
+    path: str,
+    principals: int,
+    loads: list[Load],
     ports: dict[str, int],
-    ledger: Callable[[list[Sample]], Awaitable[str]],
+    gateway: Tollgate,
 ) -> None:
+    """One path's runs with ``principals`` principals, after a warm-up request on each (so no
+    run pays for first connections)."""
+    users = bench.keys[:principals]
+    check = gateway.ledger if path in ("openai", "appsync") else None
+    if path == "appsync":
+        edge = f"http://127.0.0.1:{ports['stream']}"
+        async with contextlib.AsyncExitStack() as stack:
+            connected = [
+                await stack.enter_async_context(AppSyncUser(sub, key, edge).connected())
+                for sub, key in users
+            ]
+            call = _appsync_call(client, connected)
+            await call(0)
+            for load in loads:
+                await bench.measure(path, principals, load, call, check)
+        return
+    if path == "direct":
+        url = f"http://127.0.0.1:{ports['upstream']}/v1/chat/completions"
+    elif path == "litellm":
+        url = f"http://127.0.0.1:{ports['litellm']}/v1/chat/completions"
+    else:
+        url = f"http://127.0.0.1:{ports['stream']}/v1/chat/completions"
+    keys = [LITELLM_KEY] if path == "litellm" else [k for _, k in users]
+    call = _openai_call(client, url, keys)
+    await call(0)
+    for load in loads:
+        await bench.measure(path, principals, load, call, check)
+
+
+async def run_pairs(bench: Bench, ports: dict[str, int], gateway: Tollgate) -> None:
     """LiteLLM, then Tollgate's OpenAI API with one principal, at c20, ``--pairs`` times in
     turn. This machine's speed drifts by up to 2x over minutes, and the main table runs each
     path minutes apart; a pair runs within seconds, so its ratio is the machine's speed
-    cancelled out. They run first: Tansu's cost per record grows with the history of the
-    partition it serves (bench/gateway.md), so every Tollgate run pays for the ones before."""
+    cancelled out. Each pair's Tollgate runs on a fresh broker, as the main table's groups
+    do."""
     lite_url = f"http://127.0.0.1:{ports['litellm']}/v1/chat/completions"
-    lite = _openai_call(client, lite_url, [LITELLM_KEY])
     edge_url = f"http://127.0.0.1:{ports['stream']}/v1/chat/completions"
-    tollgate = _openai_call(client, edge_url, [bench.keys[0][1]])
     # each run as the main table's: LiteLLM's while Tollgate's consumers poll slowly (idle),
     # Tollgate's after a warm-up request has brought them back to the short wait
     idle_after_ms = os.environ.get("KAFKA_FETCH_IDLE_AFTER_MS", "")
     idle_after_s = int(idle_after_ms or TANSU_CLIENT_ENV["KAFKA_FETCH_IDLE_AFTER_MS"]) / 1000 + 1
-    await lite(0)
-    for _ in range(bench.args.pairs):
-        await asyncio.sleep(idle_after_s)
-        a = await bench.measure("litellm", 1, PAIR_LOADS["litellm"], lite, None, keep=False)
-        await tollgate(0)
-        b = await bench.measure("openai", 1, PAIR_LOADS["openai"], tollgate, ledger, keep=False)
+    for pair in range(bench.args.pairs):
+        if pair:
+            await gateway.fresh()
+        async with httpx.AsyncClient(timeout=60, limits=LIMITS) as client:
+            lite = _openai_call(client, lite_url, [LITELLM_KEY])
+            tollgate = _openai_call(client, edge_url, [bench.keys[0][1]])
+            await lite(0)
+            await asyncio.sleep(idle_after_s)
+            a = await bench.measure("litellm", 1, PAIR_LOADS["litellm"], lite, None, keep=False)
+            await tollgate(0)
+            b = await bench.measure(
+                "openai", 1, PAIR_LOADS["openai"], tollgate, gateway.ledger, keep=False
+            )
         bench.pairs.append((a, b))
 
 
@@ -932,15 +1021,14 @@ async def _main(args: argparse.Namespace, tmp: Path) -> None:
                 child(command, tmp / "litellm.log", env)
             )
             wait_for_port(ports["litellm"], timeout=120)
-        broker = stack.enter_context(TansuBroker(log_path=tmp / "tansu.log"))
         postgres = stack.enter_context(EmbeddedPostgres(tmp / "pg"))
-        await prepare(broker.bootstrap_servers, postgres.url, partitions=args.partitions)
-        service_stack = Stack(
-            bootstrap_servers=broker.bootstrap_servers,
-            database_url=postgres.url,
-            log_dir=tmp / "logs",
-            ports={s: ports[s] for s in SERVICES},
-            extra_env={
+        pid_file = tmp / "pg" / "postmaster.pid"
+        bench.procs.pids["postgres"] = int(pid_file.read_text().split()[0])
+        gateway = Tollgate(
+            bench,
+            postgres.url,
+            {s: ports[s] for s in SERVICES},
+            {
                 **dev_auth_env(ROOT),
                 "TOLLGATE_LOG_LEVEL": "WARNING",
                 "TOLLGATE_AUTH_ADMIN_TOKEN": ADMIN_TOKEN,
@@ -948,24 +1036,18 @@ async def _main(args: argparse.Namespace, tmp: Path) -> None:
                 "TOLLGATE_STREAM_DEFAULT_MODELS": MODEL,
                 "TOLLGATE_METER_TIERS_FILE": str(tiers_file(tmp)),
                 "TOLLGATE_ANALYTICS_DATA_DIR": str(tmp / "analytics" / "dataset"),
-                "TOLLGATE_ANALYTICS_STATE_DIR": str(tmp / "analytics" / "state"),
                 **tracing,
             },
         )
-        stack.callback(service_stack.stop)
-        ready_s = await asyncio.to_thread(service_stack.start, timeout=180)
-        for name, process in service_stack.processes.items():
-            bench.procs.pids[name] = process.pid
-        if broker._process is not None:
-            bench.procs.pids["tansu"] = broker._process.pid
-        pid_file = tmp / "pg" / "postmaster.pid"
-        bench.procs.pids["postgres"] = int(pid_file.read_text().split()[0])
-        print(json.dumps({"pids": bench.procs.pids}), flush=True)
-        await bench._create_keys(f"http://127.0.0.1:{ports['auth']}", 20)
-        await asyncio.sleep(5)  # let start-up work (group joins, first fetches) settle
-        bench.idle = await bench.idle_cpu(args.idle_seconds)
-        print(json.dumps({"idle_cpu_percent_of_one_core": bench.idle}), flush=True)
-        await run_paths(bench, ports, postgres.url, broker.bootstrap_servers)
+        ready_s = await gateway.start()
+        try:
+            print(json.dumps({"pids": bench.procs.pids}), flush=True)
+            await bench._create_keys(f"http://127.0.0.1:{ports['auth']}", 20)
+            bench.idle = await bench.idle_cpu(args.idle_seconds)
+            print(json.dumps({"idle_cpu_percent_of_one_core": bench.idle}), flush=True)
+            await run_paths(bench, ports, gateway)
+        finally:
+            await gateway.stop()
         breakdown = await traced_breakdown(bench, spans) if spans is not None else ""
     if spans is not None:
         await spans.stop()
