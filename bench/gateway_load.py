@@ -105,6 +105,9 @@ PAIR_LOADS = {
     "litellm": Load("c20", concurrency=20, requests=200),
     "openai": Load("c20", concurrency=20, requests=600),
 }
+#: before a path's runs: its connection pools (HTTP, Postgres) filled and its code paths
+#: taken once at the table's concurrency, so the first run does not pay for a cold start
+WARM_UP = Load("warm-up", concurrency=20, requests=40)
 #: the bench's HTTP clients' pool: every run's requests in flight at once
 LIMITS = httpx.Limits(max_connections=200, max_keepalive_connections=200)
 QUICK = {
@@ -143,6 +146,11 @@ async def closed_loop(call: Call, load: Load) -> tuple[list[Sample], float]:
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(load.concurrency)))
     return samples, time.perf_counter() - start
+
+
+async def warm_up(call: Call) -> None:
+    """:data:`WARM_UP`'s requests, not measured."""
+    await closed_loop(call, WARM_UP)
 
 
 async def open_loop(call: Call, load: Load) -> tuple[list[Sample], float]:
@@ -669,7 +677,8 @@ async def run_paths(bench: Bench, ports: dict[str, int], gateway: Tollgate) -> N
             if path in ("openai", "appsync") and used:
                 await gateway.fresh()
             used = used or path in ("openai", "appsync")
-            # a client per group: a restarted edge has closed the last one's connections
+            # a client per group: a restarted edge has closed the last one's connections, and
+            # httpx's pool scans every connection it holds on every request
             async with httpx.AsyncClient(timeout=60, limits=LIMITS) as client:
                 await run_group(bench, client, path, principals, loads, ports, gateway)
 
@@ -683,8 +692,7 @@ async def run_group(
     ports: dict[str, int],
     gateway: Tollgate,
 ) -> None:
-    """One path's runs with ``principals`` principals, after a warm-up request on each (so no
-    run pays for first connections)."""
+    """One path's runs with ``principals`` principals, after a warm-up (:data:`WARM_UP`)."""
     users = bench.keys[:principals]
     check = gateway.ledger if path in ("openai", "appsync") else None
     if path == "appsync":
@@ -695,7 +703,7 @@ async def run_group(
                 for sub, key in users
             ]
             call = _appsync_call(client, connected)
-            await call(0)
+            await warm_up(call)
             for load in loads:
                 await bench.measure(path, principals, load, call, check)
         return
@@ -707,7 +715,7 @@ async def run_group(
         url = f"http://127.0.0.1:{ports['stream']}/v1/chat/completions"
     keys = [LITELLM_KEY] if path == "litellm" else [k for _, k in users]
     call = _openai_call(client, url, keys)
-    await call(0)
+    await warm_up(call)
     for load in loads:
         await bench.measure(path, principals, load, call, check)
 
@@ -720,18 +728,24 @@ async def run_pairs(bench: Bench, ports: dict[str, int], gateway: Tollgate) -> N
     do."""
     lite_url = f"http://127.0.0.1:{ports['litellm']}/v1/chat/completions"
     edge_url = f"http://127.0.0.1:{ports['stream']}/v1/chat/completions"
-    # each run as the main table's: LiteLLM's while Tollgate's consumers poll slowly (idle),
-    # Tollgate's after a warm-up request has brought them back to the short wait
+    # both warmed up as the main table's paths are; LiteLLM's run while Tollgate's consumers
+    # poll slowly (idle), Tollgate's after a request has brought them back to the short wait
     idle_after_ms = os.environ.get("KAFKA_FETCH_IDLE_AFTER_MS", "")
     idle_after_s = int(idle_after_ms or TANSU_CLIENT_ENV["KAFKA_FETCH_IDLE_AFTER_MS"]) / 1000 + 1
     for pair in range(bench.args.pairs):
         if pair:
             await gateway.fresh()
-        async with httpx.AsyncClient(timeout=60, limits=LIMITS) as client:
-            lite = _openai_call(client, lite_url, [LITELLM_KEY])
+        # a client each: httpx's pool scans its connections on every request, so LiteLLM's
+        # idle ones in Tollgate's pool would cost the client's CPU on every Tollgate request
+        async with (
+            httpx.AsyncClient(timeout=60, limits=LIMITS) as lite_client,
+            httpx.AsyncClient(timeout=60, limits=LIMITS) as client,
+        ):
+            lite = _openai_call(lite_client, lite_url, [LITELLM_KEY])
             tollgate = _openai_call(client, edge_url, [bench.keys[0][1]])
-            await lite(0)
+            await warm_up(tollgate)
             await asyncio.sleep(idle_after_s)
+            await warm_up(lite)
             a = await bench.measure("litellm", 1, PAIR_LOADS["litellm"], lite, None, keep=False)
             await tollgate(0)
             b = await bench.measure(
