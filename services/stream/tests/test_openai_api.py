@@ -4,6 +4,7 @@ replaced by a publisher that answers each request with scripted replies."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -85,6 +86,8 @@ class ScriptedPipeline:
         self.script: Script = answer("Hello", ", ", "world")
         self.requests: list[ChatRequestV1 | ChatRequestV2] = []
         self.down = False
+        #: every reply delivered at once, as when they come in one fetch
+        self.together = False
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def publish(
@@ -101,7 +104,8 @@ class ScriptedPipeline:
 
     async def _reply(self, request: ChatRequestV1 | ChatRequestV2) -> None:
         for offset, reply in enumerate(self.script(request)):
-            await asyncio.sleep(0)
+            if not self.together:
+                await asyncio.sleep(0)
             for _ in range(2):
                 await self.dispatcher(
                     Delivered(reply, topics.REPLIES, request.reply_to.partition, offset, None)
@@ -233,6 +237,60 @@ async def test_streaming_without_usage_ends_with_done(edge: Edge) -> None:
     assert all(e.startswith("data: ") for e in events)
     assert events[-1] == "data: [DONE]"
     assert '"usage"' not in response.text
+
+
+async def test_replies_that_arrived_together_go_out_in_one_write(edge: Edge) -> None:
+    edge.pipeline.together = True
+    body = json.dumps(
+        {
+            "model": "tollgate-local",
+            "messages": [{"role": "user", "content": "hi"}],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+    ).encode()
+    writes = [w for w in await asgi_writes(edge.app, "/v1/chat/completions", body) if w]
+    assert len(writes) == 1
+    events = [e for e in writes[0].decode().split("\n\n") if e]
+    assert len(events) == 1 + 3 + 1 + 1 + 1  # role, three texts, finish, usage, [DONE]
+    assert '"role":"assistant"' in events[0] and events[-1] == "data: [DONE]"
+    assert ['"content":"Hello"' in e for e in events[1:4]] == [True, False, False]
+    assert '"finish_reason":"stop"' in events[4] and '"usage":{' in events[5]
+
+
+async def asgi_writes(app: Any, path: str, body: bytes) -> list[bytes]:
+    """The body of each ``http.response.body`` message the app sends for a POST (an HTTP
+    client sees them merged; the server writes each to the socket on its own)."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"authorization", b"Bearer k"), (b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 1),
+        "server": ("edge", 80),
+    }
+    sent = False
+    writes: list[bytes] = []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            await asyncio.Event().wait()  # no disconnect while the response streams
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            writes.append(message.get("body", b""))
+
+    await app(scope, receive, send)
+    return writes
 
 
 async def test_length_stop_reason_maps_to_length(edge: Edge) -> None:

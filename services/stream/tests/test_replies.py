@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tollgate_core import topics
 from tollgate_core.bus import Delivered
 from tollgate_core.bus import headers as h
@@ -9,7 +11,7 @@ from tollgate_core.contracts import ReplyChunkV1
 from tollgate_stream.appsync.channels import parse_channel
 from tollgate_stream.replies import ReplyDispatcher, local_interest
 from tollgate_stream.subscriptions import Subscriptions
-from tollgate_stream.waiters import ReplyWaiters
+from tollgate_stream.waiters import ReplyWaiters, Waiter, WaiterOverflow
 
 
 class Recorder:
@@ -57,3 +59,29 @@ async def test_a_dispatcher_without_a_channel_sink_still_serves_waiters() -> Non
         chunk = ReplyChunkV1(request_id=request_id, principal="p", seq=0, channel=channel, text="x")
         await dispatcher(Delivered(chunk, topics.REPLIES, 0, 0, None))
     assert (await waiter.next()).request_id == "r1"
+
+
+def _chunk(seq: int) -> ReplyChunkV1:
+    return ReplyChunkV1(request_id="r", principal="p", seq=seq, text=str(seq))
+
+
+async def test_ready_takes_what_has_arrived_without_waiting() -> None:
+    waiter = Waiter("r", 8)
+    assert waiter.ready() == []
+    for seq in range(3):
+        waiter.put(_chunk(seq))
+    assert [r.seq for r in waiter.ready()] == [0, 1, 2]
+    assert waiter.ready() == []
+    waiter.put(_chunk(3))
+    assert (await waiter.next()).seq == 3
+
+
+async def test_ready_stops_at_an_overflow_and_next_then_raises() -> None:
+    waiter = Waiter("r", 2)
+    for seq in range(3):  # one more than the queue holds: the oldest makes room for the end
+        waiter.put(_chunk(seq))
+    assert waiter.overflowed
+    assert [r.seq for r in waiter.ready()] == [1]
+    assert waiter.ready() == []
+    with pytest.raises(WaiterOverflow):
+        await waiter.next()

@@ -40,6 +40,8 @@ class Waiter:
         self.request_id = request_id
         self._queue: asyncio.Queue[Reply | None] = asyncio.Queue(size)
         self.overflowed = False
+        #: the end marker was taken from the queue by :meth:`ready`; ``next()`` raises
+        self._ended = False
 
     def put(self, reply: Reply) -> None:
         if self.overflowed:
@@ -53,10 +55,24 @@ class Waiter:
             self._queue.put_nowait(None)
 
     async def next(self) -> Reply:
+        if self._ended:
+            raise WaiterOverflow(self.request_id)
         reply = await self._queue.get()
         if reply is None:
             raise WaiterOverflow(self.request_id)
         return reply
+
+    def ready(self) -> list[Reply]:
+        """The replies that have already arrived, in order, without waiting (none past an
+        overflow: ``next()`` raises for it)."""
+        replies: list[Reply] = []
+        while not self._ended and not self._queue.empty():
+            reply = self._queue.get_nowait()
+            if reply is None:
+                self._ended = True
+            else:
+                replies.append(reply)
+        return replies
 
 
 class ReplyWaiters:

@@ -72,6 +72,24 @@ def error_response(exc: OpenAIError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.http_status, headers=headers)
 
 
+def _events_of(reply: Reply, chunks: schema.Chunks, events: list[bytes]) -> bool:
+    """Add the SSE events of ``reply`` to ``events``; whether it ended the stream."""
+    if isinstance(reply, ReplyChunkV1 | ReplyChunkV2):
+        events.append(_sse(chunks.chunk(delta=schema.delta_of(reply))))
+        return False
+    if isinstance(reply, ReplyDoneV1):
+        finish = schema.finish_reason(reply.stop_reason)
+        events.append(_sse(chunks.chunk(delta={}, finish=finish)))
+        if chunks.include_usage:
+            events.append(_sse(chunks.chunk(usage=schema.usage_object(reply))))
+        events.append(_sse("[DONE]"))
+        return True
+    if isinstance(reply, ReplyErrorV1):
+        events.append(_sse(schema.error_from_reply(reply.error).body()))
+        return True
+    return False  # vectors are never sent to a chat request
+
+
 def _sse(payload: dict[str, Any] | str) -> bytes:
     data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
     return f"data: {data}\n\n".encode()
@@ -212,25 +230,22 @@ class OpenAIApi:
         chunks = schema.Chunks(
             request_id, created, reply.model or chat.model, include_usage=chat.include_usage
         )
+        # the events of every reply already here go out in one write: one system call and
+        # one wake-up of the client for what arrived together (the role and the first text,
+        # the last text and the end)
+        events = [_sse(chunks.chunk(delta={"role": "assistant", "content": ""}))]
         try:
-            yield _sse(chunks.chunk(delta={"role": "assistant", "content": ""}))
             while True:
-                if isinstance(reply, ReplyChunkV1 | ReplyChunkV2):
-                    yield _sse(chunks.chunk(delta=schema.delta_of(reply)))
-                elif isinstance(reply, ReplyDoneV1):
-                    finish = schema.finish_reason(reply.stop_reason)
-                    yield _sse(chunks.chunk(delta={}, finish=finish))
-                    if chunks.include_usage:
-                        yield _sse(chunks.chunk(usage=schema.usage_object(reply)))
-                    break
-                elif isinstance(reply, ReplyErrorV1):
-                    yield _sse(schema.error_from_reply(reply.error).body())
-                    return
+                for ready in (reply, *waiter.ready()):
+                    if _events_of(ready, chunks, events):
+                        yield b"".join(events)
+                        return
+                yield b"".join(events)
+                events = []
                 try:
                     reply = await schema.next_reply(waiter, self._timeout)
                 except OpenAIError as exc:
                     yield _sse(exc.body())
                     return
-            yield _sse("[DONE]")
         finally:
             self._waiters.discard(request_id)
