@@ -249,7 +249,9 @@ async def test_replies_that_arrived_together_go_out_in_one_write(edge: Edge) -> 
             "stream_options": {"include_usage": True},
         }
     ).encode()
-    writes = [w for w in await asgi_writes(edge.app, "/v1/chat/completions", body) if w]
+    headers = {"authorization": "Bearer k", "content-type": "application/json"}
+    sent = await asgi_messages(edge.app, "/v1/chat/completions", body, headers)
+    writes = [m["body"] for m in sent if m["type"] == "http.response.body" and m.get("body")]
     assert len(writes) == 1
     events = [e for e in writes[0].decode().split("\n\n") if e]
     assert len(events) == 1 + 3 + 1 + 1 + 1  # role, three texts, finish, usage, [DONE]
@@ -258,9 +260,24 @@ async def test_replies_that_arrived_together_go_out_in_one_write(edge: Edge) -> 
     assert '"finish_reason":"stop"' in events[4] and '"usage":{' in events[5]
 
 
-async def asgi_writes(app: Any, path: str, body: bytes) -> list[bytes]:
-    """The body of each ``http.response.body`` message the app sends for a POST (an HTTP
-    client sees them merged; the server writes each to the socket on its own)."""
+async def asgi_messages(
+    app: Any, path: str, body: bytes, headers: dict[str, str]
+) -> list[dict[str, Any]]:
+    """One POST straight through the ASGI app (no client, no socket): every message the app
+    sends. An HTTP client would see the bodies merged; the server writes each on its own."""
+    sent: list[dict[str, Any]] = []
+    chunks = [body[i : i + 65536] for i in range(0, len(body), 65536)] or [b""]
+
+    async def receive() -> dict[str, Any]:
+        if chunks:
+            chunk = chunks.pop(0)
+            return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -271,26 +288,12 @@ async def asgi_writes(app: Any, path: str, body: bytes) -> list[bytes]:
         "raw_path": path.encode(),
         "query_string": b"",
         "root_path": "",
-        "headers": [(b"authorization", b"Bearer k"), (b"content-type", b"application/json")],
-        "client": ("127.0.0.1", 1),
+        "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
+        "client": ("127.0.0.1", 1234),
         "server": ("edge", 80),
     }
-    sent = False
-    writes: list[bytes] = []
-
-    async def receive() -> dict[str, Any]:
-        nonlocal sent
-        if sent:
-            await asyncio.Event().wait()  # no disconnect while the response streams
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.body":
-            writes.append(message.get("body", b""))
-
-    await app(scope, receive, send)
-    return writes
+    await asyncio.wait_for(app(scope, receive, send), 30)
+    return sent
 
 
 async def test_length_stop_reason_maps_to_length(edge: Edge) -> None:

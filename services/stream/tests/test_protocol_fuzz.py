@@ -22,6 +22,7 @@ from tollgate_stream.settings import StreamSettings
 from tollgate_stream.subscriptions import Subscriptions
 
 from .test_openai_api import Edge as OpenAIEdge
+from .test_openai_api import asgi_messages
 from .test_websocket_fuzz import REPLIES, channels, drive, protocol_messages
 
 DEEP = b"[" * 50_000 + b"]" * 50_000
@@ -65,34 +66,7 @@ chat_events = st.fixed_dictionaries(
 
 async def asgi(app: Any, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
     """One HTTP request straight through the ASGI app (no client, no socket)."""
-    sent: list[dict[str, Any]] = []
-    chunks = [body[i : i + 65536] for i in range(0, len(body), 65536)] or [b""]
-
-    async def receive() -> dict[str, Any]:
-        if chunks:
-            chunk = chunks.pop(0)
-            return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
-        await asyncio.sleep(3600)
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
-        "client": ("127.0.0.1", 1234),
-        "server": ("edge", 80),
-    }
-    await asyncio.wait_for(app(scope, receive, send), 30)
+    sent = await asgi_messages(app, path, body, headers)
     status = next(m["status"] for m in sent if m["type"] == "http.response.start")
     return status, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
 
