@@ -536,8 +536,8 @@ class Tollgate:
     :meth:`fresh` replaces both with new ones on an empty broker (Postgres, and the API keys
     and ledger in it, stay): Tansu's cost per record grows with the history of the partition
     it serves (docs/operations.md), so a run on a broker that has already carried thousands
-    of requests measures Tansu's history more than the gateway. A real Kafka's does not grow
-    so; each group of runs therefore starts on a fresh broker."""
+    of requests measures Tansu's history more than the gateway. A real Kafka's cost does not
+    grow so; each group of runs therefore starts on a fresh broker."""
 
     def __init__(
         self, bench: Bench, database_url: str, ports: dict[str, int], env: dict[str, str]
