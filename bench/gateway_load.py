@@ -720,14 +720,9 @@ async def run_group(
             for load in loads:
                 await bench.measure(path, principals, load, call, check)
         return
-    if path == "direct":
-        url = f"http://127.0.0.1:{ports['upstream']}/v1/chat/completions"
-    elif path == "litellm":
-        url = f"http://127.0.0.1:{ports['litellm']}/v1/chat/completions"
-    else:
-        url = f"http://127.0.0.1:{ports['stream']}/v1/chat/completions"
+    server = {"direct": "upstream", "litellm": "litellm"}.get(path, "stream")
     keys = [LITELLM_KEY] if path == "litellm" else [k for _, k in users]
-    call = _openai_call(clients, url, keys)
+    call = _openai_call(clients, chat_url(ports, server), keys)
     await warm_up(call)
     for load in loads:
         await bench.measure(path, principals, load, call, check)
@@ -739,8 +734,6 @@ async def run_pairs(bench: Bench, ports: dict[str, int], gateway: Tollgate) -> N
     path minutes apart; a pair runs within seconds, so its ratio is the machine's speed
     cancelled out. Each pair's Tollgate runs on a fresh broker, as the main table's groups
     do."""
-    lite_url = f"http://127.0.0.1:{ports['litellm']}/v1/chat/completions"
-    edge_url = f"http://127.0.0.1:{ports['stream']}/v1/chat/completions"
     # both warmed up as the main table's paths are; LiteLLM's run while Tollgate's consumers
     # poll slowly (idle), Tollgate's after a request has brought them back to the short wait
     idle_after_ms = os.environ.get("KAFKA_FETCH_IDLE_AFTER_MS", "")
@@ -751,8 +744,8 @@ async def run_pairs(bench: Bench, ports: dict[str, int], gateway: Tollgate) -> N
         # clients of their own: LiteLLM's idle connections in Tollgate's pools would cost the
         # benchmark's CPU on every Tollgate request (see SHARDS)
         async with http_clients() as lite_clients, http_clients() as clients:
-            lite = _openai_call(lite_clients, lite_url, [LITELLM_KEY])
-            tollgate = _openai_call(clients, edge_url, [bench.keys[0][1]])
+            lite = _openai_call(lite_clients, chat_url(ports, "litellm"), [LITELLM_KEY])
+            tollgate = _openai_call(clients, chat_url(ports, "stream"), [bench.keys[0][1]])
             await warm_up(tollgate)
             await asyncio.sleep(idle_after_s)
             await warm_up(lite)
@@ -762,6 +755,11 @@ async def run_pairs(bench: Bench, ports: dict[str, int], gateway: Tollgate) -> N
                 "openai", 1, PAIR_LOADS["openai"], tollgate, gateway.ledger, keep=False
             )
         bench.pairs.append((a, b))
+
+
+def chat_url(ports: dict[str, int], server: str) -> str:
+    """The chat completions URL of ``server``: ``upstream``, ``litellm`` or ``stream``."""
+    return f"http://127.0.0.1:{ports[server]}/v1/chat/completions"
 
 
 def _openai_call(clients: list[httpx.AsyncClient], url: str, keys: list[str]) -> Call:
