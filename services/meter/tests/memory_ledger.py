@@ -2,9 +2,9 @@
 
 It keeps the promises of :class:`tollgate_meter.ports.Admissions`, ``Settlements`` and
 ``Reports.report``/``get`` with the decisions the Postgres ledger makes
-(:class:`tollgate_meter.decisions.Batch`), one lock standing in for the principal's row lock.
-What only Postgres can show — many connections, many meters, an outage — stays with the
-tests of :class:`~tollgate_meter.adapters.postgres.PostgresLedger`.
+(:class:`tollgate_meter.decisions.Batch`), one lock standing in for the compare-and-set on the
+principal's row. What only Postgres can show — many connections, many meters, an outage —
+stays with the tests of :class:`~tollgate_meter.adapters.postgres.PostgresLedger`.
 """
 
 from __future__ import annotations

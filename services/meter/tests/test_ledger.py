@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -17,6 +18,8 @@ from tollgate_core.settings import DatabaseSettings
 from tollgate_meter.adapters.postgres import PostgresLedger, create_engine
 from tollgate_meter.domain import Estimate
 from tollgate_meter.limits import TierSpec, WindowSpec
+
+from .conftest import TEST_TIERS
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
@@ -137,13 +140,100 @@ async def test_fifty_concurrent_admissions_never_pass_the_limit(
 async def test_fifty_concurrent_admissions_of_a_known_principal_never_pass_the_limit(
     ledger: PostgresLedger, inspect: Any
 ) -> None:
-    # the principal's row exists, so every admission takes the lock with SELECT … FOR UPDATE
+    # the principal's row exists: every admission's write is a compare-and-set on it
     assert (await ledger.admit("k", "kim", None, (), Estimate(5, 100), NOW)).admitted
     results = await asyncio.gather(
         *(ledger.admit(f"k{i}", "kim", None, (), Estimate(5, 100), NOW) for i in range(50))
     )
     assert sum(r.admitted for r in results) == 9
     assert await inspect.buckets("kim") == (0, 0, 50, 1_000)
+
+
+@pytest.fixture
+async def other_meter(meter_db: DatabaseSettings) -> AsyncIterator[PostgresLedger]:
+    """A second meter replica: its own engine and connection pool on the same ledger."""
+    engine = create_engine(meter_db, application_name="other-meter")
+    try:
+        yield PostgresLedger(engine, TEST_TIERS, bucket_seconds=600, tier_cache_s=0)
+    finally:
+        await engine.dispose()
+
+
+def race_after_reads(
+    monkeypatch: pytest.MonkeyPatch, ledger: PostgresLedger, races: list[Any]
+) -> list[int]:
+    """After each of ``ledger``'s next reads of a principal's state, run the next of
+    ``races`` (an awaitable factory) to completion — another replica admitting between
+    this one's read and its write. Returns a list that counts the reads."""
+    read = ledger._state
+    reads: list[int] = []
+
+    async def state(*args: Any) -> Any:
+        result = await read(*args)
+        reads.append(1)
+        if races:
+            await races.pop(0)()
+        return result
+
+    monkeypatch.setattr(ledger, "_state", state)
+    return reads
+
+
+async def test_an_admission_that_loses_the_race_is_decided_again(
+    ledger: PostgresLedger,
+    other_meter: PostgresLedger,
+    inspect: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # both read 0 of the 1,000 output tokens reserved; the other replica writes first
+    assert (await ledger.admit("n0", "nina", None, (), Estimate(5, 10), NOW)).admitted
+    other = []
+
+    async def other_admits() -> None:
+        other.append(await other_meter.admit("n2", "nina", None, (), Estimate(5, 600), NOW))
+
+    reads = race_after_reads(monkeypatch, ledger, [other_admits])
+    late = await ledger.admit("n1", "nina", None, (), Estimate(5, 600), NOW)
+    assert other[0].admitted
+    assert not late.admitted and late.violation is not None  # decided on 610 reserved
+    assert late.violation.window == "rolling-10m"
+    assert len(reads) == 2
+    assert await inspect.buckets("nina") == (0, 0, 10, 610)
+
+
+async def test_an_admission_that_keeps_losing_takes_the_row_lock(
+    ledger: PostgresLedger,
+    other_meter: PostgresLedger,
+    inspect: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tollgate_meter.adapters.postgres.admission import OPTIMISTIC_TRIES
+
+    def other_admits(i: int) -> Any:
+        async def admit() -> None:
+            assert (
+                await other_meter.admit(f"o{i}", "olga", None, (), Estimate(1, 100), NOW)
+            ).admitted
+
+        return admit
+
+    late: list[asyncio.Task[Any]] = []
+
+    async def other_admits_meanwhile() -> None:
+        # not awaited: its write has to wait until the lock this attempt holds is released
+        late.append(asyncio.create_task(other_admits(OPTIMISTIC_TRIES)()))
+        await asyncio.sleep(0.2)
+        assert not late[0].done()
+
+    # every optimistic attempt loses the race; the locked one cannot
+    races = [other_admits(i) for i in range(OPTIMISTIC_TRIES)] + [other_admits_meanwhile]
+    reads = race_after_reads(monkeypatch, ledger, races)
+    decision = await ledger.admit("mine", "olga", None, (), Estimate(1, 100), NOW)
+    await late[0]
+    assert decision.admitted
+    assert len(reads) == OPTIMISTIC_TRIES + 1
+    requests = OPTIMISTIC_TRIES + 2
+    assert await inspect.buckets("olga") == (0, 0, requests, 100 * requests)
 
 
 async def test_the_window_rolls_and_the_principal_is_admitted_again(ledger: PostgresLedger) -> None:

@@ -1,15 +1,16 @@
-"""Group commit: concurrent admissions of a principal share one transaction, and so do the
+"""Group commit: concurrent admissions of a principal are decided together, and so are the
 usage records a settlement fetch brings.
 
-Admission must hold the principal's row lock while it reads the counters and writes the
-reservation, so two transactions of one principal can never both pass a limit. Taken one
-request at a time that lock makes one API key's concurrent requests queue for each other's
-whole transactions. The batcher instead lets at most one transaction per principal run in
-this process; the requests that arrive meanwhile wait for it to end and are then decided
-together, in arrival order, by the ledger's ``admit_many`` — one lock, one read, one write
-for all of them (:class:`tollgate_core.batching.GroupCommit`). Exactness is the ledger's (the
-row lock still orders batches from different meter replicas); the batcher only changes how
-many requests one lock decides.
+Two admissions of one principal must never both pass a limit on counters that miss the
+other's reservation; the ledger makes each batch's write a compare-and-set on the
+principal's row, so of two racing batches one writes and the other reads and decides again.
+Taken one request at a time that would make one API key's concurrent requests race each
+other (or, under a lock, queue for each other). The batcher instead lets at most one
+admission per principal run in this process; the requests that arrive meanwhile wait for it
+to end and are then decided together, in arrival order, by the ledger's ``admit_many`` — one
+read and one write for all of them (:class:`tollgate_core.batching.GroupCommit`). Exactness
+is the ledger's (the compare-and-set still orders batches from different meter replicas);
+the batcher only changes how many requests one read and write decide.
 
 Settlement is the same with one key for all: the records handled together (the settlement
 consumer runs its handlers side by side) are settled by one ``settle_many`` statement.

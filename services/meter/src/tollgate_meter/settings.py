@@ -22,7 +22,7 @@ class MeterSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8083
     consumer_group: str = "tollgate-meter"
-    #: admissions decided side by side; one principal's are still serialized by a row lock
+    #: admissions decided side by side; one principal's are decided in batches, one at a time
     admission_concurrency: int = Field(default=32, ge=1)
     #: usage records wait for nobody: the settlement consumer's fetches wait at least this
     #: long even while records flow (a reservation is settled up to that much later; against
