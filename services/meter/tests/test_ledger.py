@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from pydantic import SecretStr
+from sqlalchemy import text
 
 from tollgate_core import db
 from tollgate_core.contracts import Usage, UsageRecordV1
@@ -199,6 +200,31 @@ async def test_an_admission_that_loses_the_race_is_decided_again(
     assert late.violation.window == "rolling-10m"
     assert len(reads) == 2
     assert await inspect.buckets("nina") == (0, 0, 10, 610)
+
+
+async def test_a_replica_of_the_previous_release_makes_a_racing_batch_decide_again(
+    ledger: PostgresLedger, inspect: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # during a rolling upgrade the previous release still locks the row with
+    # meter.admission_state_many(); since migration 0008 that counts as an admission too
+    assert (await ledger.admit("p0", "pia", None, (), Estimate(5, 10), NOW)).admitted
+
+    async def previous_release_locks() -> None:
+        async with inspect.engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "SELECT * FROM meter.admission_state_many("
+                    "'pia', ARRAY['p2'], CAST(:now AS timestamptz), CAST(:m AS date))"
+                ),
+                {"now": NOW, "m": NOW.date().replace(day=1)},
+            )
+
+    reads = race_after_reads(monkeypatch, ledger, [previous_release_locks])
+    assert (await ledger.admit("p1", "pia", None, (), Estimate(5, 10), NOW)).admitted
+    assert len(reads) == 2  # its first write found the count moved on
+    assert await inspect.rows(
+        "SELECT admissions FROM meter.principals WHERE principal = 'pia'"
+    ) == [(3,)]
 
 
 async def test_an_admission_that_keeps_losing_takes_the_row_lock(
