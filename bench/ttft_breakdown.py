@@ -41,7 +41,7 @@ STAGES: tuple[tuple[str, str], ...] = (
     ("edge", "API key, validation, the ChatRequest built, until its publish starts"),
     ("produce request", "publishing to tollgate.requests (acks=all)"),
     ("hop to meter", "until the meter's consumer hands the record over (fetch wait)"),
-    ("meter admission", "the admission transaction in Postgres, until the publish starts"),
+    ("meter admission", "the admission: its read and write in Postgres, until the publish starts"),
     ("produce admission", "publishing to tollgate.admitted (acks=all)"),
     ("hop to router", "until the router's consumer hands the record over (fetch wait)"),
     ("router before model", "decode, journal claim, model chosen, until the model call"),
