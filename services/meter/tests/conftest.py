@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -42,13 +43,22 @@ async def meter_db(database_factory: DatabaseFactory) -> DatabaseSettings:
     return settings
 
 
-@pytest.fixture
-async def postgres_ledger(meter_db: DatabaseSettings) -> AsyncIterator[PostgresLedger]:
-    engine = create_engine(meter_db, application_name="test")
+@contextlib.asynccontextmanager
+async def ledger_on(
+    settings: DatabaseSettings, application_name: str
+) -> AsyncIterator[PostgresLedger]:
+    """A ledger as one meter replica has it: its own engine and connection pool."""
+    engine = create_engine(settings, application_name=application_name)
     try:
         yield PostgresLedger(engine, TEST_TIERS, bucket_seconds=600, tier_cache_s=0)
     finally:
         await engine.dispose()
+
+
+@pytest.fixture
+async def postgres_ledger(meter_db: DatabaseSettings) -> AsyncIterator[PostgresLedger]:
+    async with ledger_on(meter_db, "test") as ledger:
+        yield ledger
 
 
 @pytest.fixture

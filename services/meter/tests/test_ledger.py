@@ -20,7 +20,7 @@ from tollgate_meter.adapters.postgres import PostgresLedger, create_engine
 from tollgate_meter.domain import Estimate
 from tollgate_meter.limits import TierSpec, WindowSpec
 
-from .conftest import TEST_TIERS
+from .conftest import ledger_on
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
@@ -152,12 +152,9 @@ async def test_fifty_concurrent_admissions_of_a_known_principal_never_pass_the_l
 
 @pytest.fixture
 async def other_meter(meter_db: DatabaseSettings) -> AsyncIterator[PostgresLedger]:
-    """A second meter replica: its own engine and connection pool on the same ledger."""
-    engine = create_engine(meter_db, application_name="other-meter")
-    try:
-        yield PostgresLedger(engine, TEST_TIERS, bucket_seconds=600, tier_cache_s=0)
-    finally:
-        await engine.dispose()
+    """A second meter replica on the same ledger."""
+    async with ledger_on(meter_db, "other-meter") as ledger:
+        yield ledger
 
 
 def race_after_reads(
