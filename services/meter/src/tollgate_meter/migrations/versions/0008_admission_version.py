@@ -59,10 +59,9 @@ def _previous(name: str) -> ModuleType:
 
 def _counting(function: str) -> str:
     counting = function.replace(_LOCK, _LOCK_COUNTING).replace(_CREATE, _CREATE_COUNTING)
-    assert counting.count("admissions + 1") == 2, "the lock statements were not found"
-    return counting.replace(
-        "-- an existing row is locked without writing a new version of it\n", ""
-    )
+    if counting.count("admissions + 1") != 2:
+        raise RuntimeError("the lock statements of an earlier admission function were not found")
+    return counting.replace(_STALE_COMMENT, "")
 
 
 def upgrade() -> None:
