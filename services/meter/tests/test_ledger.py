@@ -183,7 +183,7 @@ async def test_an_admission_that_loses_the_race_is_decided_again(
     inspect: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # both read 0 of the 1,000 output tokens reserved; the other replica writes first
+    # both read 10 of the 1,000 output tokens reserved; the other replica writes first
     assert (await ledger.admit("n0", "nina", None, (), Estimate(5, 10), NOW)).admitted
     other = []
 
