@@ -2,18 +2,20 @@
 
 The source topics are declared without Faust acknowledgements (``acks=False``), so Faust never
 commits their offsets by itself: :meth:`Source.commit` commits a partition's offset only when
-the Parquet sink says the files holding every record before it are durable, after flushing
-the producer so the aggregates' changelog writes for those records are stored too.
+the Parquet sink says the files holding every record before it are durable, and once the
+aggregates' changelog writes for those records are stored too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
 
 import faust
 from faust.types import TP
+from faust.types.tuples import FutureMessage, PendingMessage
 from prometheus_client import Counter
 
 from tollgate_analytics.credentials import broker_credentials
@@ -23,6 +25,9 @@ from tollgate_core.bus import headers as h
 from tollgate_core.errors import ContractError, DependencyUnavailable
 
 logger = logging.getLogger(__name__)
+
+#: how long a commit waits for the aggregates' changelog writes before it is left to a later one
+FLUSH_TIMEOUT_S = 10.0
 
 DEAD_LETTERED = Counter(
     "tollgate_analytics_dead_lettered_total", "Malformed records", ["topic", "reason"]
@@ -91,10 +96,41 @@ class Source:
         if tp not in consumer.assignment():
             return
         try:
-            await self.app.producer.flush()
+            if not await self._changes_stored():
+                logger.warning(
+                    "%s/%d@%d not committed yet: the aggregates' changelog writes are still"
+                    " waiting to be sent",
+                    topic,
+                    partition,
+                    next_offset,
+                )
+                return
             await consumer._commit({tp: next_offset})  # type: ignore[attr-defined]
         except Exception as exc:  # noqa: BLE001 - a later segment commits past it again
             logger.warning("cannot commit %s/%d@%d: %s", topic, partition, next_offset, exc)
+
+    async def _changes_stored(self) -> bool:
+        """Whether every changelog write handed to the producer before this call is stored
+        in Kafka (False when that took longer than :data:`FLUSH_TIMEOUT_S`; the commit is
+        then left to a later segment).
+
+        A table write waits in Faust's producer buffer until Faust's own task hands it to the
+        Kafka client, one after the other. The buffer's ``flush`` gives up as soon as 0.1 s
+        pass without a message sent, and counts a message as sent once taken off the queue:
+        on a busy machine the offset could be committed with writes still waiting, and a
+        worker killed then lost them for good (its replacement reads on from the commit, so
+        the aggregates missed records before it). So a marker goes through the buffer behind
+        the writes; once the buffer's task reaches it, every write before it is in the Kafka
+        client, whose flush then waits for their acknowledgements."""
+        producer = self.app.producer
+        reached: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        producer.buffer.put(FutureMessage(_marker(reached)))
+        try:
+            await asyncio.wait_for(asyncio.shield(reached), FLUSH_TIMEOUT_S)
+        except TimeoutError:
+            return False
+        await producer.flush()
+        return True
 
     async def log_start(self, topic: str, partition: int) -> int:
         """The partition's earliest offset still in Kafka (ListOffsets(earliest)); what the
@@ -138,3 +174,31 @@ class Source:
         except ContractError as exc:
             await self.dead_letter(event, exc)
             return None
+
+
+class _Reached:
+    """A channel that only notes that the producer's buffer got to its message."""
+
+    def __init__(self, reached: asyncio.Future[None]) -> None:
+        self._reached = reached
+
+    async def publish_message(self, fut: FutureMessage, wait: bool = False) -> FutureMessage:
+        if not self._reached.done():
+            self._reached.set_result(None)
+        fut.set_result(None)  # type: ignore[arg-type]  # nothing was sent: no metadata
+        return fut
+
+
+def _marker(reached: asyncio.Future[None]) -> PendingMessage:
+    """A message for the producer's buffer that sends nothing and resolves ``reached``."""
+    return PendingMessage(
+        channel=_Reached(reached),  # type: ignore[arg-type]
+        key=None,
+        value=None,
+        partition=None,
+        timestamp=None,
+        headers=None,
+        key_serializer=None,
+        value_serializer=None,
+        callback=None,
+    )
